@@ -1,0 +1,9 @@
+// Package storage is a keystore node's durable state: the Raft log and the
+// replicated state machine of idempotency records, in one Pebble database.
+//
+// Store implements raft.Storage for the Raft driver and adds the writes the
+// driver makes (Append, Compact, ApplySnapshot) and Apply, which runs the
+// contract's rules over committed entries. The rules themselves are the pure
+// function transition in apply.go. See DESIGN.md for the key layout, the
+// batches and what is synced when.
+package storage

@@ -1,0 +1,248 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/keystore-dev/keystore/internal/bugs"
+	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// Apply applies committed entries in log order and returns one encoded
+// statev1.Result per entry (nil for entries that carry no command). The state
+// changes, the applied index and term, the log time and cs (the ConfState
+// after any conf change among the entries; nil if none) are written in one
+// Pebble batch, so the applied index always describes the state beside it.
+// Entries at or below the applied index are skipped.
+//
+// The batch is not synced: every entry it applies is already in the synced
+// log, and a crash that loses the batch loses its applied index with it, so
+// the entries are applied again on restart.
+func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([][]byte, error) {
+	s.mu.RLock()
+	meta := proto.Clone(s.meta).(*statev1.Meta)
+	closed := s.closed
+	s.mu.RUnlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	b := s.db.NewIndexedBatch()
+	defer b.Close()
+	results := make([][]byte, len(entries))
+	var touched [][]byte
+	watching := s.watch.active()
+	for i := range entries {
+		e := &entries[i]
+		if e.Index <= meta.AppliedIndex {
+			continue
+		}
+		meta.AppliedIndex, meta.AppliedTerm = e.Index, e.Term
+		if e.Type != raftpb.EntryNormal || len(e.Data) == 0 {
+			continue
+		}
+		var env statev1.Entry
+		if err := proto.Unmarshal(e.Data, &env); err != nil {
+			// A committed entry is the same on every replica, so refusing it
+			// is deterministic too.
+			s.logger.Error("undecodable entry", "index", e.Index, "err", err)
+			results[i] = mustMarshal(failure(statev1.Error_ERROR_INVALID_COMMAND))
+			continue
+		}
+		// Log time never moves backwards, whatever the leader's clock says.
+		meta.LogTime = max(meta.LogTime, env.Time)
+		if bugs.LocalClock {
+			meta.LogTime = time.Now().UnixNano() // deliberately wrong: see internal/bugs
+		}
+		if len(env.Command) == 0 {
+			continue // a tick
+		}
+		res, keys, err := s.applyCommand(b, &env, e.Index, meta)
+		if err != nil {
+			return nil, err
+		}
+		res.LogTime = meta.LogTime
+		results[i] = mustMarshal(res)
+		if watching {
+			touched = append(touched, keys...)
+		}
+	}
+	if cs != nil {
+		v, err := cs.Marshal()
+		if err != nil {
+			return nil, err
+		}
+		meta.ConfState = v
+	}
+	if err := b.Set(metaKey, mustMarshal(meta), nil); err != nil {
+		return nil, err
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return nil, fmt.Errorf("storage: apply: %w", err)
+	}
+	s.mu.Lock()
+	s.meta = meta
+	if cs != nil {
+		s.confState = *cs
+	}
+	s.mu.Unlock()
+	for _, k := range touched {
+		s.watch.notify(string(k))
+	}
+	return results, nil
+}
+
+// applyCommand applies one command inside the batch b (which reads its own
+// writes, so several commands on one key in a batch see each other, and the
+// result does not depend on how entries were grouped into batches). It
+// returns the result and the record keys it changed.
+func (s *Store) applyCommand(b *pebble.Batch, env *statev1.Entry, index uint64, meta *statev1.Meta) (*statev1.Result, [][]byte, error) {
+	cmd := &statev1.Command{}
+	if err := proto.Unmarshal(env.Command, cmd); err != nil {
+		return failure(statev1.Error_ERROR_INVALID_COMMAND), nil, nil
+	}
+	if e, ok := cmd.GetOp().(*statev1.Command_Expire); ok {
+		return applyExpire(b, e.Expire, meta)
+	}
+	ns, key, ok := commandTarget(cmd)
+	if !ok {
+		return failure(statev1.Error_ERROR_INVALID_COMMAND), nil, nil
+	}
+	k := recordKey(ns, key)
+	// stored is the record on disk, expired or not: its index entry is the
+	// one to replace.
+	stored, err := getRecord(b, k)
+	if err != nil {
+		return nil, nil, fmt.Errorf("record %q/%q: %w", ns, key, err)
+	}
+	next, write, res := transition(stored, cmd, index, env.RequestId, meta.LogTime)
+	if !write {
+		return res, nil, nil
+	}
+	if err := putRecord(b, ns, key, stored, next, meta); err != nil {
+		return nil, nil, err
+	}
+	return res, [][]byte{k}, nil
+}
+
+// putRecord replaces stored (nil if absent) by next (nil deletes) under
+// (ns, key), keeping the expiry index and the record count in step, in the
+// same batch.
+func putRecord(b *pebble.Batch, ns, key string, stored, next *statev1.Record, meta *statev1.Meta) error {
+	k := recordKey(ns, key)
+	if stored != nil && (next == nil || stored.ExpiresAt != next.ExpiresAt) {
+		if err := b.Delete(expiryKey(stored.ExpiresAt, ns, key), nil); err != nil {
+			return err
+		}
+	}
+	if next == nil {
+		if stored != nil {
+			meta.StoredRecords--
+		}
+		return b.Delete(k, nil)
+	}
+	if stored == nil || stored.ExpiresAt != next.ExpiresAt {
+		if err := b.Set(expiryKey(next.ExpiresAt, ns, key), nil, nil); err != nil {
+			return err
+		}
+	}
+	if stored == nil {
+		meta.StoredRecords++
+	}
+	return b.Set(k, mustMarshal(next), nil)
+}
+
+// getRecord reads the stored record at k through the batch; nil if absent.
+func getRecord(b *pebble.Batch, k []byte) (*statev1.Record, error) {
+	v, closer, err := b.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer closer.Close()
+	rec := &statev1.Record{}
+	if err := proto.Unmarshal(v, rec); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	return rec, nil
+}
+
+// Expire bounds.
+const (
+	// DefaultExpireLimit is the batch size a sweeper should propose.
+	DefaultExpireLimit = 1000
+	// MaxExpireLimit caps one Expire entry, so that no entry stalls the log.
+	MaxExpireLimit = 10_000
+)
+
+// applyExpire deletes the records that expired at or before
+// min(up_to, log time), oldest first, at most limit of them. The entry's own
+// time bounds the cut-off, so no proposer's clock can expire a record early.
+//
+// The swept index entries form a prefix of the index, so they go in one
+// range deletion rather than a tombstone each.
+func applyExpire(b *pebble.Batch, e *statev1.Expire, meta *statev1.Meta) (*statev1.Result, [][]byte, error) {
+	limit := int(min(max(e.GetLimit(), 1), MaxExpireLimit))
+	cutoff := min(e.GetUpTo(), meta.LogTime)
+	it, err := b.NewIter(&pebble.IterOptions{LowerBound: expiryStart, UpperBound: expiryBound(cutoff)})
+	if err != nil {
+		return nil, nil, err
+	}
+	var (
+		touched [][]byte
+		last    []byte
+		n       int
+	)
+	valid := it.First()
+	for ; valid && n < limit; valid = it.Next() {
+		t, ns, key, err := splitExpiryKey(it.Key())
+		if err != nil {
+			_ = it.Close()
+			return nil, nil, fmt.Errorf("%w: expiry key %x", ErrCorrupt, it.Key())
+		}
+		last = append(last[:0], it.Key()...)
+		n++
+		k := recordKey(ns, key)
+		rec, err := getRecord(b, k)
+		if err != nil {
+			_ = it.Close()
+			return nil, nil, err
+		}
+		// NB: an index entry whose record moved on (a later expires_at) is
+		// stale only if maintenance failed; it is dropped with the range.
+		if rec == nil || rec.ExpiresAt != t {
+			continue
+		}
+		if err := b.Delete(k, nil); err != nil {
+			_ = it.Close()
+			return nil, nil, err
+		}
+		meta.StoredRecords--
+		touched = append(touched, k)
+	}
+	more := valid
+	if err := it.Close(); err != nil {
+		return nil, nil, err
+	}
+	if n > 0 {
+		if err := b.DeleteRange(expiryStart, append(last, 0), nil); err != nil {
+			return nil, nil, err
+		}
+	}
+	return &statev1.Result{Expired: uint32(len(touched)), More: more}, touched, nil
+}
+
+// mustMarshal encodes m deterministically. Encoding a valid message in
+// memory cannot fail.
+func mustMarshal(m proto.Message) []byte {
+	v, err := marshal.Marshal(m)
+	if err != nil {
+		panic(fmt.Sprintf("storage: marshal %T: %v", m, err))
+	}
+	return v
+}

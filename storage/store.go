@@ -1,0 +1,243 @@
+package storage
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// Config configures a Store.
+type Config struct {
+	// Dir is the Pebble directory. Required.
+	Dir string
+	// FS is the filesystem; nil means the operating system's. Tests pass
+	// vfs.NewCrashableMem to simulate power loss.
+	FS vfs.FS
+	// Logger receives the store's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Validate reports a configuration error.
+func (c Config) Validate() error {
+	if c.Dir == "" {
+		return errors.New("storage: Dir is required")
+	}
+	return nil
+}
+
+// Store is one node's durable state: the Raft log (it implements
+// raft.Storage) and the replicated state machine, in one Pebble database.
+// All methods are safe for concurrent use.
+type Store struct {
+	db     *pebble.DB
+	logger *slog.Logger
+
+	mu sync.RWMutex // guards the fields below
+	// log is the in-memory index of the Raft log on disk.
+	log logIndex
+	hs  raftpb.HardState
+	// meta is the state machine's applied position as last committed.
+	meta      *statev1.Meta
+	confState raftpb.ConfState
+	closed    bool
+
+	watch watchHub
+}
+
+var marshal = proto.MarshalOptions{Deterministic: true}
+
+// Open opens (or creates) the store in cfg.Dir and loads the log index,
+// HardState and applied position.
+func Open(cfg Config) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("component", "storage")
+	opts := &pebble.Options{
+		FS:     cfg.FS,
+		Logger: pebbleLogger{logger},
+	}
+	db, err := pebble.Open(cfg.Dir, opts)
+	if err != nil {
+		return nil, fmt.Errorf("storage: open %s: %w", cfg.Dir, err)
+	}
+	s := &Store{db: db, logger: logger, meta: &statev1.Meta{}}
+	if err := s.load(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) load() error {
+	if ok, err := s.getProto(hardStateKey, &s.hs); err != nil {
+		return err
+	} else if !ok {
+		s.hs = raftpb.HardState{}
+	}
+	if err := s.loadLog(); err != nil {
+		return err
+	}
+	if _, err := s.getProto(metaKey, protoValue{s.meta}); err != nil {
+		return err
+	}
+	if len(s.meta.ConfState) > 0 {
+		if err := s.confState.Unmarshal(s.meta.ConfState); err != nil {
+			return fmt.Errorf("%w: conf state: %v", ErrCorrupt, err)
+		}
+	}
+	s.logger.Info("opened",
+		"first_index", s.log.first(), "last_index", s.log.last,
+		"applied_index", s.meta.AppliedIndex, "commit", s.hs.Commit, "term", s.hs.Term)
+	return nil
+}
+
+// Close closes the database. Unsynced writes (apply batches) may be lost, as
+// in a crash; the Raft log and HardState are always synced.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	return s.db.Close()
+}
+
+// getProto reads key into m through the DB. It reports whether the key
+// exists.
+func (s *Store) getProto(key []byte, m unmarshaler) (bool, error) {
+	v, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer closer.Close()
+	if err := m.Unmarshal(v); err != nil {
+		return false, fmt.Errorf("%w: key %x: %v", ErrCorrupt, key, err)
+	}
+	return true, nil
+}
+
+type unmarshaler interface{ Unmarshal([]byte) error }
+
+// protoValue adapts a protobuf message to unmarshaler.
+type protoValue struct{ m proto.Message }
+
+func (p protoValue) Unmarshal(b []byte) error { return proto.Unmarshal(b, p.m) }
+
+// AppliedIndex returns the index of the last applied entry.
+func (s *Store) AppliedIndex() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.meta.AppliedIndex
+}
+
+// LogTime returns the state machine's log time (Unix nanoseconds): the
+// largest leader time stamp applied so far.
+func (s *Store) LogTime() int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.meta.LogTime
+}
+
+// Get returns the live record for (namespace, key) and the log time it was
+// judged at. It returns ErrNotFound when the record is absent or expired.
+// The returned record is the caller's.
+func (s *Store) Get(namespace, key string) (*statev1.Record, int64, error) {
+	if len(namespace) > maxNamespaceLen {
+		return nil, 0, ErrNotFound
+	}
+	s.mu.RLock()
+	now, closed := s.meta.LogTime, s.closed
+	s.mu.RUnlock()
+	if closed {
+		return nil, 0, ErrClosed
+	}
+	rec := &statev1.Record{}
+	ok, err := s.getProto(recordKey(namespace, key), protoValue{rec})
+	if err != nil {
+		return nil, 0, err
+	}
+	if !ok || now >= rec.GetExpiresAt() {
+		return nil, now, ErrNotFound
+	}
+	return rec, now, nil
+}
+
+// Checksum returns a SHA-256 over the state machine's keys and values, meta
+// included, and the applied index it describes (both read from one Pebble
+// snapshot). Replicas at the same applied index have the same checksum.
+func (s *Store) Checksum() ([32]byte, error) {
+	sum, _, err := s.ChecksumAt()
+	return sum, err
+}
+
+// ChecksumAt is Checksum with the applied index the checksum describes.
+func (s *Store) ChecksumAt() (sum [32]byte, applied uint64, err error) {
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
+	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: stateStart, UpperBound: stateEnd})
+	if err != nil {
+		return sum, 0, err
+	}
+	h := sha256.New()
+	for valid := it.First(); valid; valid = it.Next() {
+		if string(it.Key()) == string(metaKey) {
+			meta := &statev1.Meta{}
+			if err := proto.Unmarshal(it.Value(), meta); err != nil {
+				_ = it.Close()
+				return sum, 0, fmt.Errorf("%w: meta: %v", ErrCorrupt, err)
+			}
+			applied = meta.AppliedIndex
+		}
+		writeChunk(h, it.Key())
+		writeChunk(h, it.Value())
+	}
+	if err := it.Close(); err != nil {
+		return sum, 0, err
+	}
+	copy(sum[:], h.Sum(nil))
+	return sum, applied, nil
+}
+
+func writeChunk(w io.Writer, b []byte) {
+	var n [8]byte
+	for i := range n {
+		n[i] = byte(uint64(len(b)) >> (8 * i))
+	}
+	_, _ = w.Write(n[:])
+	_, _ = w.Write(b)
+}
+
+// pebbleLogger sends Pebble's logs to slog.
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	p.l.Debug(fmt.Sprintf(format, args...))
+}
+
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...))
+}
+
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...))
+	panic(fmt.Sprintf(format, args...))
+}
