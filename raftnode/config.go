@@ -1,0 +1,116 @@
+package raftnode
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"time"
+)
+
+// Config configures a Node. Zero values take the defaults in withDefaults.
+type Config struct {
+	// ID is this node's Raft id; see IDFromName.
+	ID uint64
+	// Peers maps the Raft id of every member, this node included, to its
+	// peer address (host:port).
+	Peers map[uint64]string
+
+	// TickInterval is the Raft tick (default 100ms).
+	TickInterval time.Duration
+	// ElectionTicks is the election timeout in ticks (default 10).
+	ElectionTicks int
+	// HeartbeatTicks is the heartbeat interval in ticks (default 1).
+	HeartbeatTicks int
+
+	// SnapshotEntries is how many entries are applied between log
+	// compactions (default 10,000).
+	SnapshotEntries uint64
+	// KeepEntries is how many applied entries compaction keeps so a
+	// briefly lagging follower catches up from the log, not a snapshot
+	// (default 5,000).
+	KeepEntries uint64
+
+	// IdleTickInterval is how often an otherwise idle leader appends a tick
+	// entry so log time, and with it expiry, keeps moving (default 1s;
+	// negative disables).
+	IdleTickInterval time.Duration
+
+	// MaxSizePerMsg caps the entries in one append message (default 1 MiB).
+	MaxSizePerMsg uint64
+	// MaxInflightMsgs caps unacknowledged append messages per follower
+	// (default 256).
+	MaxInflightMsgs int
+
+	// Now is the wall clock (default time.Now). It seeds log time when a
+	// new cluster starts; after that log time advances by monotonic time
+	// only (see logClock). Apply never reads any clock.
+	Now func() time.Time
+
+	// Logger receives the node's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Validate reports a configuration error.
+func (c Config) Validate() error {
+	if c.ID == 0 {
+		return errors.New("raftnode: ID must be non-zero")
+	}
+	if _, ok := c.Peers[c.ID]; !ok {
+		return fmt.Errorf("raftnode: Peers has no address for this node (id %x)", c.ID)
+	}
+	for id, addr := range c.Peers {
+		if id == 0 || addr == "" {
+			return fmt.Errorf("raftnode: bad peer %x=%q", id, addr)
+		}
+	}
+	if d := c.withDefaults(); d.ElectionTicks <= d.HeartbeatTicks {
+		return errors.New("raftnode: ElectionTicks must exceed HeartbeatTicks")
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.TickInterval <= 0 {
+		c.TickInterval = 100 * time.Millisecond
+	}
+	if c.ElectionTicks <= 0 {
+		c.ElectionTicks = 10
+	}
+	if c.HeartbeatTicks <= 0 {
+		c.HeartbeatTicks = 1
+	}
+	if c.SnapshotEntries == 0 {
+		c.SnapshotEntries = 10_000
+	}
+	if c.KeepEntries == 0 {
+		c.KeepEntries = 5_000
+	}
+	if c.IdleTickInterval == 0 {
+		c.IdleTickInterval = time.Second
+	}
+	if c.MaxSizePerMsg == 0 {
+		c.MaxSizePerMsg = 1 << 20
+	}
+	if c.MaxInflightMsgs == 0 {
+		c.MaxInflightMsgs = 256
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// IDFromName derives a stable, non-zero Raft id from a member name, so every
+// node computes the same ids from the same --initial-cluster.
+func IDFromName(name string) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(name))
+	if id := h.Sum64(); id != 0 {
+		return id
+	}
+	return 1
+}

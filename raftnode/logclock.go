@@ -1,0 +1,128 @@
+package raftnode
+
+import (
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// logClock decides the time the leader stamps into each entry.
+//
+// Log time must never move backwards and must never run ahead of real time,
+// whatever a leader's wall clock says: a leader whose clock is ten minutes
+// fast must not expire ten minutes of leases early. So after the first entry
+// of a brand-new cluster (stamped with the wall clock), log time advances only
+// by monotonic elapsed time:
+//
+//   - every node notes the latest log time it applied and when (on its
+//     monotonic clock);
+//   - a node that becomes leader anchors at that log time plus the monotonic
+//     time since it applied it, which never overestimates: the entry was
+//     stamped before it was applied here;
+//   - while it leads, it stamps anchor + monotonic time since anchoring.
+//
+// Time the whole cluster spends down does not count (as with etcd's leases):
+// after a full restart, log time resumes where it stopped, so records and
+// leases keep the real time they had left.
+type logClock struct {
+	mu   sync.Mutex
+	wall func() time.Time // the wall clock, used only for the very first stamp
+	mono func() time.Time // a clock whose differences are trusted
+
+	applied   int64     // largest log time applied here
+	appliedAt time.Time // mono reading when it was applied
+
+	leading    bool
+	anchor     int64     // log time when this node started leading
+	anchoredAt time.Time // mono reading then
+}
+
+func newLogClock(wall, mono func() time.Time, applied int64) *logClock {
+	return &logClock{wall: wall, mono: mono, applied: applied, appliedAt: mono()}
+}
+
+// observe records the time of an applied entry.
+func (c *logClock) observe(t int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t > c.applied {
+		c.applied, c.appliedAt = t, c.mono()
+	}
+}
+
+// setLeading anchors the clock when this node becomes leader, and drops the
+// anchor when it stops.
+func (c *logClock) setLeading(leading bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if leading == c.leading {
+		return
+	}
+	c.leading = leading
+	if leading {
+		c.anchor, c.anchoredAt = c.estimateLocked(), c.mono()
+	}
+}
+
+// stamp returns the time for a new entry proposed by this node.
+func (c *logClock) stamp() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.applied == 0 && c.anchor == 0 {
+		return c.wall().UnixNano() // a new cluster: seed log time
+	}
+	if !c.leading {
+		return c.estimateLocked()
+	}
+	return max(c.anchor+int64(c.mono().Sub(c.anchoredAt)), c.applied)
+}
+
+// now estimates the current log time on any node, for timers that wait for
+// a log time (a lease end) to pass.
+func (c *logClock) now() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.leading {
+		return max(c.anchor+int64(c.mono().Sub(c.anchoredAt)), c.applied)
+	}
+	return c.estimateLocked()
+}
+
+func (c *logClock) estimateLocked() int64 {
+	if c.applied == 0 {
+		return c.wall().UnixNano()
+	}
+	return c.applied + int64(c.mono().Sub(c.appliedAt))
+}
+
+// envelopeHeader reads the request id and time of an entry's envelope
+// (statev1.Entry fields 1 and 2) without decoding the command.
+func envelopeHeader(data []byte) (requestID uint64, t int64, ok bool) {
+	for len(data) > 0 {
+		num, typ, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return 0, 0, false
+		}
+		data = data[n:]
+		if typ == protowire.VarintType && (num == 1 || num == 2) {
+			v, m := protowire.ConsumeVarint(data)
+			if m < 0 {
+				return 0, 0, false
+			}
+			if num == 1 {
+				requestID = v
+			} else {
+				t = int64(v)
+			}
+			data = data[m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, data)
+		if m < 0 {
+			return 0, 0, false
+		}
+		data = data[m:]
+	}
+	return requestID, t, true
+}

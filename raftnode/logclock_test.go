@@ -1,0 +1,112 @@
+package raftnode
+
+import (
+	"testing"
+	"time"
+
+	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+// fakeClocks is a wall clock and a monotonic clock the test moves apart.
+type fakeClocks struct{ wall, mono time.Time }
+
+func (f *fakeClocks) advance(d time.Duration) { f.wall, f.mono = f.wall.Add(d), f.mono.Add(d) }
+
+func newFake() *fakeClocks {
+	return &fakeClocks{wall: time.Unix(1_800_000_000, 0), mono: time.Unix(1000, 0)}
+}
+
+func (f *fakeClocks) clock(applied int64) *logClock {
+	return newLogClock(func() time.Time { return f.wall }, func() time.Time { return f.mono }, applied)
+}
+
+func TestLogClockSeedsANewClusterFromTheWallClock(t *testing.T) {
+	f := newFake()
+	c := f.clock(0)
+	c.setLeading(true)
+	if got, want := c.stamp(), f.wall.UnixNano(); got != want {
+		t.Fatalf("first stamp of a new cluster = %d; want the wall clock %d", got, want)
+	}
+}
+
+func TestLogClockLeaderWithFastWallClockDoesNotRunAhead(t *testing.T) {
+	f := newFake()
+	c := f.clock(0)
+	const t0 = int64(5_000_000_000_000)
+	c.observe(t0) // applied an entry stamped t0 by the previous leader
+	f.advance(300 * time.Millisecond)
+	f.wall = f.wall.Add(10 * time.Minute) // this node's wall clock jumps ahead
+	c.setLeading(true)
+	f.advance(2 * time.Second)
+	got := c.stamp()
+	want := t0 + int64(2300*time.Millisecond)
+	if got != want {
+		t.Fatalf("stamp = t0+%s; want t0+%s (monotonic time only, not the skewed wall clock)",
+			time.Duration(got-t0), time.Duration(want-t0))
+	}
+}
+
+func TestLogClockNeverMovesBackwards(t *testing.T) {
+	f := newFake()
+	c := f.clock(0)
+	const t0 = int64(5_000_000_000_000)
+	c.setLeading(true)
+	c.observe(t0)
+	// A later applied entry (from a previous term) carries a time past this
+	// leader's anchor: stamps do not fall below it.
+	c.observe(t0 + int64(time.Hour))
+	if got := c.stamp(); got < t0+int64(time.Hour) {
+		t.Fatalf("stamp %d below the applied log time %d", got, t0+int64(time.Hour))
+	}
+	prev := c.stamp()
+	for i := 0; i < 10; i++ {
+		f.advance(time.Millisecond)
+		f.wall = f.wall.Add(-time.Hour) // the wall clock runs backwards
+		if got := c.stamp(); got < prev {
+			t.Fatalf("stamp went backwards: %d after %d", got, prev)
+		}
+		prev = c.stamp()
+	}
+}
+
+func TestLogClockDowntimeDoesNotCount(t *testing.T) {
+	f := newFake()
+	const t0 = int64(5_000_000_000_000)
+	// The whole cluster was down for a day; the node restarts with t0 applied.
+	f.advance(24 * time.Hour)
+	c := f.clock(t0)
+	c.setLeading(true)
+	f.advance(time.Second)
+	if got := c.stamp(); got != t0+int64(time.Second) {
+		t.Fatalf("stamp after restart = t0+%s; want t0+1s", time.Duration(got-t0))
+	}
+}
+
+func TestLogClockFollowerEstimate(t *testing.T) {
+	f := newFake()
+	c := f.clock(0)
+	const t0 = int64(5_000_000_000_000)
+	c.observe(t0)
+	f.advance(750 * time.Millisecond)
+	if got := c.now(); got != t0+int64(750*time.Millisecond) {
+		t.Fatalf("follower estimate = t0+%s; want t0+750ms", time.Duration(got-t0))
+	}
+}
+
+func TestEnvelopeHeader(t *testing.T) {
+	data, err := proto.Marshal(&statev1.Entry{RequestId: 42, Time: 1_234_567, Command: []byte("payload")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, at, ok := envelopeHeader(data)
+	if !ok || id != 42 || at != 1_234_567 {
+		t.Fatalf("envelopeHeader = %d, %d, %v; want 42, 1234567, true", id, at, ok)
+	}
+	if _, _, ok := envelopeHeader([]byte{0xff, 0xff, 0xff}); ok {
+		t.Fatal("envelopeHeader(garbage) ok; want false")
+	}
+	if id, at, ok := envelopeHeader(nil); !ok || id != 0 || at != 0 {
+		t.Fatalf("envelopeHeader(empty) = %d, %d, %v; want 0, 0, true", id, at, ok)
+	}
+}

@@ -1,0 +1,392 @@
+package raftnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+// LogStore is the durable Raft log the node writes through. raft.Storage is
+// the read side raft itself uses.
+type LogStore interface {
+	raft.Storage
+	// Append persists entries and the HardState in one batch, synced when
+	// sync is set.
+	Append(hs raftpb.HardState, ents []raftpb.Entry, sync bool) error
+	// ApplySnapshot replaces the state machine and resets the log, synced.
+	ApplySnapshot(snap raftpb.Snapshot) error
+	// Compact discards the log up to and including index.
+	Compact(index uint64) error
+}
+
+// StateMachine is what committed entries are applied to.
+type StateMachine interface {
+	// Apply applies entries in order, persisting the applied index (and cs,
+	// if not nil) atomically with their effects. It returns one result per
+	// entry.
+	Apply(ents []raftpb.Entry, cs *raftpb.ConfState) ([][]byte, error)
+	// AppliedIndex returns the index of the last applied entry.
+	AppliedIndex() uint64
+	// LogTime returns the largest entry time applied (Unix nanoseconds).
+	LogTime() int64
+}
+
+// Errors returned by Node.
+var (
+	// ErrStopped is returned after Stop, or after a storage failure stopped
+	// the node.
+	ErrStopped = errors.New("raftnode: stopped")
+	// ErrTimeout is returned when no leader committed the proposal, or
+	// confirmed a read, before the context ended.
+	ErrTimeout = errors.New("raftnode: no quorum before the deadline")
+)
+
+// Node drives one member of the Raft group: it owns raft.Node in a single
+// goroutine (run), persists through LogStore, applies to StateMachine, and
+// exchanges messages with peers over gRPC. Propose and ReadIndex are its
+// seams for the rest of the server.
+type Node struct {
+	cfg    Config
+	logger *slog.Logger
+	rn     raft.Node
+	store  LogStore
+	sm     StateMachine
+	trans  *transport
+	clock  *logClock
+
+	lead atomic.Uint64
+	term atomic.Uint64
+
+	mu      sync.Mutex
+	waiters map[uint64]chan []byte // request id → apply result
+	// leaderChanged is closed (and replaced) whenever the leader changes,
+	// waking proposals that may have been lost with the old leader.
+	leaderChanged chan struct{}
+	// appliedc is closed (and replaced) after every apply batch.
+	appliedc chan struct{}
+	// lastProposal is when this node last proposed (for idle ticks).
+	lastProposal time.Time
+
+	reads readQueue
+
+	compactedAt uint64 // touched only by run
+	snapshots   atomic.Uint64
+
+	stopOnce sync.Once
+	stopc    chan struct{}
+	done     sync.WaitGroup
+	failed   atomic.Pointer[error]
+}
+
+// New creates a Node over store and sm. It starts a fresh cluster when the
+// store is empty and restarts from the store otherwise. Call Start, then
+// Stop.
+func New(cfg Config, store LogStore, sm StateMachine) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	n := &Node{
+		cfg:           cfg,
+		logger:        cfg.Logger.With("component", "raftnode", "id", fmt.Sprintf("%x", cfg.ID)),
+		store:         store,
+		sm:            sm,
+		waiters:       make(map[uint64]chan []byte),
+		leaderChanged: make(chan struct{}),
+		appliedc:      make(chan struct{}),
+		stopc:         make(chan struct{}),
+	}
+	n.reads.init()
+	n.trans = newTransport(cfg.ID, cfg.Peers, n, n.logger)
+	n.clock = newLogClock(cfg.Now, time.Now, sm.LogTime())
+	return n, nil
+}
+
+// Start starts Raft, the transport and the loops. The peer gRPC service
+// (PeerServer) must be served for the node to hear from its peers.
+func (n *Node) Start() error {
+	rc := &raft.Config{
+		ID:                        n.cfg.ID,
+		ElectionTick:              n.cfg.ElectionTicks,
+		HeartbeatTick:             n.cfg.HeartbeatTicks,
+		Storage:                   n.store,
+		Applied:                   n.sm.AppliedIndex(),
+		MaxSizePerMsg:             n.cfg.MaxSizePerMsg,
+		MaxInflightMsgs:           n.cfg.MaxInflightMsgs,
+		MaxUncommittedEntriesSize: 1 << 30,
+		CheckQuorum:               true,
+		PreVote:                   true,
+		ReadOnlyOption:            raft.ReadOnlySafe,
+		// Only the leader proposes: a follower forwards through Forward,
+		// so that the leader stamps the entry's time.
+		DisableProposalForwarding: true,
+		Logger:                    raftLogger{n.logger},
+	}
+	hs, _, err := n.store.InitialState()
+	if err != nil {
+		return err
+	}
+	last, err := n.store.LastIndex()
+	if err != nil {
+		return err
+	}
+	if raft.IsEmptyHardState(hs) && last == 0 {
+		peers := make([]raft.Peer, 0, len(n.cfg.Peers))
+		for id := range n.cfg.Peers {
+			peers = append(peers, raft.Peer{ID: id})
+		}
+		n.logger.Info("starting a new cluster", "members", len(peers))
+		n.rn = raft.StartNode(rc, peers)
+	} else {
+		n.logger.Info("restarting", "applied", rc.Applied, "term", hs.Term, "commit", hs.Commit, "last_index", last)
+		n.rn = raft.RestartNode(rc)
+	}
+	n.compactedAt = rc.Applied
+	n.trans.start()
+	n.done.Add(3)
+	go n.run()
+	go n.readLoop()
+	go n.idleTickLoop()
+	return nil
+}
+
+// Stop stops the node and waits for its goroutines. Pending proposals and
+// reads fail with ErrStopped.
+func (n *Node) Stop() {
+	n.stopOnce.Do(func() {
+		close(n.stopc)
+		n.done.Wait()
+		n.rn.Stop()
+		n.trans.stop()
+	})
+}
+
+// run is the only goroutine that handles raft.Node's Ready. For each Ready,
+// in this order:
+//
+//  1. persist: a snapshot (if any), then entries + HardState in one synced
+//     batch. Nothing below may depend on them before they are durable.
+//  2. send the Ready's messages (votes and appends now reflect durable
+//     state).
+//  3. apply the committed entries (their applied index in the same batch),
+//     then answer the proposers waiting on them; answer ReadIndex requests.
+//  4. compact the log if enough has been applied.
+//  5. Advance.
+func (n *Node) run() {
+	defer n.done.Done()
+	ticker := time.NewTicker(n.cfg.TickInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ticker.C:
+			n.rn.Tick()
+		case rd := <-n.rn.Ready():
+			if err := n.handleReady(rd); err != nil {
+				// A storage failure leaves this node unable to keep its
+				// promises: stop serving rather than guess.
+				n.logger.Error("stopping after storage failure", "err", err)
+				n.failed.Store(&err)
+				n.failPending()
+				return
+			}
+			n.rn.Advance()
+		case <-n.stopc:
+			n.failPending()
+			return
+		}
+	}
+}
+
+func (n *Node) handleReady(rd raft.Ready) error {
+	if rd.SoftState != nil {
+		n.observeLeader(rd.SoftState.Lead)
+	}
+	if !raft.IsEmptyHardState(rd.HardState) {
+		n.term.Store(rd.HardState.Term)
+	}
+	// 1. Persist.
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		if err := n.store.ApplySnapshot(rd.Snapshot); err != nil {
+			return fmt.Errorf("apply snapshot: %w", err)
+		}
+		n.compactedAt = rd.Snapshot.Metadata.Index
+		n.snapshots.Add(1)
+		n.notifyApplied()
+	}
+	if err := n.store.Append(rd.HardState, rd.Entries, rd.MustSync); err != nil {
+		return fmt.Errorf("append: %w", err)
+	}
+	// 2. Send.
+	n.trans.send(rd.Messages)
+	// 3. Apply, then answer.
+	if err := n.apply(rd.CommittedEntries); err != nil {
+		return err
+	}
+	for _, rs := range rd.ReadStates {
+		n.reads.resolve(rs)
+	}
+	// 4. Compact.
+	n.maybeCompact()
+	return nil
+}
+
+func (n *Node) apply(ents []raftpb.Entry) error {
+	if len(ents) == 0 {
+		return nil
+	}
+	var cs *raftpb.ConfState
+	for i := range ents {
+		switch ents[i].Type {
+		case raftpb.EntryConfChange:
+			var cc raftpb.ConfChange
+			if err := cc.Unmarshal(ents[i].Data); err != nil {
+				return fmt.Errorf("conf change at %d: %w", ents[i].Index, err)
+			}
+			cs = n.rn.ApplyConfChange(cc)
+		case raftpb.EntryConfChangeV2:
+			var cc raftpb.ConfChangeV2
+			if err := cc.Unmarshal(ents[i].Data); err != nil {
+				return fmt.Errorf("conf change at %d: %w", ents[i].Index, err)
+			}
+			cs = n.rn.ApplyConfChange(cc)
+		}
+	}
+	results, err := n.sm.Apply(ents, cs)
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	n.mu.Lock()
+	for i := range ents {
+		if ents[i].Type != raftpb.EntryNormal || len(ents[i].Data) == 0 {
+			continue
+		}
+		id, t, ok := envelopeHeader(ents[i].Data)
+		if !ok {
+			continue
+		}
+		n.clock.observe(t)
+		if results[i] == nil || id == 0 {
+			continue
+		}
+		if ch, ok := n.waiters[id]; ok {
+			ch <- results[i]
+			delete(n.waiters, id)
+		}
+	}
+	n.mu.Unlock()
+	n.notifyApplied()
+	return nil
+}
+
+func (n *Node) notifyApplied() {
+	n.mu.Lock()
+	close(n.appliedc)
+	n.appliedc = make(chan struct{})
+	n.mu.Unlock()
+}
+
+func (n *Node) maybeCompact() {
+	applied := n.sm.AppliedIndex()
+	if applied < n.compactedAt+n.cfg.SnapshotEntries || applied <= n.cfg.KeepEntries {
+		return
+	}
+	to := applied - n.cfg.KeepEntries
+	if first, err := n.store.FirstIndex(); err != nil || to < first {
+		return
+	}
+	if err := n.store.Compact(to); err != nil {
+		n.logger.Warn("log compaction failed", "to", to, "err", err)
+		return
+	}
+	n.compactedAt = applied
+	n.logger.Debug("compacted log", "to", to, "applied", applied)
+}
+
+func (n *Node) observeLeader(lead uint64) {
+	if old := n.lead.Swap(lead); old == lead {
+		return
+	}
+	n.clock.setLeading(lead == n.cfg.ID)
+	n.logger.Info("leader changed", "leader", fmt.Sprintf("%x", lead), "term", n.rn.Status().Term)
+	n.mu.Lock()
+	close(n.leaderChanged)
+	n.leaderChanged = make(chan struct{})
+	n.mu.Unlock()
+}
+
+func (n *Node) failPending() {
+	n.mu.Lock()
+	for id, ch := range n.waiters {
+		close(ch)
+		delete(n.waiters, id)
+	}
+	n.mu.Unlock()
+}
+
+// Status is a snapshot of the node's view of the cluster.
+type Status struct {
+	ID      uint64
+	Leader  uint64
+	Term    uint64
+	Commit  uint64
+	Applied uint64
+	// SnapshotsApplied counts snapshots received from a leader since start.
+	SnapshotsApplied uint64
+	// Healthy is false after a storage failure stopped the node.
+	Healthy bool
+}
+
+// Status returns the node's current view.
+func (n *Node) Status() Status {
+	st := n.rn.Status()
+	return Status{
+		ID:      n.cfg.ID,
+		Leader:  st.Lead,
+		Term:    st.Term,
+		Commit:  st.Commit,
+		Applied: n.sm.AppliedIndex(),
+
+		SnapshotsApplied: n.snapshots.Load(),
+		Healthy:          n.failed.Load() == nil,
+	}
+}
+
+// Leader returns the current leader's id, 0 when unknown.
+func (n *Node) Leader() uint64 { return n.lead.Load() }
+
+// LogNow estimates the current log time (Unix nanoseconds): on the leader,
+// what it would stamp now; elsewhere, the last applied log time plus the
+// time since it was applied.
+func (n *Node) LogNow() int64 { return n.clock.now() }
+
+// IsLeader reports whether this node currently leads.
+func (n *Node) IsLeader() bool { return n.lead.Load() == n.cfg.ID }
+
+// ID returns this node's Raft id.
+func (n *Node) ID() uint64 { return n.cfg.ID }
+
+// waitApplied blocks until the applied index reaches index.
+func (n *Node) waitApplied(ctx context.Context, index uint64) error {
+	for {
+		n.mu.Lock()
+		ch := n.appliedc
+		n.mu.Unlock()
+		if n.sm.AppliedIndex() >= index {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ErrTimeout
+		case <-n.stopc:
+			return ErrStopped
+		}
+	}
+}

@@ -1,0 +1,163 @@
+package raftnode
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"time"
+
+	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
+	"go.etcd.io/raft/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// errRetry marks a proposal attempt that did not get an answer but may be
+// tried again with the same request id: no leader, the proposal was dropped,
+// the leader changed while it waited, or the forward failed in transit.
+var errRetry = errors.New("raftnode: retry")
+
+// Propose replicates command and returns the state machine's result for it.
+// requestID names the logical request (retries of it keep the id, so the
+// state machine can recognise a repeat); 0 draws a fresh one.
+// It returns only after the entry is committed (in the synced log of a
+// majority) and applied on the leader. Any node may call it: a follower
+// forwards to the leader. When the leader changes mid-flight the proposal is
+// sent again with the same request id, which the state machine recognises,
+// so the caller never sees "not leader". It returns ErrTimeout when ctx ends
+// first.
+func (n *Node) Propose(ctx context.Context, requestID uint64, command []byte) ([]byte, error) {
+	if requestID == 0 {
+		requestID = newRequestID()
+	}
+	return n.propose(ctx, requestID, command)
+}
+
+func (n *Node) propose(ctx context.Context, reqID uint64, command []byte) ([]byte, error) {
+	backoff := 5 * time.Millisecond
+	for {
+		n.mu.Lock()
+		changed := n.leaderChanged
+		n.mu.Unlock()
+		var (
+			res []byte
+			err error
+		)
+		switch lead := n.lead.Load(); lead {
+		case 0:
+			err = errRetry
+		case n.cfg.ID:
+			res, err = n.proposeLocal(ctx, reqID, command)
+		default:
+			res, err = n.trans.forward(ctx, lead, reqID, command)
+		}
+		if err == nil || !errors.Is(err, errRetry) {
+			return res, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ErrTimeout
+		case <-n.stopc:
+			return nil, ErrStopped
+		case <-changed:
+		case <-time.After(backoff):
+			backoff = min(2*backoff, 200*time.Millisecond)
+		}
+	}
+}
+
+// proposeLocal proposes on this node, which believes it is the leader, and
+// waits for the entry to apply here.
+func (n *Node) proposeLocal(ctx context.Context, reqID uint64, command []byte) ([]byte, error) {
+	data, err := proto.Marshal(&statev1.Entry{
+		RequestId: reqID,
+		Time:      n.clock.stamp(),
+		Command:   command,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan []byte, 1)
+	n.mu.Lock()
+	n.waiters[reqID] = ch
+	changed := n.leaderChanged
+	n.lastProposal = time.Now()
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		if n.waiters[reqID] == ch {
+			delete(n.waiters, reqID)
+		}
+		n.mu.Unlock()
+	}()
+	if err := n.rn.Propose(ctx, data); err != nil {
+		switch {
+		case errors.Is(err, raft.ErrProposalDropped):
+			return nil, errRetry
+		case errors.Is(err, raft.ErrStopped):
+			return nil, ErrStopped
+		default:
+			return nil, ErrTimeout
+		}
+	}
+	select {
+	case res, ok := <-ch:
+		if !ok {
+			return nil, ErrStopped
+		}
+		return res, nil
+	case <-changed:
+		// The entry may be lost with the old leader's term, or may still
+		// commit; proposing again with the same id is safe either way.
+		return nil, errRetry
+	case <-ctx.Done():
+		return nil, ErrTimeout
+	case <-n.stopc:
+		return nil, ErrStopped
+	}
+}
+
+// idleTickLoop appends an empty entry when the leader has proposed nothing
+// for IdleTickInterval, so log time, and with it lease and record expiry,
+// moves on an idle cluster.
+func (n *Node) idleTickLoop() {
+	defer n.done.Done()
+	if n.cfg.IdleTickInterval < 0 {
+		return
+	}
+	t := time.NewTicker(n.cfg.IdleTickInterval / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stopc:
+			return
+		case <-t.C:
+		}
+		if n.lead.Load() != n.cfg.ID {
+			continue
+		}
+		n.mu.Lock()
+		idle := time.Since(n.lastProposal) >= n.cfg.IdleTickInterval
+		if idle {
+			n.lastProposal = time.Now()
+		}
+		n.mu.Unlock()
+		if !idle {
+			continue
+		}
+		data, _ := proto.Marshal(&statev1.Entry{Time: n.clock.stamp()})
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.IdleTickInterval)
+		_ = n.rn.Propose(ctx, data) // best effort: the next interval tries again
+		cancel()
+	}
+}
+
+func newRequestID() uint64 {
+	var b [8]byte
+	for {
+		_, _ = rand.Read(b[:])
+		if id := binary.LittleEndian.Uint64(b[:]); id != 0 {
+			return id
+		}
+	}
+}
