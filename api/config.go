@@ -1,0 +1,91 @@
+package api
+
+import (
+	"errors"
+	"log/slog"
+	"time"
+)
+
+// Config holds the server-wide defaults and limits of the API.
+type Config struct {
+	// DefaultLease applies when a Claim or Heartbeat names no lease (30s).
+	DefaultLease time.Duration
+	// MaxLease is the longest lease accepted (1h).
+	MaxLease time.Duration
+	// DefaultRetention applies when a Claim names no retention (24h).
+	DefaultRetention time.Duration
+	// MaxRetention is the longest retention accepted (30 days).
+	MaxRetention time.Duration
+	// MaxWait is the longest Claim wait accepted (1h).
+	MaxWait time.Duration
+	// MaxBodyBytes caps a response body (1 MiB).
+	MaxBodyBytes int
+	// MaxMetadataBytes caps a response's metadata, keys and values (64 KiB).
+	MaxMetadataBytes int
+	// RequestTimeout bounds how long a write or linearizable read waits for
+	// a quorum when the caller's deadline is later or absent (5s). Past it
+	// the call fails with UNAVAILABLE.
+	RequestTimeout time.Duration
+	// LogNow estimates the current log time (Unix nanoseconds), which is
+	// what a waiting Claim's lease-end timer waits for (default: the wall
+	// clock).
+	LogNow func() int64
+	// Logger receives the service's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Limits the contract fixes: configuration may lower the maxima, not raise
+// them past these.
+const (
+	maxNamespaceLen   = 64
+	maxKeyLen         = 255
+	maxFingerprintLen = 64
+	maxOwnerLen       = 256
+	contractMaxLease  = time.Hour
+)
+
+// Validate reports a configuration error.
+func (c Config) Validate() error {
+	c = c.WithDefaults()
+	switch {
+	case c.MaxLease > contractMaxLease:
+		return errors.New("api: MaxLease must be at most 1h (CONTRACT.md)")
+	case c.DefaultLease <= 0 || c.DefaultLease > c.MaxLease:
+		return errors.New("api: DefaultLease must be in (0, MaxLease]")
+	case c.DefaultRetention <= 0 || c.DefaultRetention > c.MaxRetention:
+		return errors.New("api: DefaultRetention must be in (0, MaxRetention]")
+	case c.MaxBodyBytes <= 0 || c.MaxMetadataBytes <= 0:
+		return errors.New("api: MaxBodyBytes and MaxMetadataBytes must be positive")
+	case c.RequestTimeout <= 0 || c.MaxWait < 0:
+		return errors.New("api: RequestTimeout must be positive and MaxWait not negative")
+	}
+	return nil
+}
+
+// WithDefaults returns c with zero fields set to their defaults.
+func (c Config) WithDefaults() Config {
+	set := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	set(&c.DefaultLease, 30*time.Second)
+	set(&c.MaxLease, contractMaxLease)
+	set(&c.DefaultRetention, 24*time.Hour)
+	set(&c.MaxRetention, 30*24*time.Hour)
+	set(&c.MaxWait, time.Hour)
+	set(&c.RequestTimeout, 5*time.Second)
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = 1 << 20
+	}
+	if c.MaxMetadataBytes == 0 {
+		c.MaxMetadataBytes = 64 << 10
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.LogNow == nil {
+		c.LogNow = func() int64 { return time.Now().UnixNano() }
+	}
+	return c
+}

@@ -1,0 +1,283 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/keystore-dev/keystore/internal/bugs"
+	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
+	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
+	"github.com/keystore-dev/keystore/storage"
+	"google.golang.org/protobuf/proto"
+)
+
+// Replicator replicates commands through the log and confirms reads.
+type Replicator interface {
+	// Propose returns the apply result of command once it is committed and
+	// applied. requestID identifies one logical request across retries; 0
+	// asks for a fresh one.
+	Propose(ctx context.Context, requestID uint64, command []byte) ([]byte, error)
+	// ReadIndex returns once the local state reflects every write
+	// acknowledged before the call.
+	ReadIndex(ctx context.Context) error
+}
+
+// Store reads the local replica.
+type Store interface {
+	// Get returns the live record, or storage.ErrNotFound.
+	Get(namespace, key string) (*statev1.Record, int64, error)
+	// Watch fires the next time the record changes.
+	Watch(namespace, key string) (<-chan struct{}, func())
+}
+
+type service struct {
+	keystorev1.UnimplementedKeyStoreServiceServer
+	cfg    Config
+	repl   Replicator
+	store  Store
+	logger *slog.Logger
+}
+
+// NewService returns the KeyStoreService over repl and store.
+func NewService(cfg Config, repl Replicator, store Store) (keystorev1.KeyStoreServiceServer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.WithDefaults()
+	return &service{cfg: cfg, repl: repl, store: store, logger: cfg.Logger.With("component", "api")}, nil
+}
+
+// Claim implements CONTRACT.md's Claim, including wait: the call blocks on
+// the record's apply notifications (and a timer at its lease end), never by
+// polling, then answers as of that moment.
+func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*keystorev1.ClaimResponse, error) {
+	var v validator
+	v.namespace(req.GetNamespace())
+	v.key(req.GetKey())
+	v.fingerprint(req.GetFingerprint())
+	v.owner(req.GetOwner())
+	lease := v.duration("lease", req.GetLease(), s.cfg.DefaultLease, s.cfg.MaxLease)
+	retention := v.duration("retention", req.GetRetention(), s.cfg.DefaultRetention, s.cfg.MaxRetention)
+	wait := v.duration("wait", req.GetWait(), 0, s.cfg.MaxWait)
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	ns, key := req.GetNamespace(), req.GetKey()
+	cmd := mustMarshal(&statev1.Command{Op: &statev1.Command_Claim{Claim: &statev1.Claim{
+		Namespace:   ns,
+		Key:         key,
+		Fingerprint: req.GetFingerprint(),
+		Lease:       int64(lease),
+		Retention:   int64(retention),
+		Owner:       req.GetOwner(),
+	}}})
+
+	waitUntil := time.Now().Add(wait)
+	if dl, ok := ctx.Deadline(); ok {
+		// Answer IN_PROGRESS before the caller's deadline rather than fail.
+		waitUntil = earliest(waitUntil, dl.Add(-margin(time.Until(dl))))
+	}
+	slack := 5 * time.Millisecond
+	for {
+		var changed <-chan struct{}
+		cancel := func() {}
+		if wait > 0 {
+			// Subscribe before proposing so no change is missed.
+			changed, cancel = s.store.Watch(ns, key)
+		}
+		res, err := s.propose(ctx, req.GetRequestId(), cmd)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		if res.GetOutcome() != statev1.Outcome_OUTCOME_IN_PROGRESS || !time.Now().Before(waitUntil) {
+			cancel()
+			return claimResponse(ns, key, res), nil
+		}
+		// Wake when the record changes, when its lease should have ended
+		// in log time, or when the wait is over.
+		untilLeaseEnd := time.Duration(res.GetRecord().GetLeaseExpiresAt()-s.cfg.LogNow()) + slack
+		timer := time.NewTimer(min(untilLeaseEnd, time.Until(waitUntil)))
+		select {
+		case <-changed:
+		case <-timer.C:
+			slack = min(2*slack, 250*time.Millisecond)
+		case <-ctx.Done():
+			timer.Stop()
+			cancel()
+			return nil, errorStatus(s.logger, ctx.Err())
+		}
+		timer.Stop()
+		cancel()
+	}
+}
+
+func claimResponse(ns, key string, res *statev1.Result) *keystorev1.ClaimResponse {
+	out := &keystorev1.ClaimResponse{
+		Outcome: toOutcome(res.GetOutcome()),
+		Record:  toRecord(ns, key, res.GetRecord()),
+	}
+	if res.GetOutcome() == statev1.Outcome_OUTCOME_ACQUIRED {
+		out.Token = res.GetRecord().GetToken()
+	}
+	return out
+}
+
+// Complete implements CONTRACT.md's Complete.
+func (s *service) Complete(ctx context.Context, req *keystorev1.CompleteRequest) (*keystorev1.CompleteResponse, error) {
+	var v validator
+	v.namespace(req.GetNamespace())
+	v.key(req.GetKey())
+	v.token(req.GetToken())
+	v.response(req.GetResponse(), s.cfg.MaxBodyBytes, s.cfg.MaxMetadataBytes)
+	retention := v.duration("retention", req.GetRetention(), 0, s.cfg.MaxRetention)
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	res, err := s.propose(ctx, 0, mustMarshal(&statev1.Command{Op: &statev1.Command_Complete{Complete: &statev1.Complete{
+		Namespace: req.GetNamespace(),
+		Key:       req.GetKey(),
+		Token:     req.GetToken(),
+		Response:  fromResponse(req.GetResponse()),
+		Retention: int64(retention),
+	}}}))
+	if err != nil {
+		return nil, err
+	}
+	return &keystorev1.CompleteResponse{Record: toRecord(req.GetNamespace(), req.GetKey(), res.GetRecord())}, nil
+}
+
+// Release implements CONTRACT.md's Release.
+func (s *service) Release(ctx context.Context, req *keystorev1.ReleaseRequest) (*keystorev1.ReleaseResponse, error) {
+	var v validator
+	v.namespace(req.GetNamespace())
+	v.key(req.GetKey())
+	v.token(req.GetToken())
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	_, err := s.propose(ctx, 0, mustMarshal(&statev1.Command{Op: &statev1.Command_Release{Release: &statev1.Release{
+		Namespace: req.GetNamespace(),
+		Key:       req.GetKey(),
+		Token:     req.GetToken(),
+	}}}))
+	if err != nil {
+		return nil, err
+	}
+	return &keystorev1.ReleaseResponse{}, nil
+}
+
+// Heartbeat implements CONTRACT.md's Heartbeat.
+func (s *service) Heartbeat(ctx context.Context, req *keystorev1.HeartbeatRequest) (*keystorev1.HeartbeatResponse, error) {
+	var v validator
+	v.namespace(req.GetNamespace())
+	v.key(req.GetKey())
+	v.token(req.GetToken())
+	lease := v.duration("lease", req.GetLease(), s.cfg.DefaultLease, s.cfg.MaxLease)
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	res, err := s.propose(ctx, 0, mustMarshal(&statev1.Command{Op: &statev1.Command_Heartbeat{Heartbeat: &statev1.Heartbeat{
+		Namespace: req.GetNamespace(),
+		Key:       req.GetKey(),
+		Token:     req.GetToken(),
+		Lease:     int64(lease),
+	}}}))
+	if err != nil {
+		return nil, err
+	}
+	return &keystorev1.HeartbeatResponse{Record: toRecord(req.GetNamespace(), req.GetKey(), res.GetRecord())}, nil
+}
+
+// Get implements CONTRACT.md's Get: linearizable through ReadIndex unless
+// the caller asks for STALE.
+func (s *service) Get(ctx context.Context, req *keystorev1.GetRequest) (*keystorev1.GetResponse, error) {
+	var v validator
+	v.namespace(req.GetNamespace())
+	v.key(req.GetKey())
+	v.consistency(req.GetConsistency())
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	if req.GetConsistency() != keystorev1.Consistency_CONSISTENCY_STALE && !bugs.LeaseReads {
+		octx, cancel := s.opContext(ctx)
+		err := s.repl.ReadIndex(octx)
+		cancel()
+		if err != nil {
+			return nil, s.callError(ctx, err)
+		}
+	}
+	rec, _, err := s.store.Get(req.GetNamespace(), req.GetKey())
+	if err != nil {
+		return nil, errorStatus(s.logger, err)
+	}
+	// The store judged expiry at the last applied log time, which on an
+	// idle cluster trails by up to a tick; judge again at the current log
+	// time, as the next Claim would.
+	if rec.GetExpiresAt() <= s.cfg.LogNow() {
+		return nil, errorStatus(s.logger, storage.ErrNotFound)
+	}
+	return &keystorev1.GetResponse{Record: toRecord(req.GetNamespace(), req.GetKey(), rec)}, nil
+}
+
+// propose replicates cmd and decodes its result; a refusal by the state
+// machine comes back as the matching gRPC status.
+func (s *service) propose(ctx context.Context, requestID uint64, cmd []byte) (*statev1.Result, error) {
+	octx, cancel := s.opContext(ctx)
+	defer cancel()
+	b, err := s.repl.Propose(octx, requestID, cmd)
+	if err != nil {
+		return nil, s.callError(ctx, err)
+	}
+	res := &statev1.Result{}
+	if err := proto.Unmarshal(b, res); err != nil {
+		return nil, errorStatus(s.logger, err)
+	}
+	if err := storage.ResultError(res); err != nil {
+		return nil, errorStatus(s.logger, err)
+	}
+	return res, nil
+}
+
+// callError maps a replication error, telling the caller's own cancellation
+// apart from a quorum that did not answer in time.
+func (s *service) callError(ctx context.Context, err error) error {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return errorStatus(s.logger, context.Canceled)
+	}
+	return errorStatus(s.logger, err)
+}
+
+// opContext bounds one replication round by RequestTimeout and ends it a
+// little before the caller's deadline, so that the caller hears UNAVAILABLE
+// from the server rather than its own DEADLINE_EXCEEDED.
+func (s *service) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := s.cfg.RequestTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		rem := time.Until(dl)
+		d = min(d, rem-margin(rem))
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+// margin is how long before a caller's deadline the server gives up.
+func margin(remaining time.Duration) time.Duration {
+	return min(remaining/10, 250*time.Millisecond)
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+func mustMarshal(m proto.Message) []byte {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		panic("api: marshal command: " + err.Error())
+	}
+	return b
+}
