@@ -1,0 +1,123 @@
+// Command keystored runs one keystore node. With no flags it starts a
+// working single-node store on 127.0.0.1:7001 with data in ./keystore-data.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/keystore-dev/keystore/api"
+	"github.com/keystore-dev/keystore/expiry"
+	"github.com/keystore-dev/keystore/raftnode"
+	"github.com/keystore-dev/keystore/server"
+	"github.com/keystore-dev/keystore/storage"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "keystored:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("keystored", flag.ContinueOnError)
+	var (
+		name           = fs.String("name", "n1", "this member's name in --initial-cluster")
+		dataDir        = fs.String("data-dir", "keystore-data", "directory for the node's data")
+		clientAddr     = fs.String("client-addr", "127.0.0.1:7001", "address of the gRPC KeyStoreService")
+		peerAddr       = fs.String("peer-addr", "127.0.0.1:7101", "address peers connect to")
+		initialCluster = fs.String("initial-cluster", "", "every member as name=peer-host:port, comma-separated (default: this node alone)")
+		logLevel       = fs.String("log-level", "info", "debug, info, warn or error")
+		logFormat      = fs.String("log-format", "text", "text or json")
+
+		defaultLease     = fs.Duration("default-lease", 30*time.Second, "lease when a Claim names none")
+		maxLease         = fs.Duration("max-lease", time.Hour, "longest lease accepted")
+		defaultRetention = fs.Duration("default-retention", 24*time.Hour, "retention when a Claim names none")
+		maxRetention     = fs.Duration("max-retention", 30*24*time.Hour, "longest retention accepted")
+		maxBody          = fs.Int("max-body-bytes", 1<<20, "largest response body accepted")
+		requestTimeout   = fs.Duration("request-timeout", 5*time.Second, "how long a write waits for a quorum before UNAVAILABLE")
+
+		tick            = fs.Duration("raft-tick", 100*time.Millisecond, "Raft tick interval")
+		electionTicks   = fs.Int("raft-election-ticks", 10, "election timeout in ticks")
+		snapshotEntries = fs.Uint64("snapshot-entries", 10_000, "entries applied between log compactions")
+		keepEntries     = fs.Uint64("keep-entries", 5_000, "applied entries kept in the log for lagging followers")
+		sweepInterval   = fs.Duration("sweep-interval", time.Second, "longest time between two expiry sweeps (the leader also sweeps as soon as a record is due)")
+		sweepBatch      = fs.Uint("sweep-batch", 1000, "most records one expiry log entry deletes (max 10000)")
+	)
+	registerTestFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	logger, err := newLogger(*logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	if *initialCluster == "" {
+		*initialCluster = *name + "=" + *peerAddr
+	}
+	cluster, err := server.ParseCluster(*initialCluster)
+	if err != nil {
+		return err
+	}
+	srv, err := server.New(server.Config{
+		Name:           *name,
+		DataDir:        *dataDir,
+		ClientAddr:     *clientAddr,
+		PeerAddr:       *peerAddr,
+		InitialCluster: cluster,
+		API: api.Config{
+			DefaultLease:     *defaultLease,
+			MaxLease:         *maxLease,
+			DefaultRetention: *defaultRetention,
+			MaxRetention:     *maxRetention,
+			MaxBodyBytes:     *maxBody,
+			RequestTimeout:   *requestTimeout,
+		},
+		Raft: raftnode.Config{
+			TickInterval:    *tick,
+			ElectionTicks:   *electionTicks,
+			SnapshotEntries: *snapshotEntries,
+			KeepEntries:     *keepEntries,
+			Now:             testClock(),
+		},
+		Expiry: expiry.Config{
+			Interval:  *sweepInterval,
+			BatchSize: uint32(min(*sweepBatch, storage.MaxExpireLimit)),
+		},
+		Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	logger.Info("shutting down")
+	srv.Stop(5 * time.Second)
+	return nil
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %v", err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format: %q is not text or json", format)
+}

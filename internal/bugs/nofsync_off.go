@@ -1,0 +1,6 @@
+//go:build !bug_nofsync
+
+package bugs
+
+// NoFsync is off in every normal build (see doc.go).
+const NoFsync = false

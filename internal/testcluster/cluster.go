@@ -1,0 +1,271 @@
+// Package testcluster runs keystore clusters inside a test process: real
+// nodes (storage, Raft, gRPC) talking over loopback, with temp-dir storage
+// or Pebble's crashable in-memory filesystem, and helpers to stop, crash and
+// restart nodes. Tests of every package above the server use it.
+package testcluster
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/keystore-dev/keystore/api"
+	"github.com/keystore-dev/keystore/expiry"
+	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
+	"github.com/keystore-dev/keystore/raftnode"
+	"github.com/keystore-dev/keystore/server"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// Options configures a cluster.
+type Options struct {
+	// Size is the number of nodes (default 3).
+	Size int
+	// Crashable keeps each node's storage on a crashable in-memory
+	// filesystem, so CrashNode keeps exactly what was fsynced.
+	Crashable bool
+	Raft      raftnode.Config
+	Expiry    expiry.Config
+	API       api.Config
+}
+
+// Cluster is a running in-process cluster. Its nodes are named n1, n2, ...
+type Cluster struct {
+	// Names lists the nodes in order.
+	Names []string
+
+	t       testing.TB
+	opts    Options
+	peers   map[string]string
+	clients map[string]string
+	dirs    map[string]string
+	fss     map[string]*vfs.MemFS
+	servers map[string]*server.Server
+	conns   map[string]*grpc.ClientConn
+}
+
+// Start starts a cluster, waits until every node serves, and stops it when
+// the test ends.
+func Start(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	if opts.Size == 0 {
+		opts.Size = 3
+	}
+	c := &Cluster{
+		t: t, opts: opts,
+		peers: map[string]string{}, clients: map[string]string{}, dirs: map[string]string{},
+		fss: map[string]*vfs.MemFS{}, servers: map[string]*server.Server{}, conns: map[string]*grpc.ClientConn{},
+	}
+	root := t.TempDir()
+	for i := 1; i <= opts.Size; i++ {
+		n := "n" + string(rune('0'+i))
+		c.Names = append(c.Names, n)
+		c.peers[n] = FreeAddr(t)
+		c.clients[n] = FreeAddr(t)
+		c.dirs[n] = filepath.Join(root, n)
+		if opts.Crashable {
+			c.fss[n] = vfs.NewCrashableMem()
+		}
+	}
+	for _, n := range c.Names {
+		c.StartNode(n)
+	}
+	t.Cleanup(func() {
+		for _, n := range c.Names {
+			c.StopNode(n)
+		}
+		for _, conn := range c.conns {
+			_ = conn.Close()
+		}
+	})
+	c.WaitServing(15 * time.Second)
+	return c
+}
+
+// FreeAddr returns a loopback address with a port free a moment ago.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	return addr
+}
+
+// StartNode starts (or restarts, with its data) the node name.
+func (c *Cluster) StartNode(name string) {
+	c.t.Helper()
+	cfg := server.Config{
+		Name:           name,
+		DataDir:        c.dirs[name],
+		ClientAddr:     c.clients[name],
+		PeerAddr:       c.peers[name],
+		InitialCluster: c.peers,
+		Raft:           c.opts.Raft,
+		Expiry:         c.opts.Expiry,
+		API:            c.opts.API,
+	}
+	if c.opts.Crashable {
+		cfg.FS = c.fss[name]
+	}
+	// The ports were ours a moment ago; retry briefly if the OS is slow to
+	// release them after a stop.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s, err := server.New(cfg)
+		if err != nil {
+			c.t.Fatalf("new %s: %v", name, err)
+		}
+		err = s.Start()
+		if err == nil {
+			c.servers[name] = s
+			break
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("start %s: %v", name, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if c.conns[name] == nil {
+		conn, err := grpc.NewClient(c.clients[name], grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		c.conns[name] = conn
+	}
+}
+
+// StopNode stops a node gracefully (a no-op if it is not running).
+func (c *Cluster) StopNode(name string) {
+	if s := c.servers[name]; s != nil {
+		s.Stop(time.Second)
+		delete(c.servers, name)
+	}
+}
+
+// CrashNode stops a node as a power loss would: on restart its filesystem
+// holds only what was synced before the crash. Needs Options.Crashable.
+func (c *Cluster) CrashNode(name string) {
+	c.t.Helper()
+	if !c.opts.Crashable {
+		c.t.Fatal("testcluster: CrashNode needs Options.Crashable")
+	}
+	clone := c.fss[name].CrashClone(vfs.CrashCloneCfg{})
+	c.StopNode(name)
+	c.fss[name] = clone
+}
+
+// Client returns a KeyStoreService client of node name.
+func (c *Cluster) Client(name string) keystorev1.KeyStoreServiceClient {
+	return keystorev1.NewKeyStoreServiceClient(c.conns[name])
+}
+
+// Conn returns the client connection to node name.
+func (c *Cluster) Conn(name string) *grpc.ClientConn { return c.conns[name] }
+
+// Endpoints returns every node's client address, running or not.
+func (c *Cluster) Endpoints() []string {
+	out := make([]string, 0, len(c.Names))
+	for _, n := range c.Names {
+		out = append(out, c.clients[n])
+	}
+	return out
+}
+
+// Endpoint returns node name's client address.
+func (c *Cluster) Endpoint(name string) string { return c.clients[name] }
+
+// Server returns the running node name, or nil.
+func (c *Cluster) Server(name string) *server.Server { return c.servers[name] }
+
+// Leader returns the name of the node that leads, or "".
+func (c *Cluster) Leader() string {
+	for _, n := range c.Names {
+		if s := c.servers[n]; s != nil {
+			if st := s.Status(); st.Leader == st.ID {
+				return n
+			}
+		}
+	}
+	return ""
+}
+
+// Follower returns the name of a running node that does not lead.
+func (c *Cluster) Follower() string {
+	lead := c.Leader()
+	for _, n := range c.Names {
+		if n != lead && c.servers[n] != nil {
+			return n
+		}
+	}
+	return ""
+}
+
+// WaitServing waits until every running node reports SERVING.
+func (c *Cluster) WaitServing(timeout time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for _, n := range c.Names {
+		if c.servers[n] == nil {
+			continue
+		}
+		hc := healthpb.NewHealthClient(c.conns[n])
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "keystore.v1.KeyStoreService"})
+			cancel()
+			if err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING {
+				break
+			}
+			if time.Now().After(deadline) {
+				c.t.Fatalf("%s not SERVING after %s (last: %v, %v)", n, timeout, resp, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+// AssertSameState waits until all running nodes applied the same index,
+// then fails the test unless their state machine checksums are equal.
+func (c *Cluster) AssertSameState() {
+	c.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		sums := map[string][32]byte{}
+		applied := map[uint64]bool{}
+		for _, n := range c.Names {
+			s := c.servers[n]
+			if s == nil {
+				continue
+			}
+			sum, at, err := s.Store().ChecksumAt()
+			if err != nil {
+				c.t.Fatal(err)
+			}
+			applied[at] = true
+			sums[n] = sum
+		}
+		if len(applied) == 1 {
+			var first *[32]byte
+			for n, s := range sums {
+				if first == nil {
+					first = &s
+				} else if s != *first {
+					c.t.Fatalf("state checksum of %s differs at the same applied index", n)
+				}
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("nodes did not converge on one applied index: %v", applied)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,280 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keystore-dev/keystore/internal/testcluster"
+	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
+	"github.com/keystore-dev/keystore/raftnode"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+func ctxT(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// lifecycle claims and completes key through node, returning the response.
+func lifecycle(t *testing.T, c keystorev1.KeyStoreServiceClient, key string) *keystorev1.Response {
+	t.Helper()
+	ctx := ctxT(t, 10*time.Second)
+	cl, err := c.Claim(ctx, &keystorev1.ClaimRequest{Namespace: "test", Key: key, Fingerprint: []byte("fp-" + key)})
+	if err != nil {
+		t.Fatalf("claim %s: %v", key, err)
+	}
+	if cl.Outcome != keystorev1.ClaimOutcome_CLAIM_OUTCOME_ACQUIRED {
+		t.Fatalf("claim %s: got outcome %v; want ACQUIRED", key, cl.Outcome)
+	}
+	resp := &keystorev1.Response{Code: 201, Metadata: map[string]string{"k": key}, Body: []byte("body of " + key)}
+	if _, err := c.Complete(ctx, &keystorev1.CompleteRequest{Namespace: "test", Key: key, Token: cl.Token, Response: resp}); err != nil {
+		t.Fatalf("complete %s: %v", key, err)
+	}
+	return resp
+}
+
+func TestClusterConcurrentClaimsOneWinner(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{})
+	const callers = 200
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		acquired []uint64
+		inProg   int
+		errs     []error
+	)
+	start := make(chan struct{})
+	for i := 0; i < callers; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			<-start
+			cl := c.Client(c.Names[i%3])
+			resp, err := cl.Claim(ctxT(t, 15*time.Second), &keystorev1.ClaimRequest{
+				Namespace: "test", Key: "contended", Owner: fmt.Sprintf("caller-%d", i),
+			})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				errs = append(errs, err)
+			case resp.Outcome == keystorev1.ClaimOutcome_CLAIM_OUTCOME_ACQUIRED:
+				acquired = append(acquired, resp.Token)
+			case resp.Outcome == keystorev1.ClaimOutcome_CLAIM_OUTCOME_IN_PROGRESS:
+				inProg++
+			}
+		}(i)
+	}
+	close(start)
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Fatalf("%d claims failed, first: %v", len(errs), errs[0])
+	}
+	if len(acquired) != 1 {
+		t.Fatalf("got %d ACQUIRED (tokens %v); want exactly 1", len(acquired), acquired)
+	}
+	if inProg != callers-1 {
+		t.Fatalf("got %d IN_PROGRESS; want %d", inProg, callers-1)
+	}
+}
+
+func TestClusterCompletedSurviveCrashOfAllNodes(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{Crashable: true})
+	want := map[string]*keystorev1.Response{}
+	for i := 0; i < 30; i++ {
+		key := fmt.Sprintf("k%d", i)
+		want[key] = lifecycle(t, c.Client(c.Names[i%3]), key)
+	}
+	for _, n := range c.Names {
+		c.CrashNode(n)
+	}
+	for _, n := range c.Names {
+		c.StartNode(n)
+	}
+	c.WaitServing(15 * time.Second)
+	for key, resp := range want {
+		for _, n := range c.Names {
+			got, err := c.Client(n).Claim(ctxT(t, 10*time.Second), &keystorev1.ClaimRequest{Namespace: "test", Key: key})
+			if err != nil {
+				t.Fatalf("claim %s on %s after restart: %v", key, n, err)
+			}
+			if got.Outcome != keystorev1.ClaimOutcome_CLAIM_OUTCOME_COMPLETED {
+				t.Fatalf("claim %s on %s after restart: got %v; want COMPLETED", key, n, got.Outcome)
+			}
+			if !proto.Equal(got.Record.Response, resp) {
+				t.Fatalf("replay of %s on %s: got %v; want %v", key, n, got.Record.Response, resp)
+			}
+		}
+	}
+}
+
+func TestClusterLeaderLossNewLeaderServesWithin3s(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{})
+	lifecycle(t, c.Client("n1"), "before")
+	old := c.Leader()
+	if old == "" {
+		t.Fatal("no leader")
+	}
+	c.StopNode(old)
+	stopped := time.Now()
+	var survivor string
+	for _, n := range c.Names {
+		if n != old {
+			survivor = n
+			break
+		}
+	}
+	var served time.Duration
+	for i := 0; ; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := c.Client(survivor).Claim(ctx, &keystorev1.ClaimRequest{Namespace: "test", Key: fmt.Sprintf("after-%d", i)})
+		cancel()
+		if err == nil {
+			served = time.Since(stopped)
+			break
+		}
+		if time.Since(stopped) > 10*time.Second {
+			t.Fatalf("no successful claim 10s after the leader stopped: %v", err)
+		}
+	}
+	t.Logf("first successful claim %s after the leader stopped", served)
+	if served > 3*time.Second {
+		t.Fatalf("got first claim after %s; want within 3s", served)
+	}
+	// The old leader comes back and catches up.
+	c.StartNode(old)
+	c.WaitServing(10 * time.Second)
+	if _, err := c.Client(old).Get(ctxT(t, 5*time.Second), &keystorev1.GetRequest{Namespace: "test", Key: "before"}); err != nil {
+		t.Fatalf("get on the restarted old leader: %v", err)
+	}
+}
+
+func TestClusterFollowerCatchesUpBySnapshot(t *testing.T) {
+	// Compact often so that 10,000 writes leave the stopped follower behind
+	// the log's start.
+	c := testcluster.Start(t, testcluster.Options{Raft: raftnode.Config{SnapshotEntries: 1000, KeepEntries: 200}})
+	lead := c.Leader()
+	var follower string
+	for _, n := range c.Names {
+		if n != lead {
+			follower = n
+			break
+		}
+	}
+	c.StopNode(follower)
+	const writes = 10_000
+	const workers = 64
+	var wg sync.WaitGroup
+	errc := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			cl := c.Client(lead)
+			for i := w; i < writes; i += workers {
+				if _, err := cl.Claim(ctxT(t, 10*time.Second), &keystorev1.ClaimRequest{Namespace: "test", Key: fmt.Sprintf("w%d", i)}); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	c.StartNode(follower)
+	target := c.Server(lead).Status().Applied
+	deadline := time.Now().Add(30 * time.Second)
+	for c.Server(follower).Status().Applied < target {
+		if time.Now().After(deadline) {
+			t.Fatalf("follower applied %d; want >= %d", c.Server(follower).Status().Applied, target)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := c.Server(follower).Status().SnapshotsApplied; got == 0 {
+		t.Fatalf("follower caught up without a snapshot; want at least one")
+	}
+	// Same data: a stale read on the follower sees the last write, and the
+	// state machines are identical once every node applied the same index.
+	if _, err := c.Client(follower).Get(ctxT(t, 5*time.Second), &keystorev1.GetRequest{
+		Namespace: "test", Key: fmt.Sprintf("w%d", writes-1), Consistency: keystorev1.Consistency_CONSISTENCY_STALE,
+	}); err != nil {
+		t.Fatalf("stale get on the caught-up follower: %v", err)
+	}
+	c.AssertSameState()
+}
+
+func TestClusterGetAfterCompleteOnAnotherNode(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{})
+	for i := 0; i < 20; i++ {
+		key := fmt.Sprintf("g%d", i)
+		writer, reader := c.Names[i%3], c.Names[(i+1)%3]
+		resp := lifecycle(t, c.Client(writer), key)
+		got, err := c.Client(reader).Get(ctxT(t, 5*time.Second), &keystorev1.GetRequest{Namespace: "test", Key: key})
+		if err != nil {
+			t.Fatalf("get %s on %s after complete on %s: %v", key, reader, writer, err)
+		}
+		if got.Record.State != keystorev1.RecordState_RECORD_STATE_COMPLETED || !proto.Equal(got.Record.Response, resp) {
+			t.Fatalf("get %s on %s: got %v; want COMPLETED with %v", key, reader, got.Record, resp)
+		}
+	}
+}
+
+func TestClusterClaimWaitWakesOnCompleteFromAnotherNode(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{})
+	ctx := ctxT(t, 10*time.Second)
+	held, err := c.Client("n1").Claim(ctx, &keystorev1.ClaimRequest{Namespace: "test", Key: "w"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *keystorev1.ClaimResponse, 1)
+	go func() {
+		resp, err := c.Client("n2").Claim(ctx, &keystorev1.ClaimRequest{Namespace: "test", Key: "w", Wait: durationpb.New(8 * time.Second)})
+		if err != nil {
+			t.Errorf("waiting claim: %v", err)
+		}
+		done <- resp
+	}()
+	time.Sleep(300 * time.Millisecond)
+	began := time.Now()
+	if _, err := c.Client("n3").Complete(ctx, &keystorev1.CompleteRequest{Namespace: "test", Key: "w", Token: held.Token, Response: &keystorev1.Response{Code: 200}}); err != nil {
+		t.Fatal(err)
+	}
+	resp := <-done
+	if resp == nil || resp.Outcome != keystorev1.ClaimOutcome_CLAIM_OUTCOME_COMPLETED {
+		t.Fatalf("waiting claim: got %v; want COMPLETED", resp)
+	}
+	if d := time.Since(began); d > 2*time.Second {
+		t.Fatalf("waiting claim answered %s after the complete; want promptly", d)
+	}
+}
+
+func TestClusterNoQuorumIsUnavailable(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{})
+	lifecycle(t, c.Client("n1"), "k")
+	c.StopNode("n2")
+	c.StopNode("n3")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_, err := c.Client("n1").Claim(ctx, &keystorev1.ClaimRequest{Namespace: "test", Key: "lonely"})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("claim without quorum: got %v; want UNAVAILABLE", err)
+	}
+	_, err = c.Client("n1").Get(ctx, &keystorev1.GetRequest{Namespace: "test", Key: "k"})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("linearizable get without quorum: got %v; want UNAVAILABLE", err)
+	}
+	got, err := c.Client("n1").Get(ctx, &keystorev1.GetRequest{Namespace: "test", Key: "k", Consistency: keystorev1.Consistency_CONSISTENCY_STALE})
+	if err != nil || got.Record.State != keystorev1.RecordState_RECORD_STATE_COMPLETED {
+		t.Fatalf("stale get without quorum: got %v, %v; want the COMPLETED record", got, err)
+	}
+}

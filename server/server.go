@@ -1,0 +1,298 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/keystore-dev/keystore/api"
+	"github.com/keystore-dev/keystore/expiry"
+	peerv1 "github.com/keystore-dev/keystore/proto/keystore/peer/v1"
+	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
+	"github.com/keystore-dev/keystore/raftnode"
+	"github.com/keystore-dev/keystore/storage"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+)
+
+// Config configures one keystore node.
+type Config struct {
+	// Name is this member's name in InitialCluster.
+	Name string
+	// DataDir holds the node's database (DataDir/db).
+	DataDir string
+	// ClientAddr is where the KeyStoreService listens.
+	ClientAddr string
+	// PeerAddr is where peers connect.
+	PeerAddr string
+	// InitialCluster maps every member's name to its peer address.
+	InitialCluster map[string]string
+
+	// ClientListener and PeerListener, when set, are used instead of
+	// listening on ClientAddr and PeerAddr (tests bind :0 first).
+	ClientListener, PeerListener net.Listener
+
+	// API holds the service's defaults and limits.
+	API api.Config
+	// Raft holds timings and compaction settings; ID and Peers are derived
+	// from Name and InitialCluster.
+	Raft raftnode.Config
+	// Expiry holds the sweep interval and batch size.
+	Expiry expiry.Config
+	// FS is the storage filesystem; nil is the operating system's.
+	FS vfs.FS
+	// Logger receives all logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// ParseCluster parses "n1=127.0.0.1:7101,n2=127.0.0.1:7102".
+func ParseCluster(s string) (map[string]string, error) {
+	out := make(map[string]string)
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, addr, ok := strings.Cut(part, "=")
+		if !ok || name == "" || addr == "" {
+			return nil, fmt.Errorf("initial cluster: %q is not name=host:port", part)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("initial cluster: %q: %v", part, err)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("initial cluster: %q named twice", name)
+		}
+		out[name] = addr
+	}
+	return out, nil
+}
+
+// Validate reports a configuration error.
+func (c Config) Validate() error {
+	switch {
+	case c.Name == "":
+		return errors.New("server: Name is required")
+	case c.DataDir == "":
+		return errors.New("server: DataDir is required")
+	case c.ClientAddr == "" && c.ClientListener == nil:
+		return errors.New("server: ClientAddr is required")
+	case c.PeerAddr == "" && c.PeerListener == nil:
+		return errors.New("server: PeerAddr is required")
+	}
+	if _, ok := c.InitialCluster[c.Name]; !ok {
+		return fmt.Errorf("server: initial cluster does not name this member %q", c.Name)
+	}
+	ids := make(map[uint64]string)
+	for name := range c.InitialCluster {
+		id := raftnode.IDFromName(name)
+		if other, dup := ids[id]; dup {
+			return fmt.Errorf("server: member names %q and %q collide", name, other)
+		}
+		ids[id] = name
+	}
+	return c.API.Validate()
+}
+
+// Server is one running keystore node.
+type Server struct {
+	cfg    Config
+	logger *slog.Logger
+	store  *storage.Store
+	node   *raftnode.Node
+	sweep  *expiry.Sweeper
+	health *health.Server
+
+	client, peer       *grpc.Server
+	clientLis, peerLis net.Listener
+	wg                 sync.WaitGroup
+	serving            atomic.Bool // what health reports
+	stopHealth         chan struct{}
+	stopOnce           sync.Once
+}
+
+// healthServices are the names whose health the node reports ("" is the
+// whole server).
+var healthServices = []string{"", keystorev1.KeyStoreService_ServiceDesc.ServiceName}
+
+// New opens the store and builds the node; Start serves it.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("node", cfg.Name)
+	store, err := storage.Open(storage.Config{Dir: filepath.Join(cfg.DataDir, "db"), FS: cfg.FS, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	rc := cfg.Raft
+	rc.ID = raftnode.IDFromName(cfg.Name)
+	rc.Peers = make(map[uint64]string)
+	for name, addr := range cfg.InitialCluster {
+		rc.Peers[raftnode.IDFromName(name)] = addr
+	}
+	rc.Logger = logger
+	node, err := raftnode.New(rc, store, store)
+	if err != nil {
+		_ = store.Close()
+		return nil, err
+	}
+	ec := cfg.Expiry
+	ec.Logger = logger
+	sweep, err := expiry.New(ec, node, store)
+	if err != nil {
+		_ = store.Close()
+		return nil, err
+	}
+	apiCfg := cfg.API
+	apiCfg.Logger = logger
+	apiCfg.LogNow = node.LogNow
+	svc, err := api.NewService(apiCfg, node, store)
+	if err != nil {
+		_ = store.Close()
+		return nil, err
+	}
+	apiCfg = apiCfg.WithDefaults()
+	s := &Server{
+		cfg:        cfg,
+		logger:     logger,
+		store:      store,
+		node:       node,
+		sweep:      sweep,
+		health:     health.NewServer(),
+		stopHealth: make(chan struct{}),
+		// Room for the largest body plus metadata and framing, so that an
+		// oversize value gets INVALID_ARGUMENT naming the limit.
+		client: grpc.NewServer(grpc.MaxRecvMsgSize(apiCfg.MaxBodyBytes + apiCfg.MaxMetadataBytes + 1<<20)),
+		peer:   grpc.NewServer(grpc.MaxRecvMsgSize(raftnode.MaxMessageBytes)),
+	}
+	keystorev1.RegisterKeyStoreServiceServer(s.client, svc)
+	keystorev1.RegisterClusterServiceServer(s.client, clusterService{s: s})
+	healthpb.RegisterHealthServer(s.client, s.health)
+	reflection.Register(s.client)
+	peerv1.RegisterPeerServiceServer(s.peer, node.PeerServer())
+	for _, name := range healthServices {
+		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
+	}
+	return s, nil
+}
+
+// Start listens (unless given listeners), starts Raft and serves.
+func (s *Server) Start() error {
+	var err error
+	s.peerLis = s.cfg.PeerListener
+	if s.peerLis == nil {
+		if s.peerLis, err = net.Listen("tcp", s.cfg.PeerAddr); err != nil {
+			_ = s.store.Close()
+			return fmt.Errorf("server: listen peer: %w", err)
+		}
+	}
+	s.clientLis = s.cfg.ClientListener
+	if s.clientLis == nil {
+		if s.clientLis, err = net.Listen("tcp", s.cfg.ClientAddr); err != nil {
+			_ = s.peerLis.Close()
+			_ = s.store.Close()
+			return fmt.Errorf("server: listen client: %w", err)
+		}
+	}
+	if err := s.node.Start(); err != nil {
+		_ = s.peerLis.Close()
+		_ = s.clientLis.Close()
+		_ = s.store.Close()
+		return err
+	}
+	s.sweep.Start()
+	s.wg.Add(3)
+	go func() { defer s.wg.Done(); _ = s.peer.Serve(s.peerLis) }()
+	go func() { defer s.wg.Done(); _ = s.client.Serve(s.clientLis) }()
+	go func() { defer s.wg.Done(); s.healthLoop() }()
+	s.logger.Info("serving", "client_addr", s.clientLis.Addr().String(), "peer_addr", s.peerLis.Addr().String())
+	return nil
+}
+
+// ClientAddr returns the address the KeyStoreService listens on.
+func (s *Server) ClientAddr() string { return s.clientLis.Addr().String() }
+
+// Store returns the node's store (tests compare checksums).
+func (s *Server) Store() *storage.Store { return s.store }
+
+// Status returns the Raft node's view.
+func (s *Server) Status() raftnode.Status { return s.node.Status() }
+
+// Stop stops serving: in-flight client calls get up to grace to finish,
+// then the node stops and the store closes. Stop waits for all of it.
+func (s *Server) Stop(grace time.Duration) {
+	s.stopOnce.Do(func() {
+		for _, name := range healthServices {
+			s.health.SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
+		}
+		close(s.stopHealth)
+		done := make(chan struct{})
+		go func() { s.client.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(grace):
+			s.client.Stop()
+		}
+		s.sweep.Stop()
+		s.node.Stop()
+		s.peer.Stop()
+		s.wg.Wait()
+		if err := s.store.Close(); err != nil {
+			s.logger.Error("closing store", "err", err)
+		}
+		s.logger.Info("stopped")
+	})
+}
+
+// healthLoop reports SERVING once the node knows a leader and has applied
+// everything it knows to be committed; after that it stays SERVING while a
+// leader is known and it lags by at most maxServingLag entries (a follower
+// always learns a commit index a moment before it applies it).
+func (s *Server) healthLoop() {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	serving := false
+	for {
+		select {
+		case <-s.stopHealth:
+			return
+		case <-t.C:
+		}
+		st := s.node.Status()
+		ok := st.Healthy && st.Leader != 0 && st.Applied >= st.Commit
+		if serving {
+			ok = st.Healthy && st.Leader != 0 && st.Applied+maxServingLag >= st.Commit
+		}
+		if ok == serving {
+			continue
+		}
+		serving = ok
+		s.serving.Store(ok)
+		state := healthpb.HealthCheckResponse_NOT_SERVING
+		if ok {
+			state = healthpb.HealthCheckResponse_SERVING
+		}
+		for _, name := range healthServices {
+			s.health.SetServingStatus(name, state)
+		}
+		s.logger.Info("health", "serving", ok, "leader", fmt.Sprintf("%x", st.Leader), "applied", st.Applied, "commit", st.Commit)
+	}
+}
+
+// maxServingLag is how far behind the commit index a serving node may fall
+// before it reports NOT_SERVING.
+const maxServingLag = 1000
