@@ -1,0 +1,168 @@
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"math/big"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// Config configures a Client.
+type Config struct {
+	// Endpoints are the client addresses (host:port) of the cluster's
+	// nodes. At least one.
+	Endpoints []string
+	// DialOptions are added to every connection (default: plaintext).
+	DialOptions []grpc.DialOption
+	// AttemptTimeout bounds one attempt on one node, so that a stuck node
+	// is left for the next (default 6s, a little over the server's own
+	// quorum timeout). A Claim's wait is added to it.
+	AttemptTimeout time.Duration
+	// MaxAttempts bounds the attempts of one call across nodes (default 8).
+	// The caller's deadline bounds them too.
+	MaxAttempts int
+	// BackoffBase and BackoffMax shape the pause between attempts:
+	// exponential from the base, capped, with full jitter (default 25ms
+	// and 1s).
+	BackoffBase, BackoffMax time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.AttemptTimeout <= 0 {
+		c.AttemptTimeout = 6 * time.Second
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 8
+	}
+	if c.BackoffBase <= 0 {
+		c.BackoffBase = 25 * time.Millisecond
+	}
+	if c.BackoffMax <= 0 {
+		c.BackoffMax = time.Second
+	}
+	return c
+}
+
+// Client talks to a keystore cluster. It is safe for concurrent use; Close
+// it when done.
+type Client struct {
+	cfg       Config
+	conns     []*grpc.ClientConn
+	kv        []keystorev1.KeyStoreServiceClient
+	cluster   []keystorev1.ClusterServiceClient
+	preferred atomic.Int64 // the endpoint that answered last
+	closeOnce sync.Once
+}
+
+// New connects to every endpoint. Connections are made lazily by gRPC, so
+// New succeeds while nodes are down; calls find the live ones. ctx is
+// reserved for connection setup that needs it and is not stored.
+func New(ctx context.Context, cfg Config) (*Client, error) {
+	_ = ctx
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("keystore: Config.Endpoints is empty")
+	}
+	cfg = cfg.withDefaults()
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, cfg.DialOptions...)
+	c := &Client{cfg: cfg}
+	for _, ep := range cfg.Endpoints {
+		conn, err := grpc.NewClient(ep, opts...)
+		if err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+		c.conns = append(c.conns, conn)
+		c.kv = append(c.kv, keystorev1.NewKeyStoreServiceClient(conn))
+		c.cluster = append(c.cluster, keystorev1.NewClusterServiceClient(conn))
+	}
+	return c, nil
+}
+
+// Close closes every connection.
+func (c *Client) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		for _, conn := range c.conns {
+			err = errors.Join(err, conn.Close())
+		}
+	})
+	return err
+}
+
+// invoke runs call on one node after another until it succeeds, fails for
+// a reason another node would not change, or the attempts or the caller's
+// deadline run out. extra lengthens the attempt timeout (a Claim's wait).
+func (c *Client) invoke(ctx context.Context, extra time.Duration, call func(ctx context.Context, node int) error) error {
+	n := len(c.kv)
+	start := int(c.preferred.Load())
+	var err error
+	for attempt := 0; attempt < c.cfg.MaxAttempts; attempt++ {
+		if attempt > 0 {
+			if werr := c.backoff(ctx, attempt); werr != nil {
+				break
+			}
+		}
+		node := (start + attempt) % n
+		actx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout+extra)
+		err = call(actx, node)
+		cancel()
+		if err == nil {
+			c.preferred.Store(int64(node))
+			return nil
+		}
+		if !retryable(ctx, err) {
+			break
+		}
+	}
+	if ctx.Err() != nil && err == nil {
+		return ctx.Err()
+	}
+	return fromStatus(err)
+}
+
+// backoff sleeps an exponential, capped, fully jittered pause.
+func (c *Client) backoff(ctx context.Context, attempt int) error {
+	ceil := c.cfg.BackoffBase << min(attempt-1, 16)
+	if ceil <= 0 || ceil > c.cfg.BackoffMax {
+		ceil = c.cfg.BackoffMax
+	}
+	d := time.Duration(randInt63n(int64(ceil)))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func randInt63n(n int64) int64 {
+	if n <= 0 {
+		return 0
+	}
+	v, err := rand.Int(rand.Reader, big.NewInt(n))
+	if err != nil {
+		return n / 2
+	}
+	return v.Int64()
+}
+
+// newRequestID draws the id that makes a Claim's retries recognisable.
+func newRequestID() uint64 {
+	var b [8]byte
+	for {
+		_, _ = rand.Read(b[:])
+		if id := binary.LittleEndian.Uint64(b[:]); id != 0 {
+			return id
+		}
+	}
+}

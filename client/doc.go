@@ -1,0 +1,16 @@
+// Package client is the Go client of keystore, a replicated idempotency-key
+// store, and the way most callers use it.
+//
+// New connects to every node it is given and routes around dead ones:
+// calls that fail with UNAVAILABLE (or time out on a stuck node) are retried
+// on the next node with backoff and jitter, never changing the key, the
+// token or, for Claim, the request id that makes a retried Claim safe.
+// Errors come back as sentinels for errors.Is (ErrFingerprintMismatch,
+// ErrClaimLost, ErrInProgress, ErrAlreadyCompleted, ErrNotFound, ...).
+//
+// Do makes an operation effectively-once in one call: it claims the key,
+// runs the operation only when the claim is acquired, keeps the lease alive
+// while it runs, stores its response, and replays that response to every
+// retry. Subpackages grpcidem and httpidem do the same for gRPC methods and
+// HTTP handlers.
+package client

@@ -1,0 +1,162 @@
+package client
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// ClaimRequest is a Claim. Zero durations take the server's defaults (lease
+// 30s, retention 24h) and no wait.
+type ClaimRequest struct {
+	Namespace   string
+	Key         string
+	Fingerprint []byte
+	Lease       time.Duration
+	Retention   time.Duration
+	// Wait blocks on a live claim of another caller until it completes, is
+	// released or its lease ends, up to Wait.
+	Wait  time.Duration
+	Owner string
+}
+
+// Claim claims a key. Retries on other nodes carry one request id, so a
+// retry of a Claim that was applied but whose answer was lost still returns
+// Acquired with the same token.
+func (c *Client) Claim(ctx context.Context, req ClaimRequest) (*ClaimResult, error) {
+	in := &keystorev1.ClaimRequest{
+		Namespace:   req.Namespace,
+		Key:         req.Key,
+		Fingerprint: req.Fingerprint,
+		Lease:       duration(req.Lease),
+		Retention:   duration(req.Retention),
+		Wait:        duration(req.Wait),
+		Owner:       req.Owner,
+		RequestId:   newRequestID(),
+	}
+	var out *keystorev1.ClaimResponse
+	err := c.invoke(ctx, req.Wait, func(ctx context.Context, node int) (err error) {
+		out, err = c.kv[node].Claim(ctx, in)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &ClaimResult{Outcome: fromOutcome(out.GetOutcome()), Token: out.GetToken(), Record: fromRecord(out.GetRecord())}, nil
+}
+
+// CompleteRequest stores the response of a claimed operation.
+type CompleteRequest struct {
+	Namespace string
+	Key       string
+	Token     uint64
+	Response  Response
+	// Retention from completion; zero keeps the one given at Claim.
+	Retention time.Duration
+}
+
+// Complete stores the response. Completing again with the same token
+// returns the stored record (the first response wins), so retries are safe.
+func (c *Client) Complete(ctx context.Context, req CompleteRequest) (*Record, error) {
+	in := &keystorev1.CompleteRequest{
+		Namespace: req.Namespace,
+		Key:       req.Key,
+		Token:     req.Token,
+		Response:  toResponse(req.Response),
+		Retention: duration(req.Retention),
+	}
+	var out *keystorev1.CompleteResponse
+	err := c.invoke(ctx, 0, func(ctx context.Context, node int) (err error) {
+		out, err = c.kv[node].Complete(ctx, in)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return fromRecord(out.GetRecord()), nil
+}
+
+// Release gives up a claim after a retryable failure, so that the next
+// Claim acquires.
+func (c *Client) Release(ctx context.Context, namespace, key string, token uint64) error {
+	in := &keystorev1.ReleaseRequest{Namespace: namespace, Key: key, Token: token}
+	return c.invoke(ctx, 0, func(ctx context.Context, node int) error {
+		_, err := c.kv[node].Release(ctx, in)
+		return err
+	})
+}
+
+// Heartbeat extends a claim's lease to lease from now (zero: the server's
+// default), capped at the record's expiry.
+func (c *Client) Heartbeat(ctx context.Context, namespace, key string, token uint64, lease time.Duration) (*Record, error) {
+	in := &keystorev1.HeartbeatRequest{Namespace: namespace, Key: key, Token: token, Lease: duration(lease)}
+	var out *keystorev1.HeartbeatResponse
+	err := c.invoke(ctx, 0, func(ctx context.Context, node int) (err error) {
+		out, err = c.kv[node].Heartbeat(ctx, in)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return fromRecord(out.GetRecord()), nil
+}
+
+// Get reads a record, linearizably.
+func (c *Client) Get(ctx context.Context, namespace, key string) (*Record, error) {
+	return c.get(ctx, namespace, key, keystorev1.Consistency_CONSISTENCY_LINEARIZABLE)
+}
+
+// GetStale reads a record from whichever node answers, possibly stale.
+func (c *Client) GetStale(ctx context.Context, namespace, key string) (*Record, error) {
+	return c.get(ctx, namespace, key, keystorev1.Consistency_CONSISTENCY_STALE)
+}
+
+func (c *Client) get(ctx context.Context, namespace, key string, cons keystorev1.Consistency) (*Record, error) {
+	in := &keystorev1.GetRequest{Namespace: namespace, Key: key, Consistency: cons}
+	var out *keystorev1.GetResponse
+	err := c.invoke(ctx, 0, func(ctx context.Context, node int) (err error) {
+		out, err = c.kv[node].Get(ctx, in)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return fromRecord(out.GetRecord()), nil
+}
+
+// NodeStatus is one endpoint's view of the cluster, or why it gave none.
+type NodeStatus struct {
+	Endpoint string
+	Status   *keystorev1.StatusResponse
+	Err      error
+}
+
+// Status asks every endpoint, at once, for its view of the cluster (no
+// retries: a node that does not answer within 2s, or ctx, is reported as
+// such).
+func (c *Client) Status(ctx context.Context) []NodeStatus {
+	out := make([]NodeStatus, len(c.cluster))
+	var wg sync.WaitGroup
+	for i, cl := range c.cluster {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			st, err := cl.Status(actx, &keystorev1.StatusRequest{})
+			out[i] = NodeStatus{Endpoint: c.cfg.Endpoints[i], Status: st, Err: fromStatus(err)}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func duration(d time.Duration) *durationpb.Duration {
+	if d == 0 {
+		return nil
+	}
+	return durationpb.New(d)
+}

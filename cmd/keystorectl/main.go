@@ -1,0 +1,211 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/keystore-dev/keystore/client"
+)
+
+// Exit statuses.
+const (
+	exitOK    = 0
+	exitError = 1 // keystore or the network refused the call
+	exitUsage = 2 // the command line is wrong
+)
+
+const defaultEndpoints = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// globals are the flags every command takes.
+type globals struct {
+	endpoints string
+	output    string
+	timeout   time.Duration
+}
+
+func defaultGlobals() globals {
+	return globals{endpoints: defaultEndpoints, output: "text", timeout: 10 * time.Second}
+}
+
+// register adds the global flags to fs, defaulting to their current values
+// so that a flag given before the command survives the command's parse.
+func (g *globals) register(fs *flag.FlagSet) {
+	fs.StringVar(&g.endpoints, "endpoints", g.endpoints, "the nodes to call, comma-separated `host:port,...`")
+	fs.StringVar(&g.output, "o", g.output, "output `format`: text or json")
+	fs.StringVar(&g.output, "output", g.output, "same as -o")
+	fs.DurationVar(&g.timeout, "timeout", g.timeout, "bound on the whole call (a claim's --wait is added)")
+}
+
+func (g *globals) validate() error {
+	switch {
+	case g.output != "text" && g.output != "json":
+		return usageErrorf("-o: %q is not text or json", g.output)
+	case g.timeout <= 0:
+		return usageErrorf("--timeout must be positive")
+	}
+	if len(g.endpointList()) == 0 {
+		return usageErrorf("--endpoints: no endpoint given")
+	}
+	return nil
+}
+
+func (g *globals) endpointList() []string {
+	var out []string
+	for _, ep := range strings.Split(g.endpoints, ",") {
+		if ep = strings.TrimSpace(ep); ep != "" {
+			out = append(out, ep)
+		}
+	}
+	return out
+}
+
+// env is what a command runs with once its flags are parsed and valid.
+type env struct {
+	g   globals
+	out *printer
+}
+
+// call returns the context of one call: --timeout plus extra.
+func (e *env) call(extra time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), e.g.timeout+extra)
+}
+
+// dial connects to the endpoints; the caller must Close the client.
+func (e *env) dial() (*client.Client, error) {
+	return client.New(context.Background(), client.Config{
+		Endpoints: e.g.endpointList(),
+		// One stuck node must not eat the whole --timeout.
+		AttemptTimeout: min(6*time.Second, e.g.timeout),
+	})
+}
+
+// usageError is a command-line mistake: exit 2 with the usage.
+type usageError struct{ msg string }
+
+func (u usageError) Error() string { return u.msg }
+
+func usageErrorf(format string, args ...any) error {
+	return usageError{fmt.Sprintf(format, args...)}
+}
+
+// run is keystorectl with args (without the program name); it returns the
+// exit status.
+func run(args []string, stdout, stderr io.Writer) int {
+	g := defaultGlobals()
+	top := flag.NewFlagSet("keystorectl", flag.ContinueOnError)
+	top.SetOutput(stderr)
+	top.Usage = func() {}
+	g.register(top)
+	if err := top.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(stdout, top)
+			return exitOK
+		}
+		printUsage(stderr, top)
+		return exitUsage
+	}
+	if top.NArg() == 0 {
+		fmt.Fprintln(stderr, "keystorectl: no command given")
+		printUsage(stderr, top)
+		return exitUsage
+	}
+	name, rest := top.Arg(0), top.Args()[1:]
+	if name == "help" {
+		return help(rest, stdout, stderr, top)
+	}
+	cmd, ok := lookup(name)
+	if !ok {
+		fmt.Fprintf(stderr, "keystorectl: unknown command %q\n", name)
+		printUsage(stderr, top)
+		return exitUsage
+	}
+
+	fs := flag.NewFlagSet("keystorectl "+cmd.name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {}
+	g.register(fs)
+	act := cmd.setup(fs)
+	if err := fs.Parse(rest); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printCommandUsage(stdout, cmd, fs)
+			return exitOK
+		}
+		printCommandUsage(stderr, cmd, fs)
+		return exitUsage
+	}
+	err := g.validate()
+	if err == nil && fs.NArg() > 0 {
+		err = usageErrorf("unexpected argument %q", fs.Arg(0))
+	}
+	if err == nil {
+		err = act(&env{g: g, out: &printer{w: stdout, json: g.output == "json"}})
+	}
+	var uerr usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &uerr):
+		fmt.Fprintf(stderr, "keystorectl %s: %s\n", cmd.name, uerr.msg)
+		printCommandUsage(stderr, cmd, fs)
+		return exitUsage
+	default:
+		msg := describe(err)
+		if errors.Is(err, context.DeadlineExceeded) {
+			msg += fmt.Sprintf(" (--timeout %s)", g.timeout)
+		}
+		fmt.Fprintf(stderr, "keystorectl %s: %s\n", cmd.name, msg)
+		return exitError
+	}
+}
+
+func help(topics []string, stdout, stderr io.Writer, top *flag.FlagSet) int {
+	if len(topics) == 0 {
+		printUsage(stdout, top)
+		return exitOK
+	}
+	cmd, ok := lookup(topics[0])
+	if !ok {
+		fmt.Fprintf(stderr, "keystorectl help: unknown command %q\n", topics[0])
+		printUsage(stderr, top)
+		return exitUsage
+	}
+	fs := flag.NewFlagSet("keystorectl "+cmd.name, flag.ContinueOnError)
+	g := defaultGlobals()
+	g.register(fs)
+	cmd.setup(fs)
+	printCommandUsage(stdout, cmd, fs)
+	return exitOK
+}
+
+func printUsage(w io.Writer, top *flag.FlagSet) {
+	fmt.Fprint(w, "Usage: keystorectl [global flags] <command> [flags]\n\nCommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+	}
+	fmt.Fprint(w, "\nGlobal flags (before or after the command):\n")
+	printDefaults(w, top)
+	fmt.Fprint(w, "\nRun 'keystorectl help <command>' for a command's flags.\n"+
+		"Exit status: 0 success, 1 keystore or network error, 2 usage error.\n")
+}
+
+func printCommandUsage(w io.Writer, c command, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "Usage: keystorectl %s %s\n\n%s\n\nFlags:\n", c.name, c.synopsis, c.summary)
+	printDefaults(w, fs)
+}
+
+func printDefaults(w io.Writer, fs *flag.FlagSet) {
+	prev := fs.Output()
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(prev)
+}
