@@ -1,0 +1,238 @@
+package clustertest
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keystore-dev/keystore/cluster-test/checker"
+	"github.com/keystore-dev/keystore/cluster-test/harness"
+	"github.com/keystore-dev/keystore/cluster-test/history"
+)
+
+var (
+	faultRuns     = flag.Int("faults.runs", 1, "how many seeded fault runs TestFaults makes")
+	faultSeed     = flag.Int64("faults.seed", 1, "the first run's seed; run i uses seed+i")
+	faultDuration = flag.Duration("faults.duration", 15*time.Second, "how long each run injects faults under load")
+	faultResults  = flag.String("faults.results", "results", "where a failing run saves its history, visualization and logs")
+	faultTags     = flag.String("faults.tags", "", "extra build tags for keystored, e.g. bug_notoken (see internal/bugs)")
+	faultExpect   = flag.Bool("faults.expect-violations", false, "checker efficacy: pass only if some run finds a violation (stops at the first)")
+)
+
+// runStats is what one run measured.
+type runStats struct {
+	seed       int64
+	ops        int
+	checked    int // ops the checkers could judge
+	faults     map[string]int
+	takeovers  int
+	expiries   int
+	recoveries map[string][]time.Duration
+	violations int
+	notes      []string
+}
+
+// TestFaults runs the seeded fault runs: three real keystored processes
+// behind fault proxies, a recorded workload, two overlapping fault streams,
+// then heal, convergence and the checkers.
+func TestFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs real processes under faults")
+	}
+	var tags []string
+	if *faultTags != "" {
+		tags = strings.Split(*faultTags, ",")
+	}
+	bin, err := harness.Build(t.TempDir(), tags...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []runStats
+	for i := 0; i < *faultRuns; i++ {
+		seed := *faultSeed + int64(i)
+		if *faultExpect {
+			st := faultRun(t, bin, seed, true)
+			all = append(all, st)
+			if st.violations > 0 {
+				t.Logf("build tags %q: caught at run %d (seed %d): %s", *faultTags, i+1, seed, st.notes[0])
+				fmt.Printf("build tags %q: caught at run %d (seed %d): %s\n", *faultTags, i+1, seed, st.notes[0])
+				printSummary(t, all)
+				return
+			}
+			continue
+		}
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			all = append(all, faultRun(t, bin, seed, false))
+		})
+	}
+	printSummary(t, all)
+	if *faultExpect {
+		t.Fatalf("build tags %q: no violation found in %d runs; the suite missed the bug", *faultTags, *faultRuns)
+	}
+}
+
+// faultRun makes one run. With expectBug, violations are the goal: they are
+// reported, not failed on.
+func faultRun(t *testing.T, bin string, seed int64, expectBug bool) runStats {
+	dir := t.TempDir()
+	c, err := harness.Start(harness.Config{Binary: bin, Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), *faultDuration+2*time.Minute)
+	defer cancel()
+	if err := c.WaitServing(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Half the runs use short leases and retention, so takeovers and
+	// expiry happen inside fault windows.
+	w := harness.Workload{Seed: seed, Lease: 2 * time.Second, Retention: 5 * time.Second}
+	if seed%2 == 0 {
+		w.Lease, w.Retention = 20*time.Second, time.Hour
+	}
+	var log history.Log
+	runCtx, stopRun := context.WithTimeout(ctx, *faultDuration)
+	defer stopRun()
+	faultsc := make(chan []harness.Fault, 1)
+	go func() { faultsc <- harness.RunNemesis(runCtx, c, harness.Nemesis{Seed: seed}) }()
+	harness.RunWorkload(runCtx, c, w, &log)
+	faults := <-faultsc
+
+	// Heal, wait for every node, and compare their state machines.
+	if err := c.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	st := runStats{seed: seed, faults: map[string]int{}, recoveries: map[string][]time.Duration{}}
+	fail := func(format string, args ...any) {
+		st.violations++
+		st.notes = append(st.notes, fmt.Sprintf(format, args...))
+	}
+	healCtx, healCancel := context.WithTimeout(ctx, 60*time.Second)
+	defer healCancel()
+	if err := c.WaitServing(healCtx); err != nil {
+		fail("after healing: %v", err)
+	} else if err := c.SameState(healCtx); err != nil {
+		fail("after healing: %v", err)
+	}
+	ops := log.Ops()
+	st.ops = len(ops)
+	for _, f := range faults {
+		st.faults[f.Kind]++
+		if f.Recovery > 0 {
+			st.recoveries[f.Kind] = append(st.recoveries[f.Kind], f.Recovery)
+		}
+	}
+	st.takeovers, st.expiries = countDuringFaults(ops, faults)
+	violations, rep := checkHistory(ops)
+	st.checked = rep.Linearizable + rep.Indeterminate + rep.StaleGets
+	for _, v := range violations {
+		fail("%s", v)
+	}
+	if st.violations > 0 && !expectBug {
+		saveFailure(t, seed, c, ops, st, rep)
+		t.Errorf("seed %d: %d violations:\n%s", seed, st.violations, strings.Join(st.notes, "\n"))
+	}
+	return st
+}
+
+// countDuringFaults counts takeovers (ACQUIRED with attempt > 1) and
+// re-acquisitions after expiry (ACQUIRED attempt 1 on a key acquired
+// before) whose calls overlapped a fault.
+func countDuringFaults(ops []history.Op, faults []harness.Fault) (takeovers, expiries int) {
+	seen := map[string]bool{}
+	during := func(op history.Op) bool {
+		for _, f := range faults {
+			if op.Call <= f.End.UnixNano() && op.Return >= f.Start.UnixNano() {
+				return true
+			}
+		}
+		return false
+	}
+	sorted := append([]history.Op(nil), ops...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Return < sorted[j].Return })
+	for _, op := range sorted {
+		if op.Kind != history.Claim || op.Result != history.OK || op.Outcome != "ACQUIRED" || op.Record == nil {
+			continue
+		}
+		if during(op) {
+			if op.Record.Attempt > 1 {
+				takeovers++
+			} else if seen[op.Key] {
+				expiries++
+			}
+		}
+		seen[op.Key] = true
+	}
+	return takeovers, expiries
+}
+
+func saveFailure(t *testing.T, seed int64, c *harness.Cluster, ops []history.Op, st runStats, rep checker.Report) {
+	dir := filepath.Join(*faultResults, fmt.Sprintf("seed-%d", seed))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Logf("saving results: %v", err)
+		return
+	}
+	_ = history.Save(filepath.Join(dir, "history.json"), ops)
+	_ = os.WriteFile(filepath.Join(dir, "violations.txt"), []byte(strings.Join(st.notes, "\n")+"\n"), 0o644)
+	for _, n := range c.Names {
+		if b, err := os.ReadFile(c.LogPath(n)); err == nil {
+			_ = os.WriteFile(filepath.Join(dir, n+".log"), b, 0o644)
+		}
+	}
+	if err := saveVisualization(dir, ops, rep); err != nil {
+		t.Logf("saving visualization: %v", err)
+	}
+	abs, _ := filepath.Abs(dir)
+	t.Logf("seed %d: history, logs and visualization saved in %s; replay with -faults.seed=%d -faults.runs=1", seed, abs, seed)
+}
+
+func printSummary(t *testing.T, runs []runStats) {
+	faults := map[string]int{}
+	rec := map[string][]time.Duration{}
+	var ops, checked, takeovers, expiries, violations int
+	for _, r := range runs {
+		ops += r.ops
+		checked += r.checked
+		takeovers += r.takeovers
+		expiries += r.expiries
+		violations += r.violations
+		for k, v := range r.faults {
+			faults[k] += v
+		}
+		for k, v := range r.recoveries {
+			rec[k] = append(rec[k], v...)
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nfault runs: %d   operations: %d (judged by the checkers: %d)   violations: %d\n", len(runs), ops, checked, violations)
+	fmt.Fprintf(&b, "takeovers during faults: %d   re-acquisitions after expiry during faults: %d\n", takeovers, expiries)
+	kinds := make([]string, 0, len(faults))
+	for k := range faults {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	fmt.Fprintf(&b, "%-12s %6s %10s %10s %10s\n", "fault", "count", "recovered", "p50", "p99")
+	for _, k := range kinds {
+		d := rec[k]
+		p50, p99 := percentile(d, 0.5), percentile(d, 0.99)
+		fmt.Fprintf(&b, "%-12s %6d %10d %10s %10s\n", k, faults[k], len(d), p50, p99)
+	}
+	fmt.Print(b.String())
+	t.Log(b.String())
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[min(len(s)-1, int(p*float64(len(s))))].Round(time.Millisecond)
+}
