@@ -9,7 +9,7 @@ BIN       := bin
 PKGS      := ./...
 TESTFLAGS ?=
 
-.PHONY: all build test unit verify fmt vet staticcheck buf-lint proto proto-check cluster cluster-test cluster-test-long cluster-test-bugs bench-churn clean
+.PHONY: all build test unit verify fmt vet staticcheck buf-lint proto proto-check cluster cluster-test cluster-test-long cluster-test-bugs bench-churn image compose-up compose-down docker-test clean
 
 all: build
 
@@ -33,10 +33,12 @@ cluster-test:
 	$(GO) test -count=1 -timeout 30m -run 'TestFaults' ./cluster-test -v \
 		-faults.runs $(RUNS) -faults.seed $(SEED) -faults.duration $(FAULT_DURATION) | grep -v '^    '
 
-## cluster-test-long: the nightly version, e.g. make cluster-test-long RUNS=100.
+## cluster-test-long: the nightly version, e.g. make cluster-test-long RUNS=100
+## (LONG_DURATION per run, 60s unless given).
+LONG_DURATION ?= 60s
 cluster-test-long:
 	$(GO) test -count=1 -timeout 0 -run 'TestFaults' ./cluster-test -v \
-		-faults.runs $(RUNS) -faults.seed $(SEED) -faults.duration 60s | grep -v '^    '
+		-faults.runs $(RUNS) -faults.seed $(SEED) -faults.duration $(LONG_DURATION) | grep -v '^    '
 
 ## verify: formatting, vet, staticcheck, buf lint, generated code fresh.
 verify: fmt vet staticcheck buf-lint proto-check
@@ -83,6 +85,23 @@ cluster-test-bugs:
 		$(GO) test -count=1 -timeout 30m -run 'TestFaults' ./cluster-test -v -faults.tags $$b \
 			-faults.expect-violations -faults.runs $(BUG_RUNS) -faults.duration 20s | grep -E '^build tags|^(ok|FAIL|---)' || exit 1; \
 	done
+
+## image: the FROM scratch image of the static binary (nothing is pulled).
+image: build
+	docker build -t keystore:dev .
+
+## compose-up / compose-down: the three-node cluster in containers, clients on
+## 127.0.0.1:7001-7003 (not together with make cluster: same ports).
+compose-up: build
+	docker-compose up -d --build
+compose-down:
+	docker-compose down -v
+
+## docker-test: the container harness alone (kill, network disconnect, pause
+## of the leader's container); make unit runs it too, and it skips when no
+## Docker engine answers.
+docker-test:
+	$(GO) test -count=1 -run 'TestDockerCluster' -v ./cluster-test
 
 ## bench-churn: TTL expiry keeps disk flat under a stream of short-lived keys.
 CHURN ?= 5m

@@ -1,0 +1,372 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/keystore-dev/keystore/cluster-test/faultproxy"
+	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// Build compiles keystored with the fault-test seams (-tags faults: the
+// wall clock can be skewed through a file), plus any extra build tags (the
+// deliberate bugs of internal/bugs), into dir and returns its path.
+func Build(dir string, tags ...string) (string, error) {
+	bin := filepath.Join(dir, "keystored")
+	tagList := strings.Join(append([]string{"faults"}, tags...), ",")
+	cmd := exec.Command("go", "build", "-tags", tagList, "-o", bin, "github.com/keystore-dev/keystore/cmd/keystored")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build keystored: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// Config configures a Cluster.
+type Config struct {
+	// Binary is keystored's path (see Build).
+	Binary string
+	// Dir holds the nodes' data and logs.
+	Dir string
+	// Nodes is the cluster size (default 3).
+	Nodes int
+	// Args are extra keystored flags for every node.
+	Args []string
+}
+
+// Cluster is keystored processes whose peer links all pass through fault
+// proxies: node i reaches node j at proxy (i, j).
+type Cluster struct {
+	cfg    Config
+	Names  []string
+	client map[string]string // name → client address
+	peer   map[string]string // name → peer listen address
+	proxy  map[[2]string]*faultproxy.Proxy
+
+	mu     sync.Mutex
+	procs  map[string]*exec.Cmd
+	paused map[string]bool
+	conns  map[string]*grpc.ClientConn
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// Start starts the proxies and every node.
+func Start(cfg Config) (*Cluster, error) {
+	if cfg.Nodes == 0 {
+		cfg.Nodes = 3
+	}
+	c := &Cluster{
+		cfg: cfg, client: map[string]string{}, peer: map[string]string{},
+		proxy: map[[2]string]*faultproxy.Proxy{}, procs: map[string]*exec.Cmd{},
+		paused: map[string]bool{}, conns: map[string]*grpc.ClientConn{},
+	}
+	for i := 1; i <= cfg.Nodes; i++ {
+		n := fmt.Sprintf("n%d", i)
+		c.Names = append(c.Names, n)
+		var err error
+		if c.client[n], err = freeAddr(); err != nil {
+			return nil, err
+		}
+		if c.peer[n], err = freeAddr(); err != nil {
+			return nil, err
+		}
+	}
+	for _, from := range c.Names {
+		for _, to := range c.Names {
+			if from == to {
+				continue
+			}
+			p, err := faultproxy.New("127.0.0.1:0", c.peer[to])
+			if err != nil {
+				c.Stop()
+				return nil, err
+			}
+			p.Start()
+			c.proxy[[2]string{from, to}] = p
+		}
+	}
+	for _, n := range c.Names {
+		conn, err := grpc.NewClient(c.client[n], grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			c.Stop()
+			return nil, err
+		}
+		c.conns[n] = conn
+		if err := c.StartNode(n); err != nil {
+			c.Stop()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// initialCluster is node n's view of the members: its peers at the proxies
+// in front of them.
+func (c *Cluster) initialCluster(n string) string {
+	parts := make([]string, 0, len(c.Names))
+	for _, m := range c.Names {
+		addr := c.peer[m]
+		if m != n {
+			addr = c.proxy[[2]string{n, m}].Addr()
+		}
+		parts = append(parts, m+"="+addr)
+	}
+	return strings.Join(parts, ",")
+}
+
+// LogPath returns node n's log file.
+func (c *Cluster) LogPath(n string) string { return filepath.Join(c.cfg.Dir, n+".log") }
+
+// StartNode starts n (with its data, if it ran before).
+func (c *Cluster) StartNode(n string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.procs[n] != nil {
+		return nil
+	}
+	logf, err := os.OpenFile(c.LogPath(n), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	args := append([]string{
+		"--name", n, "--data-dir", filepath.Join(c.cfg.Dir, n),
+		"--client-addr", c.client[n], "--peer-addr", c.peer[n],
+		"--initial-cluster", c.initialCluster(n), "--log-level", "info",
+		"--test-clock-offset-file", c.clockFile(n),
+	}, c.cfg.Args...)
+	cmd := exec.Command(c.cfg.Binary, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return err
+	}
+	c.procs[n] = cmd
+	c.paused[n] = false
+	go func() { _ = cmd.Wait(); _ = logf.Close() }()
+	return nil
+}
+
+func (c *Cluster) clockFile(n string) string { return filepath.Join(c.cfg.Dir, n+".clock") }
+
+// SetClockOffset skews n's wall clock by d (0 restores it), at once.
+func (c *Cluster) SetClockOffset(n string, d time.Duration) error {
+	return os.WriteFile(c.clockFile(n), []byte(d.String()), 0o644)
+}
+
+// Kill sends SIGKILL to n and waits until it is gone.
+func (c *Cluster) Kill(n string) { c.signalAndReap(n, syscall.SIGKILL) }
+
+// Terminate stops n gracefully (SIGTERM).
+func (c *Cluster) Terminate(n string) { c.signalAndReap(n, syscall.SIGTERM) }
+
+func (c *Cluster) signalAndReap(n string, sig syscall.Signal) {
+	c.mu.Lock()
+	cmd := c.procs[n]
+	delete(c.procs, n)
+	paused := c.paused[n]
+	c.paused[n] = false
+	c.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(sig)
+	if paused {
+		_ = cmd.Process.Signal(syscall.SIGCONT)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for cmd.Process.Signal(syscall.Signal(0)) == nil && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if time.Now().After(deadline) {
+		_ = cmd.Process.Kill()
+	}
+}
+
+// Pause stops n with SIGSTOP; Resume continues it.
+func (c *Cluster) Pause(n string) { c.pauseSignal(n, syscall.SIGSTOP, true) }
+
+// Resume continues a paused node.
+func (c *Cluster) Resume(n string) { c.pauseSignal(n, syscall.SIGCONT, false) }
+
+func (c *Cluster) pauseSignal(n string, sig syscall.Signal, paused bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cmd := c.procs[n]; cmd != nil && c.paused[n] != paused {
+		_ = cmd.Process.Signal(sig)
+		c.paused[n] = paused
+	}
+}
+
+// Running reports whether n's process is up (paused or not).
+func (c *Cluster) Running(n string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.procs[n] != nil
+}
+
+// Link returns the proxy carrying from's traffic to to.
+func (c *Cluster) Link(from, to string) *faultproxy.Proxy { return c.proxy[[2]string{from, to}] }
+
+// Isolate cuts every link into and out of n.
+func (c *Cluster) Isolate(n string) {
+	for _, m := range c.Names {
+		if m != n {
+			c.Link(n, m).Drop()
+			c.Link(m, n).Drop()
+		}
+	}
+}
+
+// HealLinks makes every link pass again.
+func (c *Cluster) HealLinks() {
+	for _, p := range c.proxy {
+		p.Pass()
+	}
+}
+
+// Heal resumes paused nodes, starts dead ones and heals every link.
+func (c *Cluster) Heal() error {
+	c.HealLinks()
+	for _, n := range c.Names {
+		c.Resume(n)
+		if err := c.SetClockOffset(n, 0); err != nil {
+			return err
+		}
+		if err := c.StartNode(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ClientAddr returns n's client address.
+func (c *Cluster) ClientAddr(n string) string { return c.client[n] }
+
+// KV returns a KeyStoreService client of n.
+func (c *Cluster) KV(n string) keystorev1.KeyStoreServiceClient {
+	return keystorev1.NewKeyStoreServiceClient(c.conns[n])
+}
+
+// Status asks n for its view.
+func (c *Cluster) Status(ctx context.Context, n string) (*keystorev1.StatusResponse, error) {
+	return keystorev1.NewClusterServiceClient(c.conns[n]).Status(ctx, &keystorev1.StatusRequest{})
+}
+
+// Leader returns the leader as the first answering node sees it, or "".
+func (c *Cluster) Leader(ctx context.Context) string {
+	for _, n := range c.Names {
+		actx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		st, err := c.Status(actx, n)
+		cancel()
+		if err == nil && st.Leader != "" {
+			return st.Leader
+		}
+	}
+	return ""
+}
+
+// Term returns the highest Raft term any answering node reports (0 if none
+// answers): over a run, its growth counts elections.
+func (c *Cluster) Term(ctx context.Context) uint64 {
+	var term uint64
+	for _, n := range c.Names {
+		actx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		st, err := c.Status(actx, n)
+		cancel()
+		if err == nil {
+			term = max(term, st.Term)
+		}
+	}
+	return term
+}
+
+// WaitServing waits until every node reports serving.
+func (c *Cluster) WaitServing(ctx context.Context) error {
+	for _, n := range c.Names {
+		for {
+			actx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			st, err := c.Status(actx, n)
+			cancel()
+			if err == nil && st.Serving {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%s not serving: %v", n, err)
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// SameState waits until every node reports the same state checksum at the
+// same applied index (nodes apply idle ticks every second, so a few looks
+// find them at one index).
+func (c *Cluster) SameState(ctx context.Context) error {
+	var last string
+	for {
+		sums := map[uint64]map[string]bool{}
+		for _, n := range c.Names {
+			actx, cancel := context.WithTimeout(ctx, time.Second)
+			st, err := c.Status(actx, n)
+			cancel()
+			if err != nil {
+				last = fmt.Sprintf("%s: %v", n, err)
+				break
+			}
+			if sums[st.StateAppliedIndex] == nil {
+				sums[st.StateAppliedIndex] = map[string]bool{}
+			}
+			sums[st.StateAppliedIndex][string(st.StateChecksum)] = true
+		}
+		for index, set := range sums {
+			if len(set) > 1 {
+				return fmt.Errorf("state checksums differ at applied index %d", index)
+			}
+		}
+		if len(sums) == 1 {
+			for _, set := range sums {
+				if len(set) == 1 {
+					return nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("nodes never reported one applied index together (%s)", last)
+		case <-time.After(37 * time.Millisecond):
+		}
+	}
+}
+
+// Stop kills every node and closes the proxies and connections.
+func (c *Cluster) Stop() {
+	for _, n := range c.Names {
+		c.Kill(n)
+	}
+	for _, p := range c.proxy {
+		p.Close()
+	}
+	for _, conn := range c.conns {
+		_ = conn.Close()
+	}
+}

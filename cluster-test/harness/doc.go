@@ -1,0 +1,7 @@
+// Package harness runs keystore as real processes for the fault tests: it
+// builds cmd/keystored, starts a three-node cluster on loopback with a
+// fault proxy (cluster-test/faultproxy) on every directed peer link, and
+// injects faults — SIGKILL and restart, SIGSTOP/SIGCONT, full, partial and
+// one-way partitions, slow links — while a workload records a history
+// (cluster-test/history) for the checkers.
+package harness
