@@ -33,6 +33,11 @@ type Config struct {
 	// exponential from the base, capped, with full jitter (default 25ms
 	// and 1s).
 	BackoffBase, BackoffMax time.Duration
+	// LeaderRefresh is how often the client asks the nodes which one
+	// leads, so that calls go there first: any node accepts any call, but
+	// a follower forwards writes, one more hop (default 2s; negative: never
+	// ask, start at the first endpoint and stay where calls succeed).
+	LeaderRefresh time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -48,6 +53,9 @@ func (c Config) withDefaults() Config {
 	if c.BackoffMax <= 0 {
 		c.BackoffMax = time.Second
 	}
+	if c.LeaderRefresh == 0 {
+		c.LeaderRefresh = 2 * time.Second
+	}
 	return c
 }
 
@@ -58,8 +66,10 @@ type Client struct {
 	conns     []*grpc.ClientConn
 	kv        []keystorev1.KeyStoreServiceClient
 	cluster   []keystorev1.ClusterServiceClient
-	preferred atomic.Int64 // the endpoint that answered last
+	preferred atomic.Int64 // the leader's endpoint, or the one that answered last
 	closeOnce sync.Once
+	stop      chan struct{}
+	tracking  sync.WaitGroup
 }
 
 // New connects to every endpoint. Connections are made lazily by gRPC, so
@@ -72,7 +82,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	cfg = cfg.withDefaults()
 	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, cfg.DialOptions...)
-	c := &Client{cfg: cfg}
+	c := &Client{cfg: cfg, stop: make(chan struct{})}
 	for _, ep := range cfg.Endpoints {
 		conn, err := grpc.NewClient(ep, opts...)
 		if err != nil {
@@ -83,13 +93,48 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		c.kv = append(c.kv, keystorev1.NewKeyStoreServiceClient(conn))
 		c.cluster = append(c.cluster, keystorev1.NewClusterServiceClient(conn))
 	}
+	if len(c.conns) > 1 && cfg.LeaderRefresh > 0 {
+		c.tracking.Add(1)
+		go c.trackLeader()
+	}
 	return c, nil
+}
+
+// trackLeader points preferred at the leader's endpoint: now, then every
+// LeaderRefresh, until Close.
+func (c *Client) trackLeader() {
+	defer c.tracking.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-c.stop
+		cancel()
+	}()
+	t := time.NewTicker(c.cfg.LeaderRefresh)
+	defer t.Stop()
+	for {
+		for i, st := range c.Status(ctx) {
+			if st.Status != nil && st.Status.GetName() != "" && st.Status.GetName() == st.Status.GetLeader() {
+				c.preferred.Store(int64(i))
+				break
+			}
+		}
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // Close closes every connection.
 func (c *Client) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
+		if c.stop != nil {
+			close(c.stop)
+			c.tracking.Wait()
+		}
 		for _, conn := range c.conns {
 			err = errors.Join(err, conn.Close())
 		}

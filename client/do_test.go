@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/keystore-dev/keystore/client"
 	"github.com/keystore-dev/keystore/internal/testcluster"
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
+	"google.golang.org/grpc"
 )
 
 func newClient(t *testing.T, endpoints ...string) *client.Client {
@@ -314,4 +316,65 @@ func TestDoZeroLeaseMeansDefault(t *testing.T) {
 	if err != nil || res.Response.Code != 200 {
 		t.Fatalf("Do with WithLease(0): got %+v, %v; want success under the default lease", res, err)
 	}
+}
+
+// The client sends calls to the leader's endpoint first (a follower would
+// forward writes, one more hop), and follows the leader when it changes.
+func TestClientFollowsLeader(t *testing.T) {
+	tc := testcluster.Start(t, testcluster.Options{})
+	var mu sync.Mutex
+	var lastTarget string
+	record := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if strings.HasPrefix(method, "/keystore.v1.KeyStoreService/") {
+			mu.Lock()
+			lastTarget = cc.Target()
+			mu.Unlock()
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	lead := tc.Leader()
+	var eps []string // followers first
+	for _, n := range tc.Names {
+		if n != lead {
+			eps = append(eps, tc.Endpoint(n))
+		}
+	}
+	eps = append(eps, tc.Endpoint(lead))
+	c, err := client.New(context.Background(), client.Config{
+		Endpoints: eps, LeaderRefresh: 200 * time.Millisecond,
+		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(record)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	servedBy := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for i := 0; ; i++ {
+			if _, err := c.Claim(ctxT(t, 10*time.Second), client.ClaimRequest{Namespace: "route", Key: fmt.Sprintf("%s-%d", want, i)}); err != nil {
+				t.Fatalf("Claim: %v", err)
+			}
+			mu.Lock()
+			got := lastTarget
+			mu.Unlock()
+			if got == tc.Endpoint(want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("calls still go to %s, not to the leader %s at %s", got, want, tc.Endpoint(want))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	servedBy(lead)
+	tc.StopNode(lead)
+	deadline := time.Now().Add(5 * time.Second)
+	for tc.Leader() == "" || tc.Leader() == lead {
+		if time.Now().After(deadline) {
+			t.Fatal("no new leader within 5s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	servedBy(tc.Leader())
 }

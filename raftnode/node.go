@@ -77,6 +77,7 @@ type Node struct {
 	reads readQueue
 
 	compactedAt uint64 // touched only by run
+	leading     bool   // raft's state is StateLeader; touched only by run
 	snapshots   atomic.Uint64
 
 	stopOnce sync.Once
@@ -207,9 +208,22 @@ func (n *Node) run() {
 func (n *Node) handleReady(rd raft.Ready) error {
 	if rd.SoftState != nil {
 		n.observeLeader(rd.SoftState.Lead)
+		n.leading = rd.SoftState.RaftState == raft.StateLeader
 	}
 	if !raft.IsEmptyHardState(rd.HardState) {
 		n.term.Store(rd.HardState.Term)
+	}
+	// A leader sends first and persists while its appends travel (raft's
+	// README, "the leader can write to its disk in parallel"): its own
+	// entries count towards a commit only once Advance reports them
+	// persisted, and what it sends (appends, heartbeats, read responses)
+	// promises nothing about its own disk. A node that is not leader in
+	// this Ready sends only after persisting: its votes and append
+	// acknowledgements do promise durable state.
+	sent := false
+	if n.leading {
+		n.trans.send(rd.Messages)
+		sent = true
 	}
 	// 1. Persist.
 	if !raft.IsEmptySnap(rd.Snapshot) {
@@ -224,7 +238,9 @@ func (n *Node) handleReady(rd raft.Ready) error {
 		return fmt.Errorf("append: %w", err)
 	}
 	// 2. Send.
-	n.trans.send(rd.Messages)
+	if !sent {
+		n.trans.send(rd.Messages)
+	}
 	// 3. Apply, then answer.
 	if err := n.apply(rd.CommittedEntries); err != nil {
 		return err

@@ -18,7 +18,7 @@ type clusterService struct {
 }
 
 // Status implements ClusterService.Status.
-func (c clusterService) Status(context.Context, *keystorev1.StatusRequest) (*keystorev1.StatusResponse, error) {
+func (c clusterService) Status(_ context.Context, req *keystorev1.StatusRequest) (*keystorev1.StatusResponse, error) {
 	st := c.s.node.Status()
 	resp := &keystorev1.StatusResponse{
 		Name:          c.s.cfg.Name,
@@ -28,8 +28,10 @@ func (c clusterService) Status(context.Context, *keystorev1.StatusRequest) (*key
 		StoredRecords: c.s.store.StoredRecords(),
 		Serving:       c.s.serving.Load(),
 	}
-	if sum, applied, err := c.s.store.ChecksumAt(); err == nil {
-		resp.StateChecksum, resp.StateAppliedIndex = sum[:], applied
+	if req.GetIncludeChecksum() {
+		if sum, applied, err := c.s.store.ChecksumAt(); err == nil {
+			resp.StateChecksum, resp.StateAppliedIndex = sum[:], applied
+		}
 	}
 	if lt := c.s.store.LogTime(); lt > 0 {
 		resp.LogTime = timestamppb.New(time.Unix(0, lt))

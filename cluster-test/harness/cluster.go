@@ -270,6 +270,11 @@ func (c *Cluster) Status(ctx context.Context, n string) (*keystorev1.StatusRespo
 	return keystorev1.NewClusterServiceClient(c.conns[n]).Status(ctx, &keystorev1.StatusRequest{})
 }
 
+// statusWithChecksum asks n for its view and its state checksum.
+func (c *Cluster) statusWithChecksum(ctx context.Context, n string) (*keystorev1.StatusResponse, error) {
+	return keystorev1.NewClusterServiceClient(c.conns[n]).Status(ctx, &keystorev1.StatusRequest{IncludeChecksum: true})
+}
+
 // Leader returns the leader as the first answering node sees it, or "".
 func (c *Cluster) Leader(ctx context.Context) string {
 	for _, n := range c.Names {
@@ -327,7 +332,7 @@ func (c *Cluster) SameState(ctx context.Context) error {
 		sums := map[uint64]map[string]bool{}
 		for _, n := range c.Names {
 			actx, cancel := context.WithTimeout(ctx, time.Second)
-			st, err := c.Status(actx, n)
+			st, err := c.statusWithChecksum(actx, n)
 			cancel()
 			if err != nil {
 				last = fmt.Sprintf("%s: %v", n, err)

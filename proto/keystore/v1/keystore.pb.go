@@ -1005,9 +1005,12 @@ func (x *GetResponse) GetRecord() *Record {
 
 // StatusRequest asks for a node's view.
 type StatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Also compute state_checksum: a hash of the whole state machine, as
+	// costly as a scan of every record. Leave it off in anything that polls.
+	IncludeChecksum bool `protobuf:"varint,1,opt,name=include_checksum,json=includeChecksum,proto3" json:"include_checksum,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *StatusRequest) Reset() {
@@ -1038,6 +1041,13 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
 	return file_keystore_v1_keystore_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *StatusRequest) GetIncludeChecksum() bool {
+	if x != nil {
+		return x.IncludeChecksum
+	}
+	return false
 }
 
 // Member is one node of the cluster.
@@ -1128,7 +1138,8 @@ type StatusResponse struct {
 	// SERVING when it has a leader and has caught up.
 	Serving bool `protobuf:"varint,9,opt,name=serving,proto3" json:"serving,omitempty"`
 	// SHA-256 of the state machine at state_applied_index: replicas at the
-	// same index must agree (the fault tests compare them).
+	// same index must agree (the fault tests compare them). Set only when
+	// the request asked for it (include_checksum).
 	StateChecksum     []byte `protobuf:"bytes,10,opt,name=state_checksum,json=stateChecksum,proto3" json:"state_checksum,omitempty"`
 	StateAppliedIndex uint64 `protobuf:"varint,11,opt,name=state_applied_index,json=stateAppliedIndex,proto3" json:"state_applied_index,omitempty"`
 	unknownFields     protoimpl.UnknownFields
@@ -1310,8 +1321,9 @@ const file_keystore_v1_keystore_proto_rawDesc = "" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12:\n" +
 	"\vconsistency\x18\x03 \x01(\x0e2\x18.keystore.v1.ConsistencyR\vconsistency\":\n" +
 	"\vGetResponse\x12+\n" +
-	"\x06record\x18\x01 \x01(\v2\x13.keystore.v1.RecordR\x06record\"\x0f\n" +
-	"\rStatusRequest\"l\n" +
+	"\x06record\x18\x01 \x01(\v2\x13.keystore.v1.RecordR\x06record\":\n" +
+	"\rStatusRequest\x12)\n" +
+	"\x10include_checksum\x18\x01 \x01(\bR\x0fincludeChecksum\"l\n" +
 	"\x06Member\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12!\n" +
