@@ -30,6 +30,11 @@ type Config struct {
 	// what a waiting Claim's lease-end timer waits for (default: the wall
 	// clock).
 	LogNow func() int64
+	// IsLeader reports whether this node leads. When set, the leader
+	// answers a Claim that would change nothing (a COMPLETED record, a live
+	// lease, a fingerprint mismatch) with a linearizable read instead of a
+	// log write; nil turns that off.
+	IsLeader func() bool
 	// Logger receives the service's logs; nil discards them.
 	Logger *slog.Logger
 }

@@ -1,5 +1,8 @@
 // Package api implements keystore.v1.KeyStoreService: request validation
 // (INVALID_ARGUMENT with BadRequest field violations), commands proposed
 // through a Replicator, linearizable reads through ReadIndex, and the one
-// mapping from internal errors to gRPC status codes (errors.go).
+// mapping from internal errors to gRPC status codes (errors.go). On the
+// leader, a Claim that would change nothing (a retry of a completed or held
+// key) is answered by a ReadIndex round instead of a log write
+// (claimByRead).
 package api

@@ -65,14 +65,15 @@ func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*key
 		return nil, err
 	}
 	ns, key := req.GetNamespace(), req.GetKey()
-	cmd := mustMarshal(&statev1.Command{Op: &statev1.Command_Claim{Claim: &statev1.Claim{
+	claim := &statev1.Claim{
 		Namespace:   ns,
 		Key:         key,
 		Fingerprint: req.GetFingerprint(),
 		Lease:       int64(lease),
 		Retention:   int64(retention),
 		Owner:       req.GetOwner(),
-	}}})
+	}
+	cmd := mustMarshal(&statev1.Command{Op: &statev1.Command_Claim{Claim: claim}})
 
 	waitUntil := time.Now().Add(wait)
 	if dl, ok := ctx.Deadline(); ok {
@@ -87,7 +88,10 @@ func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*key
 			// Subscribe before proposing so no change is missed.
 			changed, cancel = s.store.Watch(ns, key)
 		}
-		res, err := s.propose(ctx, req.GetRequestId(), cmd)
+		res, ok, err := s.claimByRead(ctx, req.GetRequestId(), claim)
+		if err == nil && !ok {
+			res, err = s.propose(ctx, req.GetRequestId(), cmd)
+		}
 		if err != nil {
 			cancel()
 			return nil, err
@@ -112,6 +116,46 @@ func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*key
 		timer.Stop()
 		cancel()
 	}
+}
+
+// claimByRead answers a Claim without a log write when the log would change
+// nothing: a retry of a completed request (the common case) or of one in
+// progress. Only the leader does it, after a ReadIndex round, judging at
+// its own log time, which is what it would stamp on the Claim's entry: the
+// answer is the one that entry would get, linearized at that moment. ok is
+// false when the Claim must be proposed; a non-nil error is the caller's
+// answer.
+func (s *service) claimByRead(ctx context.Context, requestID uint64, c *statev1.Claim) (res *statev1.Result, ok bool, err error) {
+	if s.cfg.IsLeader == nil || !s.cfg.IsLeader() {
+		return nil, false, nil
+	}
+	// A record absent here is very likely absent everywhere: the Claim
+	// creates it, so it goes to the log without a read round first.
+	if _, _, err := s.store.Get(c.GetNamespace(), c.GetKey()); err != nil {
+		return nil, false, nil
+	}
+	octx, cancel := s.opContext(ctx)
+	err = s.repl.ReadIndex(octx)
+	cancel()
+	if err != nil {
+		return nil, false, s.callError(ctx, err)
+	}
+	cur, _, err := s.store.Get(c.GetNamespace(), c.GetKey())
+	if err != nil {
+		return nil, false, nil
+	}
+	now := s.cfg.LogNow()
+	if !s.cfg.IsLeader() {
+		return nil, false, nil // now is an estimate, not this node's stamp
+	}
+	res, readOnly := storage.DecideClaim(cur, c, requestID, now)
+	if !readOnly {
+		return nil, false, nil
+	}
+	if err := storage.ResultError(res); err != nil {
+		return nil, false, errorStatus(s.logger, err)
+	}
+	return res, true, nil
 }
 
 func claimResponse(ns, key string, res *statev1.Result) *keystorev1.ClaimResponse {

@@ -278,3 +278,47 @@ func TestClusterNoQuorumIsUnavailable(t *testing.T) {
 		t.Fatalf("stale get without quorum: got %v, %v; want the COMPLETED record", got, err)
 	}
 }
+
+// A retry of a completed or in-progress key on the leader is answered by a
+// linearizable read, not a log write, and answers exactly what the log
+// would: COMPLETED with the stored response, IN_PROGRESS under a live
+// lease, FAILED_PRECONDITION on another fingerprint; once the lease ends,
+// a Claim goes through the log again and takes over.
+func TestClusterRetryOnLeaderNeedsNoLogWrite(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{})
+	lead := c.Leader()
+	kv := c.Client(lead)
+	resp := lifecycle(t, kv, "done")
+	ctx := ctxT(t, 20*time.Second)
+	held, err := kv.Claim(ctx, &keystorev1.ClaimRequest{Namespace: "test", Key: "held", Lease: durationpb.New(2 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	before := c.Server(lead).Status().Commit
+	const retries = 50
+	for i := 0; i < retries; i++ {
+		got, err := kv.Claim(ctx, &keystorev1.ClaimRequest{Namespace: "test", Key: "done", Fingerprint: []byte("fp-done")})
+		if err != nil || got.Outcome != keystorev1.ClaimOutcome_CLAIM_OUTCOME_COMPLETED || !proto.Equal(got.Record.Response, resp) || got.Token != 0 {
+			t.Fatalf("retry of a completed key: got %v, %v; want COMPLETED with the stored response", got, err)
+		}
+		got, err = kv.Claim(ctx, &keystorev1.ClaimRequest{Namespace: "test", Key: "held"})
+		if err != nil || got.Outcome != keystorev1.ClaimOutcome_CLAIM_OUTCOME_IN_PROGRESS || got.Record.Attempt != 1 {
+			t.Fatalf("retry of a held key: got %v, %v; want IN_PROGRESS", got, err)
+		}
+	}
+	if _, err := kv.Claim(ctx, &keystorev1.ClaimRequest{Namespace: "test", Key: "done", Fingerprint: []byte("other")}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("retry with another fingerprint: got %v; want FAILED_PRECONDITION", err)
+	}
+	// Idle ticks (one a second) are the only entries allowed meanwhile.
+	if grew := c.Server(lead).Status().Commit - before; grew > 5 {
+		t.Fatalf("%d retries grew the log by %d entries; want reads only", 2*retries, grew)
+	}
+
+	// The lease ends: the next Claim must take over through the log.
+	time.Sleep(2200 * time.Millisecond)
+	got, err := kv.Claim(ctx, &keystorev1.ClaimRequest{Namespace: "test", Key: "held"})
+	if err != nil || got.Outcome != keystorev1.ClaimOutcome_CLAIM_OUTCOME_ACQUIRED || got.Record.Attempt != 2 || got.Token == held.Token {
+		t.Fatalf("claim after the lease ended: got %v, %v; want ACQUIRED, attempt 2, a new token", got, err)
+	}
+}

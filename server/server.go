@@ -160,6 +160,7 @@ func New(cfg Config) (*Server, error) {
 	apiCfg := cfg.API
 	apiCfg.Logger = logger
 	apiCfg.LogNow = node.LogNow
+	apiCfg.IsLeader = node.IsLeader
 	svc, err := api.NewService(apiCfg, node, store)
 	if err != nil {
 		_ = store.Close()

@@ -179,3 +179,14 @@ func commandTarget(cmd *statev1.Command) (namespace, key string, ok bool) {
 	}
 	return namespace, key, true
 }
+
+// DecideClaim answers a Claim over cur at log time now without the log,
+// when the log would not change anything: readOnly is true when applying
+// the Claim at now would write nothing (the record is COMPLETED, or held
+// under a live lease, or the fingerprints differ), and res is then the
+// answer the log would give. A Claim that would create or take over a
+// record (readOnly false) must be proposed.
+func DecideClaim(cur *statev1.Record, c *statev1.Claim, requestID uint64, now int64) (res *statev1.Result, readOnly bool) {
+	_, write, res := transition(cur, &statev1.Command{Op: &statev1.Command_Claim{Claim: c}}, 0, requestID, now)
+	return res, !write
+}

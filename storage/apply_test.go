@@ -632,3 +632,52 @@ func TestCommandTarget(t *testing.T) {
 		}
 	}
 }
+
+// DecideClaim answers without the log exactly when the log would write
+// nothing, and then with the log's answer.
+func TestDecideClaim(t *testing.T) {
+	held := &statev1.Record{State: statev1.State_STATE_IN_PROGRESS, Fingerprint: []byte("fp"), Token: 7, Attempt: 1,
+		CreatedAt: t0, LeaseExpiresAt: t0 + testLease, ExpiresAt: t0 + testRetention, Retention: testRetention, ClaimRequestId: 99}
+	done := proto.Clone(held).(*statev1.Record)
+	done.State, done.CompletedAt, done.LeaseExpiresAt = statev1.State_STATE_COMPLETED, t0+1, t0+1
+	done.Response = &statev1.Response{Code: 200, Body: []byte("ok")}
+	claim := claimCmd("fp", "", testLease, testRetention).GetClaim()
+	other := claimCmd("other", "", testLease, testRetention).GetClaim()
+	for _, tc := range []struct {
+		name     string
+		cur      *statev1.Record
+		c        *statev1.Claim
+		reqID    uint64
+		now      int64
+		readOnly bool
+		outcome  statev1.Outcome
+		err      statev1.Error
+	}{
+		{"absent: creates", nil, claim, 1, t0, false, 0, 0},
+		{"completed: replays", done, claim, 1, t0 + 2, true, statev1.Outcome_OUTCOME_COMPLETED, 0},
+		{"completed, last instant", done, claim, 1, done.ExpiresAt - 1, true, statev1.Outcome_OUTCOME_COMPLETED, 0},
+		{"completed, expired: creates", done, claim, 1, done.ExpiresAt, false, 0, 0},
+		{"held, live lease", held, claim, 1, held.LeaseExpiresAt - 1, true, statev1.Outcome_OUTCOME_IN_PROGRESS, 0},
+		{"held, lease over: takes over", held, claim, 1, held.LeaseExpiresAt, false, 0, 0},
+		{"held, own request id", held, claim, 99, t0 + 1, true, statev1.Outcome_OUTCOME_ACQUIRED, 0},
+		{"fingerprint differs", done, other, 1, t0 + 2, true, 0, statev1.Error_ERROR_FINGERPRINT_MISMATCH},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, readOnly := DecideClaim(tc.cur, tc.c, tc.reqID, tc.now)
+			if readOnly != tc.readOnly {
+				t.Fatalf("readOnly = %v; want %v", readOnly, tc.readOnly)
+			}
+			// The log's answer at the same time, for comparison.
+			_, write, want := transition(tc.cur, &statev1.Command{Op: &statev1.Command_Claim{Claim: tc.c}}, 1000, tc.reqID, tc.now)
+			if write == readOnly {
+				t.Fatalf("readOnly %v but the log would write: %v", readOnly, write)
+			}
+			if !readOnly {
+				return
+			}
+			if !proto.Equal(res, want) || res.GetOutcome() != tc.outcome || res.GetError() != tc.err {
+				t.Fatalf("got %v; want %v (outcome %v, error %v)", res, want, tc.outcome, tc.err)
+			}
+		})
+	}
+}
