@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"sort"
 	"time"
 )
 
@@ -15,6 +16,10 @@ type Config struct {
 	// Peers maps the Raft id of every member, this node included, to its
 	// peer address (host:port).
 	Peers map[uint64]string
+	// ClusterID names the cluster (see ClusterIDFor). Peer messages carry
+	// it, and a node refuses those of another cluster, so that a node
+	// pointed at the wrong addresses cannot join or disrupt a stranger.
+	ClusterID uint64
 
 	// TickInterval is the Raft tick (default 100ms).
 	TickInterval time.Duration
@@ -109,6 +114,25 @@ func (c Config) withDefaults() Config {
 func IDFromName(name string) uint64 {
 	h := fnv.New64a()
 	_, _ = h.Write([]byte(name))
+	if id := h.Sum64(); id != 0 {
+		return id
+	}
+	return 1
+}
+
+// ClusterIDFor derives a cluster id from the cluster's token and its
+// members' names (not their addresses, which may change): every member
+// computes the same id, and two clusters differ if their tokens or member
+// names do.
+func ClusterIDFor(token string, names []string) uint64 {
+	sorted := append([]string(nil), names...)
+	sort.Strings(sorted)
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(token))
+	for _, n := range sorted {
+		_, _ = h.Write([]byte{0})
+		_, _ = h.Write([]byte(n))
+	}
 	if id := h.Sum64(); id != 0 {
 		return id
 	}

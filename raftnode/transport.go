@@ -135,7 +135,7 @@ func (t *transport) sendLoop(p *peer) {
 				break drain
 			}
 		}
-		req := &peerv1.StreamRequest{From: t.self, Messages: make([][]byte, 0, len(batch))}
+		req := &peerv1.StreamRequest{From: t.self, ClusterId: t.node.cfg.ClusterID, Messages: make([][]byte, 0, len(batch))}
 		for i := range batch {
 			b, err := batch[i].Marshal()
 			if err != nil {
@@ -207,7 +207,7 @@ func (t *transport) forward(ctx context.Context, lead, reqID uint64, command []b
 	if !ok || p.client == nil {
 		return nil, errRetry
 	}
-	resp, err := p.client.Forward(ctx, &peerv1.ForwardRequest{RequestId: reqID, Payload: command})
+	resp, err := p.client.Forward(ctx, &peerv1.ForwardRequest{RequestId: reqID, Payload: command, ClusterId: t.node.cfg.ClusterID})
 	if err == nil {
 		return resp.GetResult(), nil
 	}
@@ -239,12 +239,15 @@ func (s peerService) Stream(stream grpc.ClientStreamingServer[peerv1.StreamReque
 		if err != nil {
 			return err
 		}
+		if err := s.checkSender(req.GetClusterId(), req.GetFrom()); err != nil {
+			return err
+		}
 		for _, b := range req.GetMessages() {
 			var m raftpb.Message
 			if err := m.Unmarshal(b); err != nil {
 				return status.Error(codes.InvalidArgument, "undecodable raft message")
 			}
-			if m.To != s.n.cfg.ID {
+			if m.To != s.n.cfg.ID || m.From != req.GetFrom() {
 				return status.Error(codes.FailedPrecondition, "message for another node")
 			}
 			if err := s.n.rn.Step(ctx, m); err != nil {
@@ -254,8 +257,27 @@ func (s peerService) Stream(stream grpc.ClientStreamingServer[peerv1.StreamReque
 	}
 }
 
+// checkSender refuses a peer of another cluster, or one that is not a
+// member.
+func (s peerService) checkSender(clusterID, from uint64) error {
+	if clusterID != s.n.cfg.ClusterID {
+		s.n.logger.Warn("refused a peer of another cluster (check --initial-cluster and --cluster-token)",
+			"cluster_id", fmt.Sprintf("%x", clusterID), "from", fmt.Sprintf("%x", from))
+		return status.Error(codes.FailedPrecondition, "cluster id mismatch")
+	}
+	if _, ok := s.n.cfg.Peers[from]; !ok || from == s.n.cfg.ID {
+		s.n.logger.Warn("refused a peer that is not a member", "from", fmt.Sprintf("%x", from))
+		return status.Error(codes.FailedPrecondition, "not a member")
+	}
+	return nil
+}
+
 // Forward proposes a follower's command if this node leads.
 func (s peerService) Forward(ctx context.Context, req *peerv1.ForwardRequest) (*peerv1.ForwardResponse, error) {
+	if req.GetClusterId() != s.n.cfg.ClusterID {
+		s.n.logger.Warn("refused a forwarded proposal of another cluster", "cluster_id", fmt.Sprintf("%x", req.GetClusterId()))
+		return nil, status.Error(codes.FailedPrecondition, "cluster id mismatch")
+	}
 	if s.n.lead.Load() != s.n.cfg.ID {
 		return nil, status.Error(codes.FailedPrecondition, "not leader")
 	}

@@ -8,9 +8,14 @@ import (
 	"time"
 
 	"github.com/keystore-dev/keystore/internal/testcluster"
+	peerv1 "github.com/keystore-dev/keystore/proto/keystore/peer/v1"
+	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
 	"github.com/keystore-dev/keystore/raftnode"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -321,4 +326,70 @@ func TestClusterRetryOnLeaderNeedsNoLogWrite(t *testing.T) {
 	if err != nil || got.Outcome != keystorev1.ClaimOutcome_CLAIM_OUTCOME_ACQUIRED || got.Record.Attempt != 2 || got.Token == held.Token {
 		t.Fatalf("claim after the lease ended: got %v, %v; want ACQUIRED, attempt 2, a new token", got, err)
 	}
+}
+
+// A node refuses peer traffic of another cluster (another token or other
+// member names) and of non-members: a node started with the wrong
+// addresses cannot vote in, or propose to, a stranger.
+func TestClusterRefusesStrangers(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{})
+	lead := c.Leader()
+	conn, err := grpc.NewClient(c.PeerEndpoint(lead), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	peer := peerv1.NewPeerServiceClient(conn)
+	ours := raftnode.ClusterIDFor("keystore", c.Names)
+	stranger := raftnode.ClusterIDFor("other", c.Names)
+	if ours == stranger || ours == raftnode.ClusterIDFor("keystore", []string{"n1", "n2", "x"}) {
+		t.Fatal("cluster ids of different clusters are equal")
+	}
+
+	// A proposal forwarded from another cluster is refused; ours is not.
+	cmd := mustMarshalCommand(t, "stranger")
+	_, err = peer.Forward(ctxT(t, 5*time.Second), &peerv1.ForwardRequest{RequestId: 1, Payload: cmd, ClusterId: stranger})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("Forward from another cluster: got %v; want FAILED_PRECONDITION", err)
+	}
+	if _, err := peer.Forward(ctxT(t, 5*time.Second), &peerv1.ForwardRequest{RequestId: 2, Payload: cmd, ClusterId: ours}); err != nil {
+		t.Fatalf("Forward from our cluster: %v", err)
+	}
+
+	// A heartbeat with a higher term, from another cluster or from a
+	// non-member, is refused before raft sees it (raft would follow it):
+	// the term and the leader stay.
+	term := c.Server(lead).Status().Term
+	for _, tc := range []struct {
+		name      string
+		clusterID uint64
+		from      uint64
+	}{
+		{"another cluster", stranger, raftnode.IDFromName(c.Follower())},
+		{"a non-member", ours, raftnode.IDFromName("n9")},
+	} {
+		m := raftpb.Message{Type: raftpb.MsgHeartbeat, To: raftnode.IDFromName(lead), From: tc.from, Term: term + 100}
+		b, _ := m.Marshal()
+		s, err := peer.Stream(ctxT(t, 5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = s.Send(&peerv1.StreamRequest{From: tc.from, ClusterId: tc.clusterID, Messages: [][]byte{b}})
+		if _, err := s.CloseAndRecv(); status.Code(err) != codes.FailedPrecondition {
+			t.Fatalf("%s: stream got %v; want FAILED_PRECONDITION", tc.name, err)
+		}
+	}
+	if got := c.Server(lead).Status(); got.Term != term || got.Leader != raftnode.IDFromName(lead) {
+		t.Fatalf("after refused heartbeats: term %d leader %x; want term %d, leader unchanged", got.Term, got.Leader, term)
+	}
+}
+
+func mustMarshalCommand(t *testing.T, key string) []byte {
+	t.Helper()
+	b, err := proto.Marshal(&statev1.Command{Op: &statev1.Command_Claim{Claim: &statev1.Claim{
+		Namespace: "test", Key: key, Lease: int64(time.Minute), Retention: int64(time.Hour)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -36,6 +36,10 @@ type Config struct {
 	PeerAddr string
 	// InitialCluster maps every member's name to its peer address.
 	InitialCluster map[string]string
+	// ClusterToken tells this cluster from others whose members have the
+	// same names; with the member names it makes the cluster id that every
+	// peer message carries (default "keystore").
+	ClusterToken string
 
 	// ClientListener and PeerListener, when set, are used instead of
 	// listening on ClientAddr and PeerAddr (tests bind :0 first).
@@ -141,9 +145,16 @@ func New(cfg Config) (*Server, error) {
 	rc := cfg.Raft
 	rc.ID = raftnode.IDFromName(cfg.Name)
 	rc.Peers = make(map[uint64]string)
+	names := make([]string, 0, len(cfg.InitialCluster))
 	for name, addr := range cfg.InitialCluster {
 		rc.Peers[raftnode.IDFromName(name)] = addr
+		names = append(names, name)
 	}
+	token := cfg.ClusterToken
+	if token == "" {
+		token = "keystore"
+	}
+	rc.ClusterID = raftnode.ClusterIDFor(token, names)
 	rc.Logger = logger
 	node, err := raftnode.New(rc, store, store)
 	if err != nil {

@@ -34,6 +34,7 @@ func run(args []string) error {
 		clientAddr     = fs.String("client-addr", "127.0.0.1:7001", "address of the gRPC KeyStoreService")
 		peerAddr       = fs.String("peer-addr", "127.0.0.1:7101", "address peers connect to")
 		initialCluster = fs.String("initial-cluster", "", "every member as name=peer-host:port, comma-separated (default: this node alone)")
+		clusterToken   = fs.String("cluster-token", "keystore", "tells this cluster from others with the same member names; the same on every member")
 		logLevel       = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat      = fs.String("log-format", "text", "text or json")
 
@@ -72,6 +73,7 @@ func run(args []string) error {
 		ClientAddr:     *clientAddr,
 		PeerAddr:       *peerAddr,
 		InitialCluster: cluster,
+		ClusterToken:   *clusterToken,
 		API: api.Config{
 			DefaultLease:     *defaultLease,
 			MaxLease:         *maxLease,

@@ -182,6 +182,9 @@ func (c *Cluster) Endpoints() []string {
 // Endpoint returns node name's client address.
 func (c *Cluster) Endpoint(name string) string { return c.clients[name] }
 
+// PeerEndpoint returns a node's peer address.
+func (c *Cluster) PeerEndpoint(name string) string { return c.peers[name] }
+
 // Server returns the running node name, or nil.
 func (c *Cluster) Server(name string) *server.Server { return c.servers[name] }
 

@@ -30,7 +30,9 @@ type StreamRequest struct {
 	// The sending node's Raft id.
 	From uint64 `protobuf:"varint,1,opt,name=from,proto3" json:"from,omitempty"`
 	// raftpb.Message values, encoded.
-	Messages      [][]byte `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
+	Messages [][]byte `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
+	// The sender's cluster id: a node refuses messages of another cluster.
+	ClusterId     uint64 `protobuf:"varint,3,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -79,6 +81,13 @@ func (x *StreamRequest) GetMessages() [][]byte {
 	return nil
 }
 
+func (x *StreamRequest) GetClusterId() uint64 {
+	if x != nil {
+		return x.ClusterId
+	}
+	return 0
+}
+
 // StreamResponse ends a stream.
 type StreamResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -120,8 +129,10 @@ func (*StreamResponse) Descriptor() ([]byte, []int) {
 type ForwardRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Identifies the proposal; retries of one proposal keep it.
-	RequestId     uint64 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	Payload       []byte `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	RequestId uint64 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Payload   []byte `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	// The sender's cluster id: a leader refuses proposals of another cluster.
+	ClusterId     uint64 `protobuf:"varint,3,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -168,6 +179,13 @@ func (x *ForwardRequest) GetPayload() []byte {
 		return x.Payload
 	}
 	return nil
+}
+
+func (x *ForwardRequest) GetClusterId() uint64 {
+	if x != nil {
+		return x.ClusterId
+	}
+	return 0
 }
 
 // ForwardResponse is the apply result of a forwarded proposal.
@@ -219,15 +237,19 @@ var File_keystore_peer_v1_peer_proto protoreflect.FileDescriptor
 
 const file_keystore_peer_v1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x1bkeystore/peer/v1/peer.proto\x12\x10keystore.peer.v1\"?\n" +
+	"\x1bkeystore/peer/v1/peer.proto\x12\x10keystore.peer.v1\"^\n" +
 	"\rStreamRequest\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\x04R\x04from\x12\x1a\n" +
-	"\bmessages\x18\x02 \x03(\fR\bmessages\"\x10\n" +
-	"\x0eStreamResponse\"I\n" +
+	"\bmessages\x18\x02 \x03(\fR\bmessages\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x03 \x01(\x04R\tclusterId\"\x10\n" +
+	"\x0eStreamResponse\"h\n" +
 	"\x0eForwardRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x18\n" +
-	"\apayload\x18\x02 \x01(\fR\apayload\")\n" +
+	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x03 \x01(\x04R\tclusterId\")\n" +
 	"\x0fForwardResponse\x12\x16\n" +
 	"\x06result\x18\x01 \x01(\fR\x06result2\xac\x01\n" +
 	"\vPeerService\x12M\n" +
