@@ -9,7 +9,7 @@ BIN       := bin
 PKGS      := ./...
 TESTFLAGS ?=
 
-.PHONY: all build test unit verify fmt vet staticcheck buf-lint proto proto-check cluster cluster-test cluster-test-long cluster-test-bugs bench-churn image compose-up compose-down docker-test clean
+.PHONY: all build test unit verify fmt vet staticcheck buf-lint proto proto-check cluster cluster-test cluster-test-long cluster-test-bugs bench-churn bench bench-peers image compose-up compose-down docker-test clean
 
 all: build
 
@@ -107,6 +107,13 @@ docker-test:
 CHURN ?= 5m
 bench-churn:
 	$(GO) test -run '^$$' -bench Churn -benchtime 1x -timeout 30m ./server -churn.duration $(CHURN)
+
+## bench: keystore (three nodes and one) against etcd, Redis and PostgreSQL.
+## Knobs: REPS, DURATION, CONCURRENCY, SYSTEMS, OUT (see bench/README.md).
+bench:
+	./bench/run.sh
+bench-peers:
+	./bench/peers.sh install
 
 clean:
 	rm -rf $(BIN) keystore-data
