@@ -160,7 +160,12 @@ func (c *Client) invoke(ctx context.Context, extra time.Duration, call func(ctx 
 		err = call(actx, node)
 		cancel()
 		if err == nil {
-			c.preferred.Store(int64(node))
+			// Move the preference only if this call had to fail over and
+			// nobody moved it meanwhile: a call that merely finished late
+			// must not undo what the leader tracking learnt.
+			if node != start {
+				c.preferred.CompareAndSwap(int64(start), int64(node))
+			}
 			return nil
 		}
 		if !retryable(ctx, err) {

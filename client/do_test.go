@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -319,15 +320,16 @@ func TestDoZeroLeaseMeansDefault(t *testing.T) {
 }
 
 // The client sends calls to the leader's endpoint first (a follower would
-// forward writes, one more hop), and follows the leader when it changes.
+// forward writes, one more hop), keeps doing so under concurrent load, and
+// follows the leader when it changes.
 func TestClientFollowsLeader(t *testing.T) {
 	tc := testcluster.Start(t, testcluster.Options{})
 	var mu sync.Mutex
-	var lastTarget string
+	calls := map[string]int{}
 	record := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		if strings.HasPrefix(method, "/keystore.v1.KeyStoreService/") {
 			mu.Lock()
-			lastTarget = cc.Target()
+			calls[cc.Target()]++
 			mu.Unlock()
 		}
 		return invoker(ctx, method, req, reply, cc, opts...)
@@ -348,26 +350,44 @@ func TestClientFollowsLeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
-	servedBy := func(want string) {
+	// load runs 8 concurrent claimers for d and returns where their calls
+	// went.
+	var seq atomic.Int64
+	load := func(d time.Duration) map[string]int {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for i := 0; ; i++ {
-			if _, err := c.Claim(ctxT(t, 10*time.Second), client.ClaimRequest{Namespace: "route", Key: fmt.Sprintf("%s-%d", want, i)}); err != nil {
-				t.Fatalf("Claim: %v", err)
-			}
-			mu.Lock()
-			got := lastTarget
-			mu.Unlock()
-			if got == tc.Endpoint(want) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("calls still go to %s, not to the leader %s at %s", got, want, tc.Endpoint(want))
-			}
-			time.Sleep(50 * time.Millisecond)
+		mu.Lock()
+		clear(calls)
+		mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for ctx.Err() == nil {
+					key := fmt.Sprintf("k%d", seq.Add(1))
+					if _, err := c.Claim(context.Background(), client.ClaimRequest{Namespace: "route", Key: key}); err != nil {
+						t.Errorf("Claim: %v", err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(calls)
+	}
+	onlyTo := func(want string, got map[string]int) {
+		t.Helper()
+		if len(got) != 1 || got[tc.Endpoint(want)] == 0 {
+			t.Fatalf("calls went to %v; want all to the leader %s at %s", got, want, tc.Endpoint(want))
 		}
 	}
-	servedBy(lead)
+	load(time.Second) // the client learns the leader under load
+	onlyTo(lead, load(time.Second))
+
 	tc.StopNode(lead)
 	deadline := time.Now().Add(5 * time.Second)
 	for tc.Leader() == "" || tc.Leader() == lead {
@@ -376,5 +396,6 @@ func TestClientFollowsLeader(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	servedBy(tc.Leader())
+	load(2 * time.Second)
+	onlyTo(tc.Leader(), load(time.Second))
 }

@@ -37,6 +37,7 @@ func run(args []string) error {
 		clusterToken   = fs.String("cluster-token", "keystore", "tells this cluster from others with the same member names; the same on every member")
 		logLevel       = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat      = fs.String("log-format", "text", "text or json")
+		debugAddr      = fs.String("debug-addr", "", "serve Go's pprof profiles on this address under /debug/pprof/ (off when empty; keep it on loopback)")
 
 		defaultLease     = fs.Duration("default-lease", 30*time.Second, "lease when a Claim names none")
 		maxLease         = fs.Duration("max-lease", time.Hour, "longest lease accepted")
@@ -102,6 +103,12 @@ func run(args []string) error {
 	defer stop()
 	if err := srv.Start(); err != nil {
 		return err
+	}
+	if *debugAddr != "" {
+		if err := serveDebug(*debugAddr, logger); err != nil {
+			srv.Stop(time.Second)
+			return err
+		}
 	}
 	<-ctx.Done()
 	logger.Info("shutting down")
