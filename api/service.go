@@ -38,7 +38,14 @@ type service struct {
 	repl   Replicator
 	store  Store
 	logger *slog.Logger
+	// recent holds the keys this node lately claimed or completed: the
+	// Claims worth answering by a read (claimByRead).
+	recent *recentKeys
 }
+
+// recentKeysSize bounds recentKeys: retries mostly come within seconds of
+// the first attempt.
+const recentKeysSize = 1 << 16
 
 // NewService returns the KeyStoreService over repl and store.
 func NewService(cfg Config, repl Replicator, store Store) (keystorev1.KeyStoreServiceServer, error) {
@@ -46,7 +53,7 @@ func NewService(cfg Config, repl Replicator, store Store) (keystorev1.KeyStoreSe
 		return nil, err
 	}
 	cfg = cfg.WithDefaults()
-	return &service{cfg: cfg, repl: repl, store: store, logger: cfg.Logger.With("component", "api")}, nil
+	return &service{cfg: cfg, repl: repl, store: store, logger: cfg.Logger.With("component", "api"), recent: newRecentKeys(recentKeysSize)}, nil
 }
 
 // Claim implements CONTRACT.md's Claim, including wait: the call blocks on
@@ -96,6 +103,7 @@ func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*key
 			cancel()
 			return nil, err
 		}
+		s.recent.add(recentKey(ns, key))
 		if res.GetOutcome() != statev1.Outcome_OUTCOME_IN_PROGRESS || !time.Now().Before(waitUntil) {
 			cancel()
 			return claimResponse(ns, key, res), nil
@@ -129,9 +137,10 @@ func (s *service) claimByRead(ctx context.Context, requestID uint64, c *statev1.
 	if s.cfg.IsLeader == nil || !s.cfg.IsLeader() {
 		return nil, false, nil
 	}
-	// A record absent here is very likely absent everywhere: the Claim
-	// creates it, so it goes to the log without a read round first.
-	if _, _, err := s.store.Get(c.GetNamespace(), c.GetKey()); err != nil {
+	// A key this node has not seen lately is most likely new: the Claim
+	// creates it, so it goes to the log without a read round first (and
+	// without a storage lookup: that costs as much as the read saves).
+	if !s.recent.has(recentKey(c.GetNamespace(), c.GetKey())) {
 		return nil, false, nil
 	}
 	octx, cancel := s.opContext(ctx)
@@ -190,6 +199,7 @@ func (s *service) Complete(ctx context.Context, req *keystorev1.CompleteRequest)
 	if err != nil {
 		return nil, err
 	}
+	s.recent.add(recentKey(req.GetNamespace(), req.GetKey()))
 	return &keystorev1.CompleteResponse{Record: toRecord(req.GetNamespace(), req.GetKey(), res.GetRecord())}, nil
 }
 

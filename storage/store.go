@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
 	"go.etcd.io/raft/v3/raftpb"
@@ -55,6 +56,14 @@ type Store struct {
 
 var marshal = proto.MarshalOptions{Deterministic: true}
 
+// Pebble sizing: the block cache keeps index and filter blocks (and the
+// hot records) in memory; a larger memtable than the 4 MiB default flushes
+// less often, so short-lived records are often swept before they reach L0.
+const (
+	cacheSize    = 64 << 20
+	memTableSize = 32 << 20
+)
+
 // Open opens (or creates) the store in cfg.Dir and loads the log index,
 // HardState and applied position.
 func Open(cfg Config) (*Store, error) {
@@ -69,6 +78,13 @@ func Open(cfg Config) (*Store, error) {
 	opts := &pebble.Options{
 		FS:     cfg.FS,
 		Logger: pebbleLogger{logger},
+		// Almost every Claim reads a key that does not exist yet: without
+		// filters each such read walks the index blocks of every level.
+		CacheSize:    cacheSize,
+		MemTableSize: memTableSize,
+	}
+	for i := range opts.Levels {
+		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
 	db, err := pebble.Open(cfg.Dir, opts)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -19,7 +20,17 @@ import (
 	"github.com/keystore-dev/keystore/storage"
 )
 
+// gcPercent is keystored's GOGC unless the environment sets one: the heap
+// is small (records live in Pebble, not in Go memory) and every request
+// allocates, so collecting four times less often buys throughput (measured
+// in bench/: +15-40% lifecycles/s at 64-256 concurrent clients) for a few
+// tens of MB.
+const gcPercent = 400
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "keystored:", err)
 		os.Exit(1)
