@@ -433,14 +433,32 @@ func workload() []raftpb.Entry {
 		l.tick(t0+int64(time.Minute)),
 		l.cmd(t0+int64(time.Minute)+1, claimCmdFor("ns", "key-3", "fp")), // takeover
 		l.cmd(t0+int64(time.Minute)+2, claimCmdFor("ns2", "key-0", "")),
+		// Short-lived records, swept in the middle of the log, and a key
+		// claimed again after its sweep: batches with an Expire read
+		// through an indexed batch, the others through an overlay.
+		l.cmd(t0+int64(time.Minute)+3, shortClaim("brief-0")),
+		l.cmd(t0+int64(time.Minute)+4, shortClaim("brief-1")),
+		l.cmd(t0+int64(time.Minute)+5, &statev1.Command{Op: &statev1.Command_Complete{Complete: &statev1.Complete{
+			Namespace: "ns", Key: "brief-1", Token: 13, Response: &statev1.Response{Code: 201},
+		}}}),
+		l.tick(t0+int64(2*time.Minute)),
+		l.cmd(t0+int64(2*time.Minute)+1, &statev1.Command{Op: &statev1.Command_Expire{Expire: &statev1.Expire{UpTo: t0 + int64(2*time.Minute), Limit: 10}}}),
+		l.cmd(t0+int64(2*time.Minute)+2, shortClaim("brief-0")),
+		l.cmd(t0+int64(2*time.Minute)+3, claimCmdFor("ns", "key-4", "fp")),
 	)
 	return ents
+}
+
+func shortClaim(key string) *statev1.Command {
+	return &statev1.Command{Op: &statev1.Command_Claim{Claim: &statev1.Claim{
+		Namespace: "ns", Key: key, Lease: int64(time.Second), Retention: int64(2 * time.Second),
+	}}}
 }
 
 func TestReplicasConverge(t *testing.T) {
 	ents := workload()
 	var sums [][32]byte
-	for _, sizes := range [][]int{nil, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, {3, 4}, {len(ents) - 1}} {
+	for _, sizes := range [][]int{nil, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, {3, 4}, {12, 3}, {14, 2}, {len(ents) - 1}} {
 		s := openStore(t, vfs.NewMem())
 		applyAll(t, s, ents, sizes...)
 		sum, err := s.Checksum()
@@ -448,6 +466,13 @@ func TestReplicasConverge(t *testing.T) {
 			t.Fatalf("Checksum(): %v", err)
 		}
 		sums = append(sums, sum)
+		// The sweep happened, and the swept key was claimed afresh.
+		if _, _, err := s.Get("ns", "brief-1"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("batches %v: brief-1 after its sweep: %v; want ErrNotFound", sizes, err)
+		}
+		if rec, _, err := s.Get("ns", "brief-0"); err != nil || rec.GetAttempt() != 1 || rec.GetCreatedAt() != t0+int64(2*time.Minute)+2 {
+			t.Errorf("batches %v: brief-0 claimed again after its sweep = %v, %v; want a fresh record", sizes, rec, err)
+		}
 	}
 	for i := 1; i < len(sums); i++ {
 		if sums[i] != sums[0] {
