@@ -22,6 +22,7 @@ test: verify unit cluster-test
 ## unit: go test -race of every package; the fault runs have their own targets.
 unit:
 	$(GO) test -race -count=1 -skip 'TestFaults' $(TESTFLAGS) $(PKGS)
+	cd bench && $(GO) test -race -count=1 $(TESTFLAGS) ./...
 
 ## cluster-test: 5 seeded fault runs of 20s (real processes, fault proxies),
 ## checked for violations and convergence; a failing run saves its history,
@@ -47,11 +48,15 @@ fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
+# bench/ is a module of its own (its peers' clients stay out of go.mod):
+# vet, staticcheck and test it too.
 vet:
 	$(GO) vet $(PKGS)
+	cd bench && $(GO) vet ./...
 
 staticcheck:
 	$(GO) tool staticcheck $(PKGS)
+	cd bench && $(GO) tool staticcheck ./...
 
 buf-lint:
 	cd proto && $(GO) tool buf lint
