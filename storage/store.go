@@ -79,6 +79,17 @@ func Open(cfg Config) (*Store, error) {
 		// Almost every Claim reads a key that does not exist yet: without
 		// filters each such read walks the index blocks of every level.
 		CacheSize: cacheSize,
+		// What an operator needs to see when latency jumps.
+		EventListener: &pebble.EventListener{
+			WriteStallBegin: func(info pebble.WriteStallBeginInfo) {
+				logger.Warn("pebble write stall: writes wait for compactions", "reason", info.Reason)
+			},
+			WriteStallEnd: func() { logger.Warn("pebble write stall ended") },
+			DiskSlow: func(info pebble.DiskSlowInfo) {
+				logger.Warn("slow disk operation", "path", info.Path, "op", info.OpType.String(), "duration", info.Duration)
+			},
+			BackgroundError: func(err error) { logger.Error("pebble background error", "err", err) },
+		},
 	}
 	for i := range opts.Levels {
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
