@@ -113,7 +113,10 @@ func inject(ctx context.Context, c *Cluster, kind string, rng *rand.Rand, nodeMu
 		nodeMu.Lock()
 		c.Kill(node)
 		nodeMu.Unlock()
-		f.Recovery = probeRecovery(ctx, c, others(c.Names, node), f.Start, hold)
+		// The node stays down until the others served a Claim (up to
+		// 10 s) and at least for hold: a slow recovery is measured, not
+		// cut short by the restart.
+		f.Recovery = probeRecovery(ctx, c, others(c.Names, node), f.Start, 10*time.Second)
 		wait(hold - time.Since(f.Start))
 		nodeMu.Lock()
 		_ = c.StartNode(node)
