@@ -32,14 +32,14 @@ SEED ?= 1
 FAULT_DURATION ?= 20s
 cluster-test:
 	$(GO) test -count=1 -timeout 30m -run 'TestFaults' ./cluster-test -v \
-		-faults.runs $(RUNS) -faults.seed $(SEED) -faults.duration $(FAULT_DURATION) | grep -v '^    '
+		-faults.runs $(RUNS) -faults.seed $(SEED) -faults.duration $(FAULT_DURATION)
 
 ## cluster-test-long: the nightly version, e.g. make cluster-test-long RUNS=100
 ## (LONG_DURATION per run, 60s unless given).
 LONG_DURATION ?= 60s
 cluster-test-long:
 	$(GO) test -count=1 -timeout 0 -run 'TestFaults' ./cluster-test -v \
-		-faults.runs $(RUNS) -faults.seed $(SEED) -faults.duration $(LONG_DURATION) | grep -v '^    '
+		-faults.runs $(RUNS) -faults.seed $(SEED) -faults.duration $(LONG_DURATION)
 
 ## verify: formatting, vet, staticcheck, buf lint, generated code fresh.
 verify: fmt vet staticcheck buf-lint proto-check

@@ -90,7 +90,8 @@ func faultRun(t *testing.T, bin string, seed int64, expectBug bool) runStats {
 	ctx, cancel := context.WithTimeout(context.Background(), *faultDuration+2*time.Minute)
 	defer cancel()
 	if err := c.WaitServing(ctx); err != nil {
-		t.Fatal(err)
+		saveLogs(t, seed, c)
+		t.Fatalf("seed %d: the cluster never served: %v", seed, err)
 	}
 	startTerm := c.Term(ctx)
 	// Half the runs use short leases and retention, so takeovers and
@@ -186,16 +187,33 @@ func saveFailure(t *testing.T, seed int64, c *harness.Cluster, ops []history.Op,
 	}
 	_ = history.Save(filepath.Join(dir, "history.json"), ops)
 	_ = os.WriteFile(filepath.Join(dir, "violations.txt"), []byte(strings.Join(st.notes, "\n")+"\n"), 0o644)
-	for _, n := range c.Names {
-		if b, err := os.ReadFile(c.LogPath(n)); err == nil {
-			_ = os.WriteFile(filepath.Join(dir, n+".log"), b, 0o644)
-		}
-	}
+	copyLogs(c, dir)
 	if err := saveVisualization(dir, ops, rep); err != nil {
 		t.Logf("saving visualization: %v", err)
 	}
 	abs, _ := filepath.Abs(dir)
 	t.Logf("seed %d: history, logs and visualization saved in %s; replay with -faults.seed=%d -faults.runs=1", seed, abs, seed)
+}
+
+// saveLogs keeps the node logs of a run that could not start, under the
+// results folder.
+func saveLogs(t *testing.T, seed int64, c *harness.Cluster) {
+	dir := filepath.Join(*faultResults, fmt.Sprintf("seed-%d", seed))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Logf("saving logs: %v", err)
+		return
+	}
+	copyLogs(c, dir)
+	abs, _ := filepath.Abs(dir)
+	t.Logf("seed %d: node logs saved in %s", seed, abs)
+}
+
+func copyLogs(c *harness.Cluster, dir string) {
+	for _, n := range c.Names {
+		if b, err := os.ReadFile(c.LogPath(n)); err == nil {
+			_ = os.WriteFile(filepath.Join(dir, n+".log"), b, 0o644)
+		}
+	}
 }
 
 func printSummary(t *testing.T, runs []runStats) {
@@ -235,7 +253,6 @@ func printSummary(t *testing.T, runs []runStats) {
 		fmt.Fprintf(&b, "%-12s %6d %10d %10s %10s %10s\n", k, faults[k], len(d), p50, p99, pmax)
 	}
 	fmt.Print(b.String())
-	t.Log(b.String())
 }
 
 func percentile(d []time.Duration, p float64) time.Duration {

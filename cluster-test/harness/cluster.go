@@ -2,7 +2,9 @@ package harness
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -59,13 +61,22 @@ type Cluster struct {
 	conns  map[string]*grpc.ClientConn
 }
 
+// freeAddr picks a free loopback port below Linux's ephemeral range
+// (32768-60999). A port the kernel hands out for ":0" may, once closed, be
+// taken as the source port of any outgoing connection before keystored
+// binds it, and a killed node's port again before its restart; ports below
+// the range are taken only by a listener that names them.
 func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+	for range 100 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue // taken: try another
+		}
+		_ = l.Close()
+		return addr, nil
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	return "", errors.New("harness: no free port in 20000-31999")
 }
 
 // Start starts the proxies and every node.
