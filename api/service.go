@@ -88,6 +88,7 @@ func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*key
 		waitUntil = earliest(waitUntil, dl.Add(-margin(time.Until(dl))))
 	}
 	slack := 5 * time.Millisecond
+	recent := recentKey(ns, key)
 	for {
 		var changed <-chan struct{}
 		cancel := func() {}
@@ -95,7 +96,7 @@ func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*key
 			// Subscribe before proposing so no change is missed.
 			changed, cancel = s.store.Watch(ns, key)
 		}
-		res, ok, err := s.claimByRead(ctx, req.GetRequestId(), claim)
+		res, ok, err := s.claimByRead(ctx, req.GetRequestId(), claim, recent)
 		if err == nil && !ok {
 			res, err = s.propose(ctx, req.GetRequestId(), cmd)
 		}
@@ -103,7 +104,7 @@ func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*key
 			cancel()
 			return nil, err
 		}
-		s.recent.add(recentKey(ns, key))
+		s.recent.add(recent)
 		if res.GetOutcome() != statev1.Outcome_OUTCOME_IN_PROGRESS || !time.Now().Before(waitUntil) {
 			cancel()
 			return claimResponse(ns, key, res), nil
@@ -133,14 +134,14 @@ func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*key
 // answer is the one that entry would get, linearized at that moment. ok is
 // false when the Claim must be proposed; a non-nil error is the caller's
 // answer.
-func (s *service) claimByRead(ctx context.Context, requestID uint64, c *statev1.Claim) (res *statev1.Result, ok bool, err error) {
+func (s *service) claimByRead(ctx context.Context, requestID uint64, c *statev1.Claim, recent string) (res *statev1.Result, ok bool, err error) {
 	if s.cfg.IsLeader == nil || !s.cfg.IsLeader() {
 		return nil, false, nil
 	}
 	// A key this node has not seen lately is most likely new: the Claim
 	// creates it, so it goes to the log without a read round first (and
 	// without a storage lookup: that costs as much as the read saves).
-	if !s.recent.has(recentKey(c.GetNamespace(), c.GetKey())) {
+	if !s.recent.has(recent) {
 		return nil, false, nil
 	}
 	octx, cancel := s.opContext(ctx)
