@@ -122,10 +122,100 @@ func (s *Store) InitialState() (raftpb.HardState, raftpb.ConfState, error) {
 	return s.hs, s.confState, nil
 }
 
+// entryCache holds the newest entries of the log, contiguous and ending at
+// its last entry, within a byte budget: raft reads entries back soon after
+// appending them (to apply them, and to send them to followers), and the
+// cache spares those reads the disk.
+type entryCache struct {
+	ents  []raftpb.Entry
+	bytes int
+}
+
+// tailCacheBytes bounds the entry cache.
+const tailCacheBytes = 8 << 20
+
+func (c *entryCache) reset() { clear(c.ents); c.ents, c.bytes = nil, 0 }
+
+// append records ents (contiguous), replacing any cached entries at or
+// after the first of them, then trims the oldest entries to the budget.
+func (c *entryCache) append(ents []raftpb.Entry) {
+	if len(ents) == 0 {
+		return
+	}
+	if n := len(c.ents); n > 0 {
+		first := c.ents[0].Index
+		switch at := ents[0].Index; {
+		case at <= first:
+			c.reset()
+		case at <= c.ents[n-1].Index+1:
+			for _, e := range c.ents[at-first:] {
+				c.bytes -= e.Size()
+			}
+			clear(c.ents[at-first:])
+			c.ents = c.ents[:at-first]
+		default:
+			c.reset() // a gap: start over
+		}
+	}
+	for i := range ents {
+		c.ents = append(c.ents, ents[i])
+		c.bytes += ents[i].Size()
+	}
+	drop := 0
+	for drop < len(c.ents)-1 && c.bytes > tailCacheBytes {
+		c.bytes -= c.ents[drop].Size()
+		drop++
+	}
+	c.dropFront(drop)
+}
+
+// compactTo forgets entries at or below index.
+func (c *entryCache) compactTo(index uint64) {
+	if len(c.ents) == 0 || index < c.ents[0].Index {
+		return
+	}
+	drop := min(int(index-c.ents[0].Index+1), len(c.ents))
+	for _, e := range c.ents[:drop] {
+		c.bytes -= e.Size()
+	}
+	c.dropFront(drop)
+}
+
+func (c *entryCache) dropFront(n int) {
+	if n == 0 {
+		return
+	}
+	clear(c.ents[:n])
+	c.ents = c.ents[n:]
+	if len(c.ents) == 0 {
+		c.ents = nil
+	}
+}
+
+// get returns copies of the entries [lo, hi) within maxSize (at least one),
+// if the cache holds lo.
+func (c *entryCache) get(lo, hi, maxSize uint64) ([]raftpb.Entry, bool) {
+	if len(c.ents) == 0 || lo >= hi || lo < c.ents[0].Index || hi > c.ents[len(c.ents)-1].Index+1 {
+		return nil, false
+	}
+	src := c.ents[lo-c.ents[0].Index : hi-c.ents[0].Index]
+	var size uint64
+	n := 0
+	for n < len(src) {
+		size += uint64(src[n].Size())
+		if n > 0 && size > maxSize {
+			break
+		}
+		n++
+	}
+	return append([]raftpb.Entry(nil), src[:n]...), true
+}
+
 // Entries implements raft.Storage.
 func (s *Store) Entries(lo, hi, maxSize uint64) ([]raftpb.Entry, error) {
 	s.mu.RLock()
 	first, last := s.log.first(), s.log.last
+	cached, ok := s.tail.get(lo, hi, maxSize)
 	s.mu.RUnlock()
 	if lo < first {
 		return nil, raft.ErrCompacted
@@ -135,6 +225,9 @@ func (s *Store) Entries(lo, hi, maxSize uint64) ([]raftpb.Entry, error) {
 	}
 	if lo == hi {
 		return nil, nil
+	}
+	if ok {
+		return cached, nil
 	}
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: entryKey(lo), UpperBound: entryKey(hi)})
 	if err != nil {
@@ -258,6 +351,7 @@ func (s *Store) Append(hs raftpb.HardState, ents []raftpb.Entry, sync bool) erro
 		for i := range ents {
 			s.log.append(ents[i].Index, ents[i].Term)
 		}
+		s.tail.append(ents)
 	}
 	if !raft.IsEmptyHardState(hs) {
 		s.hs = hs
@@ -295,6 +389,7 @@ func (s *Store) Compact(index uint64) error {
 	}
 	s.mu.Lock()
 	s.log.compactTo(index)
+	s.tail.compactTo(index)
 	s.mu.Unlock()
 	return nil
 }

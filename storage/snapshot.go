@@ -167,6 +167,7 @@ func (s *Store) ApplySnapshot(snap raftpb.Snapshot) error {
 	}
 	s.mu.Lock()
 	s.log = logIndex{base: md.Index, baseTerm: md.Term, last: md.Index}
+	s.tail.reset()
 	s.meta = meta
 	s.confState = md.ConfState
 	s.mu.Unlock()

@@ -45,6 +45,9 @@ type Store struct {
 	mu sync.RWMutex // guards the fields below
 	// log is the in-memory index of the Raft log on disk.
 	log logIndex
+	// tail caches the log's newest entries, which raft reads back to
+	// apply them and to send them to followers.
+	tail entryCache
 	hs  raftpb.HardState
 	// meta is the state machine's applied position as last committed.
 	meta      *statev1.Meta
