@@ -4,5 +4,7 @@
 // mapping from internal errors to gRPC status codes (errors.go). On the
 // leader, a Claim that would change nothing (a retry of a completed or held
 // key) is answered by a ReadIndex round instead of a log write
-// (claimByRead).
+// (claimByRead). NewBatchService serves keystore.v1.BatchService over the
+// same service: each operation of a batch is one call of the matching
+// method, run concurrently with the others.
 package api

@@ -38,6 +38,13 @@ type Config struct {
 	// a follower forwards writes, one more hop (default 2s; negative: never
 	// ask, start at the first endpoint and stay where calls succeed).
 	LeaderRefresh time.Duration
+	// MaxInflight bounds the writes in flight to one node as separate
+	// RPCs; writes issued while that many are out wait and go out
+	// together, in one BatchService call, as soon as one comes back
+	// (default 8; negative: every write is its own RPC). A lone caller is
+	// never delayed: batching only gathers what would otherwise queue in
+	// the connection.
+	MaxInflight int
 }
 
 func (c Config) withDefaults() Config {
@@ -56,6 +63,9 @@ func (c Config) withDefaults() Config {
 	if c.LeaderRefresh == 0 {
 		c.LeaderRefresh = 2 * time.Second
 	}
+	if c.MaxInflight == 0 {
+		c.MaxInflight = 8
+	}
 	return c
 }
 
@@ -65,6 +75,7 @@ type Client struct {
 	cfg       Config
 	conns     []*grpc.ClientConn
 	kv        []keystorev1.KeyStoreServiceClient
+	batch     []*batcher
 	cluster   []keystorev1.ClusterServiceClient
 	preferred atomic.Int64 // the leader's endpoint, or the one that answered last
 	closeOnce sync.Once
@@ -90,7 +101,14 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			return nil, err
 		}
 		c.conns = append(c.conns, conn)
-		c.kv = append(c.kv, keystorev1.NewKeyStoreServiceClient(conn))
+		kv := keystorev1.NewKeyStoreServiceClient(conn)
+		c.kv = append(c.kv, kv)
+		c.batch = append(c.batch, &batcher{
+			kv:          kv,
+			bs:          keystorev1.NewBatchServiceClient(conn),
+			maxInflight: cfg.MaxInflight,
+			timeout:     cfg.AttemptTimeout,
+		})
 		c.cluster = append(c.cluster, keystorev1.NewClusterServiceClient(conn))
 	}
 	if len(c.conns) > 1 && cfg.LeaderRefresh > 0 {

@@ -8,6 +8,9 @@
 // Errors come back as sentinels for errors.Is (ErrFingerprintMismatch,
 // ErrClaimLost, ErrInProgress, ErrAlreadyCompleted, ErrNotFound, ...).
 //
+// Writes issued concurrently to one node beyond Config.MaxInflight travel
+// together in BatchService calls; each keeps its own result and retries.
+//
 // Do makes an operation effectively-once in one call: it claims the key,
 // runs the operation only when the claim is acquired, keeps the lease alive
 // while it runs, stores its response, and replays that response to every

@@ -38,8 +38,16 @@ func (c *Client) Claim(ctx context.Context, req ClaimRequest) (*ClaimResult, err
 		RequestId:   newRequestID(),
 	}
 	var out *keystorev1.ClaimResponse
-	err := c.invoke(ctx, req.Wait, func(ctx context.Context, node int) (err error) {
-		out, err = c.kv[node].Claim(ctx, in)
+	op := &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Claim{Claim: in}}
+	err := c.invoke(ctx, req.Wait, func(ctx context.Context, node int) error {
+		if req.Wait > 0 {
+			// A waiting Claim would hold up a whole batch.
+			r, err := c.kv[node].Claim(ctx, in)
+			out = r
+			return err
+		}
+		r, err := c.batch[node].do(ctx, op)
+		out = r.GetClaim()
 		return err
 	})
 	if err != nil {
@@ -69,8 +77,10 @@ func (c *Client) Complete(ctx context.Context, req CompleteRequest) (*Record, er
 		Retention: duration(req.Retention),
 	}
 	var out *keystorev1.CompleteResponse
-	err := c.invoke(ctx, 0, func(ctx context.Context, node int) (err error) {
-		out, err = c.kv[node].Complete(ctx, in)
+	op := &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Complete{Complete: in}}
+	err := c.invoke(ctx, 0, func(ctx context.Context, node int) error {
+		r, err := c.batch[node].do(ctx, op)
+		out = r.GetComplete()
 		return err
 	})
 	if err != nil {
@@ -82,9 +92,11 @@ func (c *Client) Complete(ctx context.Context, req CompleteRequest) (*Record, er
 // Release gives up a claim after a retryable failure, so that the next
 // Claim acquires.
 func (c *Client) Release(ctx context.Context, namespace, key string, token uint64) error {
-	in := &keystorev1.ReleaseRequest{Namespace: namespace, Key: key, Token: token}
+	op := &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Release{
+		Release: &keystorev1.ReleaseRequest{Namespace: namespace, Key: key, Token: token},
+	}}
 	return c.invoke(ctx, 0, func(ctx context.Context, node int) error {
-		_, err := c.kv[node].Release(ctx, in)
+		_, err := c.batch[node].do(ctx, op)
 		return err
 	})
 }
@@ -92,10 +104,13 @@ func (c *Client) Release(ctx context.Context, namespace, key string, token uint6
 // Heartbeat extends a claim's lease to lease from now (zero: the server's
 // default), capped at the record's expiry.
 func (c *Client) Heartbeat(ctx context.Context, namespace, key string, token uint64, lease time.Duration) (*Record, error) {
-	in := &keystorev1.HeartbeatRequest{Namespace: namespace, Key: key, Token: token, Lease: duration(lease)}
+	op := &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Heartbeat{
+		Heartbeat: &keystorev1.HeartbeatRequest{Namespace: namespace, Key: key, Token: token, Lease: duration(lease)},
+	}}
 	var out *keystorev1.HeartbeatResponse
-	err := c.invoke(ctx, 0, func(ctx context.Context, node int) (err error) {
-		out, err = c.kv[node].Heartbeat(ctx, in)
+	err := c.invoke(ctx, 0, func(ctx context.Context, node int) error {
+		r, err := c.batch[node].do(ctx, op)
+		out = r.GetHeartbeat()
 		return err
 	})
 	if err != nil {

@@ -192,6 +192,7 @@ func New(cfg Config) (*Server, error) {
 		peer:   grpc.NewServer(grpc.MaxRecvMsgSize(raftnode.MaxMessageBytes)),
 	}
 	keystorev1.RegisterKeyStoreServiceServer(s.client, svc)
+	keystorev1.RegisterBatchServiceServer(s.client, api.NewBatchService(svc))
 	keystorev1.RegisterClusterServiceServer(s.client, clusterService{s: s})
 	healthpb.RegisterHealthServer(s.client, s.health)
 	reflection.Register(s.client)

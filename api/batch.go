@@ -1,0 +1,86 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+// MaxBatchOperations bounds one BatchRequest.
+const MaxBatchOperations = 1024
+
+type batchService struct {
+	keystorev1.UnimplementedBatchServiceServer
+	kv keystorev1.KeyStoreServiceServer
+}
+
+// NewBatchService returns the BatchService over kv: each operation of a
+// batch is a call of kv's method of the same name, all of them concurrent,
+// so a batch answers exactly what the operations sent one by one would.
+func NewBatchService(kv keystorev1.KeyStoreServiceServer) keystorev1.BatchServiceServer {
+	return batchService{kv: kv}
+}
+
+// Batch implements BatchService.Batch.
+func (b batchService) Batch(ctx context.Context, req *keystorev1.BatchRequest) (*keystorev1.BatchResponse, error) {
+	ops := req.GetOperations()
+	if len(ops) == 0 || len(ops) > MaxBatchOperations {
+		return nil, invalidArgument([]fieldError{{"operations", fmt.Sprintf("must hold 1-%d operations (got %d)", MaxBatchOperations, len(ops))}})
+	}
+	results := make([]*keystorev1.BatchResult, len(ops))
+	if len(ops) == 1 {
+		results[0] = b.run(ctx, ops[0])
+	} else {
+		var wg sync.WaitGroup
+		wg.Add(len(ops))
+		for i, op := range ops {
+			go func() {
+				defer wg.Done()
+				results[i] = b.run(ctx, op)
+			}()
+		}
+		wg.Wait()
+	}
+	return &keystorev1.BatchResponse{Results: results}, nil
+}
+
+// run answers one operation.
+func (b batchService) run(ctx context.Context, op *keystorev1.BatchOperation) *keystorev1.BatchResult {
+	out := &keystorev1.BatchResult{}
+	var err error
+	switch o := op.GetOperation().(type) {
+	case *keystorev1.BatchOperation_Claim:
+		var r *keystorev1.ClaimResponse
+		if r, err = b.kv.Claim(ctx, o.Claim); err == nil {
+			out.Response = &keystorev1.BatchResult_Claim{Claim: r}
+		}
+	case *keystorev1.BatchOperation_Complete:
+		var r *keystorev1.CompleteResponse
+		if r, err = b.kv.Complete(ctx, o.Complete); err == nil {
+			out.Response = &keystorev1.BatchResult_Complete{Complete: r}
+		}
+	case *keystorev1.BatchOperation_Release:
+		var r *keystorev1.ReleaseResponse
+		if r, err = b.kv.Release(ctx, o.Release); err == nil {
+			out.Response = &keystorev1.BatchResult_Release{Release: r}
+		}
+	case *keystorev1.BatchOperation_Heartbeat:
+		var r *keystorev1.HeartbeatResponse
+		if r, err = b.kv.Heartbeat(ctx, o.Heartbeat); err == nil {
+			out.Response = &keystorev1.BatchResult_Heartbeat{Heartbeat: r}
+		}
+	default:
+		err = invalidArgument([]fieldError{{"operation", "must be one of claim, complete, release, heartbeat"}})
+	}
+	if err != nil {
+		// The kv methods return only statuses built by errors.go, so no
+		// internal text travels in them.
+		st, _ := proto.Marshal(status.Convert(err).Proto())
+		out.Status = st
+	}
+	return out
+}

@@ -1,0 +1,155 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keystore-dev/keystore/client"
+	"github.com/keystore-dev/keystore/internal/testcluster"
+	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+const batchMethod = "/keystore.v1.BatchService/Batch"
+
+// rpcCounter counts the unary calls a client makes, by method, and the
+// operations its Batch calls carry; with refuseBatch it answers Batch
+// itself with UNIMPLEMENTED, as a server without BatchService would.
+type rpcCounter struct {
+	mu          sync.Mutex
+	calls       map[string]int
+	batchedOps  int
+	refuseBatch bool
+}
+
+func (r *rpcCounter) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	r.mu.Lock()
+	if r.calls == nil {
+		r.calls = make(map[string]int)
+	}
+	r.calls[method]++
+	if b, ok := req.(*keystorev1.BatchRequest); ok {
+		r.batchedOps += len(b.GetOperations())
+	}
+	refuse := r.refuseBatch && method == batchMethod
+	r.mu.Unlock()
+	if refuse {
+		return status.Error(codes.Unimplemented, "unknown service keystore.v1.BatchService")
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+func (r *rpcCounter) get(method string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.calls[method]
+}
+
+// lifecycles runs n concurrent callers through a whole lifecycle each: a
+// Complete with a wrong token (ErrClaimLost), Claim, Complete, and a retried
+// Claim that must replay the response.
+func lifecycles(t *testing.T, c *client.Client, prefix string, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := ctxT(t, 30*time.Second)
+			key := fmt.Sprintf("%s-%d", prefix, i)
+			_, err := c.Complete(ctx, client.CompleteRequest{Namespace: "pay", Key: key, Token: 42})
+			if !errors.Is(err, client.ErrClaimLost) {
+				errs <- fmt.Errorf("%s: Complete before Claim: %v; want ErrClaimLost", key, err)
+				return
+			}
+			res, err := c.Claim(ctx, client.ClaimRequest{Namespace: "pay", Key: key, Fingerprint: []byte("fp")})
+			if err != nil || res.Outcome != client.Acquired {
+				errs <- fmt.Errorf("%s: Claim: %+v, %v; want Acquired", key, res, err)
+				return
+			}
+			body := []byte("receipt " + key)
+			if _, err := c.Complete(ctx, client.CompleteRequest{Namespace: "pay", Key: key, Token: res.Token, Response: client.Response{Code: 200, Body: body}}); err != nil {
+				errs <- fmt.Errorf("%s: Complete: %v", key, err)
+				return
+			}
+			again, err := c.Claim(ctx, client.ClaimRequest{Namespace: "pay", Key: key, Fingerprint: []byte("fp")})
+			if err != nil || again.Outcome != client.Completed || string(again.Record.Response.Body) != string(body) {
+				errs <- fmt.Errorf("%s: retried Claim: %+v, %v; want Completed with %q", key, again, err, body)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+func countingClient(t *testing.T, tc *testcluster.Cluster, maxInflight int, rc *rpcCounter) *client.Client {
+	t.Helper()
+	c, err := client.New(context.Background(), client.Config{
+		Endpoints:   tc.Endpoints(),
+		MaxInflight: maxInflight,
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(rc.intercept)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// TestConcurrentWritesShareBatches: with one call slot per node, concurrent
+// writes travel together in Batch calls, each still getting its own answer
+// and error.
+func TestConcurrentWritesShareBatches(t *testing.T) {
+	tc := testcluster.Start(t, testcluster.Options{})
+	rc := &rpcCounter{}
+	c := countingClient(t, tc, 1, rc)
+	const callers = 64
+	lifecycles(t, c, "order", callers)
+	batches := rc.get(batchMethod)
+	rc.mu.Lock()
+	batched := rc.batchedOps
+	rc.mu.Unlock()
+	writes := 4 * callers
+	if batches == 0 || batched <= batches {
+		t.Fatalf("%d Batch calls carried %d writes; want batches of several writes", batches, batched)
+	}
+	t.Logf("%d writes: %d in %d Batch calls", writes, batched, batches)
+}
+
+// TestBatchingOff: a negative MaxInflight sends every write as its own RPC.
+func TestBatchingOff(t *testing.T) {
+	tc := testcluster.Start(t, testcluster.Options{})
+	rc := &rpcCounter{}
+	c := countingClient(t, tc, -1, rc)
+	lifecycles(t, c, "order", 32)
+	if n := rc.get(batchMethod); n != 0 {
+		t.Errorf("%d Batch calls with batching off; want 0", n)
+	}
+}
+
+// TestBatchUnimplementedFallsBack: against a server without BatchService
+// the client learns so from the first refused batch and sends writes one
+// by one, and no write fails for it.
+func TestBatchUnimplementedFallsBack(t *testing.T) {
+	tc := testcluster.Start(t, testcluster.Options{})
+	rc := &rpcCounter{refuseBatch: true}
+	const maxInflight = 2
+	c := countingClient(t, tc, maxInflight, rc)
+	lifecycles(t, c, "first", 64)
+	lifecycles(t, c, "second", 64) // after the fallback, no more Batch calls
+	// Each node's batcher may have had every slot's batch refused before
+	// it learnt; no more than that.
+	if n := rc.get(batchMethod); n == 0 || n > maxInflight*len(tc.Names) {
+		t.Errorf("%d Batch calls; want 1-%d before the client stops trying", n, maxInflight*len(tc.Names))
+	}
+}
