@@ -48,7 +48,7 @@ type Store struct {
 	// tail caches the log's newest entries, which raft reads back to
 	// apply them and to send them to followers.
 	tail entryCache
-	hs  raftpb.HardState
+	hs   raftpb.HardState
 	// meta is the state machine's applied position as last committed.
 	meta      *statev1.Meta
 	confState raftpb.ConfState
