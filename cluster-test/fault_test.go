@@ -126,6 +126,17 @@ func faultRun(t *testing.T, bin string, seed int64, expectBug bool) runStats {
 	}
 	ops := log.Ops()
 	st.ops = len(ops)
+	// Every third client writes through BatchService; those writes must
+	// succeed too, or the checkers would judge little of the batch path.
+	batchedOK := 0
+	for _, op := range ops {
+		if op.Client%3 == 2 && op.Kind != history.Get && op.Result == history.OK {
+			batchedOK++
+		}
+	}
+	if batchedOK == 0 {
+		fail("no write through BatchService succeeded")
+	}
 	if term := c.Term(ctx); term > startTerm {
 		st.elections = term - startTerm
 	}

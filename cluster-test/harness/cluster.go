@@ -276,6 +276,11 @@ func (c *Cluster) KV(n string) keystorev1.KeyStoreServiceClient {
 	return keystorev1.NewKeyStoreServiceClient(c.conns[n])
 }
 
+// Batch returns a BatchService client for node n.
+func (c *Cluster) Batch(n string) keystorev1.BatchServiceClient {
+	return keystorev1.NewBatchServiceClient(c.conns[n])
+}
+
 // Status asks n for its view.
 func (c *Cluster) Status(ctx context.Context, n string) (*keystorev1.StatusResponse, error) {
 	return keystorev1.NewClusterServiceClient(c.conns[n]).Status(ctx, &keystorev1.StatusRequest{})

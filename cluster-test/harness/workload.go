@@ -74,6 +74,7 @@ func RunWorkload(ctx context.Context, c *Cluster, w Workload, log *history.Log) 
 			if id < w.Pinned {
 				cl.pinned = c.Names[id%len(c.Names)]
 			}
+			cl.batched = id%3 == 2
 			cl.run(ctx)
 		}(i)
 	}
@@ -88,7 +89,9 @@ type workClient struct {
 	rng    *rand.Rand
 	pinned string
 	held   map[string]uint64 // keys this client holds a claim on → token
-	seq    int
+	// batched clients send their writes through BatchService.
+	batched bool
+	seq     int
 }
 
 func (cl *workClient) node() string {
@@ -150,7 +153,11 @@ func (cl *workClient) call(ctx context.Context, op history.Op, fn func(ctx conte
 	op.Client, op.Node = cl.id, node
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cl.w.OpTimeout)
 	op.Call = time.Now().UnixNano()
-	rec, outcome, err := fn(actx, cl.c.KV(node))
+	kv := cl.c.KV(node)
+	if cl.batched {
+		kv = batchKV{KeyStoreServiceClient: kv, bs: cl.c.Batch(node), filler: cl.w.Namespace + "-filler"}
+	}
+	rec, outcome, err := fn(actx, kv)
 	op.Return = time.Now().UnixNano()
 	cancel()
 	op.Result, op.Error = classify(err)

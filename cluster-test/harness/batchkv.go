@@ -1,0 +1,73 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// batchKV sends the workload's writes through BatchService, each beside a
+// filler Claim of a key outside the checked namespace, so that the batch
+// path (operations run concurrently in one call) is what the checker judges
+// for these clients. Get goes through KeyStoreService.
+type batchKV struct {
+	keystorev1.KeyStoreServiceClient
+	bs     keystorev1.BatchServiceClient
+	filler string // namespace of the filler claims
+}
+
+var fillerSeq atomic.Uint64
+
+// retentionFiller keeps filler records briefly.
+const retentionFiller = 5 * time.Second
+
+func (b batchKV) do(ctx context.Context, op *keystorev1.BatchOperation, opts ...grpc.CallOption) (*keystorev1.BatchResult, error) {
+	filler := &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Claim{Claim: &keystorev1.ClaimRequest{
+		Namespace: b.filler, Key: fmt.Sprintf("filler-%d", fillerSeq.Add(1)), Retention: durationpb.New(retentionFiller),
+	}}}
+	resp, err := b.bs.Batch(ctx, &keystorev1.BatchRequest{Operations: []*keystorev1.BatchOperation{filler, op}}, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.GetResults()) != 2 {
+		return nil, status.Errorf(codes.Internal, "batch of 2 got %d results", len(resp.GetResults()))
+	}
+	r := resp.GetResults()[1]
+	if len(r.GetStatus()) > 0 {
+		st := &spb.Status{}
+		if err := proto.Unmarshal(r.GetStatus(), st); err != nil {
+			return nil, status.Errorf(codes.Internal, "undecodable status: %v", err)
+		}
+		return nil, status.ErrorProto(st)
+	}
+	return r, nil
+}
+
+func (b batchKV) Claim(ctx context.Context, in *keystorev1.ClaimRequest, opts ...grpc.CallOption) (*keystorev1.ClaimResponse, error) {
+	r, err := b.do(ctx, &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Claim{Claim: in}}, opts...)
+	return r.GetClaim(), err
+}
+
+func (b batchKV) Complete(ctx context.Context, in *keystorev1.CompleteRequest, opts ...grpc.CallOption) (*keystorev1.CompleteResponse, error) {
+	r, err := b.do(ctx, &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Complete{Complete: in}}, opts...)
+	return r.GetComplete(), err
+}
+
+func (b batchKV) Release(ctx context.Context, in *keystorev1.ReleaseRequest, opts ...grpc.CallOption) (*keystorev1.ReleaseResponse, error) {
+	r, err := b.do(ctx, &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Release{Release: in}}, opts...)
+	return r.GetRelease(), err
+}
+
+func (b batchKV) Heartbeat(ctx context.Context, in *keystorev1.HeartbeatRequest, opts ...grpc.CallOption) (*keystorev1.HeartbeatResponse, error) {
+	r, err := b.do(ctx, &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Heartbeat{Heartbeat: in}}, opts...)
+	return r.GetHeartbeat(), err
+}
