@@ -71,8 +71,9 @@ func (b *batcher) do(ctx context.Context, op *keystorev1.BatchOperation) (*keyst
 		return c.res, c.err
 	case <-ctx.Done():
 		// The batch may still carry the write: like a plain RPC given up
-		// on, its outcome is unknown to this caller.
-		return nil, ctx.Err()
+		// on, its outcome is unknown to this caller, and the error is the
+		// one gRPC gives (an attempt's timeout is retried elsewhere).
+		return nil, status.FromContextError(ctx.Err()).Err()
 	}
 }
 

@@ -153,3 +153,42 @@ func TestBatchUnimplementedFallsBack(t *testing.T) {
 		t.Errorf("%d Batch calls; want 1-%d before the client stops trying", n, maxInflight*len(tc.Names))
 	}
 }
+
+// TestQueuedWriteRetriesElsewhere: a write queued behind a stuck node, whose
+// attempt times out before its batch goes out, is retried on the next node
+// like a plain RPC that timed out, and succeeds there.
+func TestQueuedWriteRetriesElsewhere(t *testing.T) {
+	tc := testcluster.Start(t, testcluster.Options{})
+	stuck := tc.Endpoints()[0]
+	hang := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if cc.Target() == stuck {
+			<-ctx.Done()
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	c, err := client.New(context.Background(), client.Config{
+		Endpoints:      tc.Endpoints(), // the stuck node first
+		LeaderRefresh:  -1,
+		MaxInflight:    1,
+		AttemptTimeout: 300 * time.Millisecond,
+		DialOptions:    []grpc.DialOption{grpc.WithChainUnaryInterceptor(hang)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ { // one takes the slot, the others queue
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := c.Claim(ctxT(t, 10*time.Second), client.ClaimRequest{Namespace: "pay", Key: fmt.Sprintf("k%d", i)})
+			if err != nil || res.Outcome != client.Acquired {
+				t.Errorf("Claim k%d: %+v, %v; want Acquired on another node", i, res, err)
+			}
+		}()
+		time.Sleep(20 * time.Millisecond)
+	}
+	wg.Wait()
+}
