@@ -5,28 +5,14 @@ import (
 	"time"
 
 	"github.com/keystore-dev/keystore/api"
+	"github.com/keystore-dev/keystore/client"
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
 	"github.com/keystore-dev/keystore/storage"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
-
-// resultErr decodes the error a batch result carries (nil when none).
-func resultErr(t *testing.T, r *keystorev1.BatchResult) error {
-	t.Helper()
-	if len(r.GetStatus()) == 0 {
-		return nil
-	}
-	st := &spb.Status{}
-	if err := proto.Unmarshal(r.GetStatus(), st); err != nil {
-		t.Fatalf("undecodable status in batch result: %v", err)
-	}
-	return status.ErrorProto(st)
-}
 
 // badRequest returns err's BadRequest detail, nil when absent.
 func badRequest(err error) *errdetails.BadRequest {
@@ -73,24 +59,24 @@ func TestBatchAnswersEachOperationAsAlone(t *testing.T) {
 	if len(res) != 7 {
 		t.Fatalf("got %d results; want 7", len(res))
 	}
-	if err := resultErr(t, res[0]); err != nil || res[0].GetClaim().GetOutcome() != keystorev1.ClaimOutcome_CLAIM_OUTCOME_ACQUIRED || res[0].GetClaim().GetToken() == 0 {
+	if err := client.BatchResultError(res[0]); err != nil || res[0].GetClaim().GetOutcome() != keystorev1.ClaimOutcome_CLAIM_OUTCOME_ACQUIRED || res[0].GetClaim().GetToken() == 0 {
 		t.Errorf("claim of a fresh key: got %v, %v; want ACQUIRED with a token", res[0].GetClaim(), err)
 	}
-	if err := resultErr(t, res[1]); err != nil || res[1].GetClaim().GetOutcome() != keystorev1.ClaimOutcome_CLAIM_OUTCOME_COMPLETED ||
+	if err := client.BatchResultError(res[1]); err != nil || res[1].GetClaim().GetOutcome() != keystorev1.ClaimOutcome_CLAIM_OUTCOME_COMPLETED ||
 		string(res[1].GetClaim().GetRecord().GetResponse().GetBody()) != "stored" {
 		t.Errorf("claim of a completed key: got %v, %v; want COMPLETED with the stored response", res[1].GetClaim(), err)
 	}
-	checkStatus(t, resultErr(t, res[2]), codes.Aborted, "CLAIM_LOST")
-	invalid := resultErr(t, res[3])
+	checkStatus(t, client.BatchResultError(res[2]), codes.Aborted, "CLAIM_LOST")
+	invalid := client.BatchResultError(res[3])
 	checkStatus(t, invalid, codes.InvalidArgument, "")
 	if br := badRequest(invalid); len(br.GetFieldViolations()) == 0 || br.GetFieldViolations()[0].GetField() != "namespace" {
 		t.Errorf("invalid claim: got violations %v; want one naming namespace", br.GetFieldViolations())
 	}
-	if err := resultErr(t, res[4]); err != nil || res[4].GetHeartbeat().GetRecord().GetLeaseExpiresAt().AsTime().Before(t0.Add(2*time.Minute)) {
+	if err := client.BatchResultError(res[4]); err != nil || res[4].GetHeartbeat().GetRecord().GetLeaseExpiresAt().AsTime().Before(t0.Add(2*time.Minute)) {
 		t.Errorf("heartbeat: got %v, %v; want the lease moved to 2m from now", res[4].GetHeartbeat(), err)
 	}
-	checkStatus(t, resultErr(t, res[5]), codes.FailedPrecondition, "ALREADY_COMPLETED")
-	checkStatus(t, resultErr(t, res[6]), codes.InvalidArgument, "")
+	checkStatus(t, client.BatchResultError(res[5]), codes.FailedPrecondition, "ALREADY_COMPLETED")
+	checkStatus(t, client.BatchResultError(res[6]), codes.InvalidArgument, "")
 
 	// What the batch did is what the store holds.
 	rec, err := env.client.Get(ctxT(t), &keystorev1.GetRequest{Namespace: ns, Key: "fresh"})
@@ -112,7 +98,7 @@ func TestBatchSameKeyTwice(t *testing.T) {
 	}
 	acquired := 0
 	for i, r := range resp.GetResults() {
-		if err := resultErr(t, r); err != nil {
+		if err := client.BatchResultError(r); err != nil {
 			t.Fatalf("result %d: %v", i, err)
 		}
 		switch r.GetClaim().GetOutcome() {

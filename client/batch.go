@@ -150,7 +150,7 @@ func (b *batcher) send(batch []*batchCall) {
 		case i >= len(results):
 			c.err = status.Error(codes.Internal, "keystore: batch response lacks a result")
 		default:
-			c.res, c.err = results[i], resultError(results[i])
+			c.res, c.err = results[i], BatchResultError(results[i])
 		}
 		close(c.done)
 	}
@@ -170,9 +170,11 @@ func (b *batcher) sendEach(batch []*batchCall) {
 	wg.Wait()
 }
 
-// resultError returns the error a batch result carries, as a gRPC status
-// error like the plain RPC's.
-func resultError(r *keystorev1.BatchResult) error {
+// BatchResultError returns the error a keystore.v1.BatchService result
+// carries, as the gRPC status error the RPC of the same name would have
+// returned (status.FromError works on it), or nil. For callers of
+// BatchService itself; Client's methods batch on their own.
+func BatchResultError(r *keystorev1.BatchResult) error {
 	if len(r.GetStatus()) == 0 {
 		return nil
 	}

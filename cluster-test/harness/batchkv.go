@@ -6,12 +6,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keystore-dev/keystore/client"
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
-	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -42,12 +41,8 @@ func (b batchKV) do(ctx context.Context, op *keystorev1.BatchOperation, opts ...
 		return nil, status.Errorf(codes.Internal, "batch of 2 got %d results", len(resp.GetResults()))
 	}
 	r := resp.GetResults()[1]
-	if len(r.GetStatus()) > 0 {
-		st := &spb.Status{}
-		if err := proto.Unmarshal(r.GetStatus(), st); err != nil {
-			return nil, status.Errorf(codes.Internal, "undecodable status: %v", err)
-		}
-		return nil, status.ErrorProto(st)
+	if err := client.BatchResultError(r); err != nil {
+		return nil, err
 	}
 	return r, nil
 }
