@@ -43,7 +43,7 @@ type fakeReplicator struct {
 	block bool
 }
 
-func (f *fakeReplicator) Propose(ctx context.Context, requestID uint64, command []byte) ([]byte, error) {
+func (f *fakeReplicator) Propose(ctx context.Context, requestID uint64, command []byte) (*statev1.Result, error) {
 	f.mu.Lock()
 	f.proposals++
 	block, perr := f.block, f.proposeErr

@@ -16,9 +16,9 @@ import (
 // Replicator replicates commands through the log and confirms reads.
 type Replicator interface {
 	// Propose returns the apply result of command once it is committed and
-	// applied. requestID identifies one logical request across retries; 0
+	// applied (the caller must not modify it). requestID identifies one logical request across retries; 0
 	// asks for a fresh one.
-	Propose(ctx context.Context, requestID uint64, command []byte) ([]byte, error)
+	Propose(ctx context.Context, requestID uint64, command []byte) (*statev1.Result, error)
 	// ReadIndex returns once the local state reflects every write
 	// acknowledged before the call.
 	ReadIndex(ctx context.Context) error
@@ -282,13 +282,9 @@ func (s *service) Get(ctx context.Context, req *keystorev1.GetRequest) (*keystor
 func (s *service) propose(ctx context.Context, requestID uint64, cmd []byte) (*statev1.Result, error) {
 	octx, cancel := s.opContext(ctx)
 	defer cancel()
-	b, err := s.repl.Propose(octx, requestID, cmd)
+	res, err := s.repl.Propose(octx, requestID, cmd)
 	if err != nil {
 		return nil, s.callError(ctx, err)
-	}
-	res := &statev1.Result{}
-	if err := proto.Unmarshal(b, res); err != nil {
-		return nil, errorStatus(s.logger, err)
 	}
 	if err := storage.ResultError(res); err != nil {
 		return nil, errorStatus(s.logger, err)

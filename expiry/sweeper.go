@@ -49,7 +49,7 @@ type Replicator interface {
 	IsLeader() bool
 	// LogNow estimates the current log time, the clock expiry is judged by.
 	LogNow() int64
-	Propose(ctx context.Context, requestID uint64, command []byte) ([]byte, error)
+	Propose(ctx context.Context, requestID uint64, command []byte) (*statev1.Result, error)
 }
 
 // Index tells when the next record expires.
@@ -158,12 +158,8 @@ func (s *Sweeper) propose(upTo int64) (*statev1.Result, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	b, err := s.repl.Propose(ctx, 0, cmd)
+	res, err := s.repl.Propose(ctx, 0, cmd)
 	if err != nil {
-		return nil, err
-	}
-	res := &statev1.Result{}
-	if err := proto.Unmarshal(b, res); err != nil {
 		return nil, err
 	}
 	s.entries.Add(1)

@@ -32,7 +32,7 @@ func (f *fakeLog) NextExpiry() (int64, bool, error) {
 	return f.due[0], true, nil
 }
 
-func (f *fakeLog) Propose(_ context.Context, _ uint64, b []byte) ([]byte, error) {
+func (f *fakeLog) Propose(_ context.Context, _ uint64, b []byte) (*statev1.Result, error) {
 	cmd := &statev1.Command{}
 	if err := proto.Unmarshal(b, cmd); err != nil {
 		return nil, err
@@ -47,7 +47,7 @@ func (f *fakeLog) Propose(_ context.Context, _ uint64, b []byte) ([]byte, error)
 	}
 	f.due = f.due[n:]
 	more := len(f.due) > 0 && f.due[0] <= min(e.UpTo, f.now)
-	return proto.Marshal(&statev1.Result{Expired: uint32(n), More: more})
+	return &statev1.Result{Expired: uint32(n), More: more}, nil
 }
 
 func (f *fakeLog) state() (int, int) {

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 )
@@ -30,8 +31,8 @@ type LogStore interface {
 type StateMachine interface {
 	// Apply applies entries in order, persisting the applied index (and cs,
 	// if not nil) atomically with their effects. It returns one result per
-	// entry.
-	Apply(ents []raftpb.Entry, cs *raftpb.ConfState) ([][]byte, error)
+	// entry, which it does not modify afterwards.
+	Apply(ents []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.Result, error)
 	// AppliedIndex returns the index of the last applied entry.
 	AppliedIndex() uint64
 	// LogTime returns the largest entry time applied (Unix nanoseconds).
@@ -65,7 +66,7 @@ type Node struct {
 	term atomic.Uint64
 
 	mu      sync.Mutex
-	waiters map[uint64]chan []byte // request id → apply result
+	waiters map[uint64]chan *statev1.Result // request id → apply result
 	// leaderChanged is closed (and replaced) whenever the leader changes,
 	// waking proposals that may have been lost with the old leader.
 	leaderChanged chan struct{}
@@ -99,7 +100,7 @@ func New(cfg Config, store LogStore, sm StateMachine) (*Node, error) {
 		logger:        cfg.Logger.With("component", "raftnode", "id", fmt.Sprintf("%x", cfg.ID)),
 		store:         store,
 		sm:            sm,
-		waiters:       make(map[uint64]chan []byte),
+		waiters:       make(map[uint64]chan *statev1.Result),
 		leaderChanged: make(chan struct{}),
 		appliedc:      make(chan struct{}),
 		stopc:         make(chan struct{}),

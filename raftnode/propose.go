@@ -26,21 +26,21 @@ var errRetry = errors.New("raftnode: retry")
 // sent again with the same request id, which the state machine recognises,
 // so the caller never sees "not leader". It returns ErrTimeout when ctx ends
 // first.
-func (n *Node) Propose(ctx context.Context, requestID uint64, command []byte) ([]byte, error) {
+func (n *Node) Propose(ctx context.Context, requestID uint64, command []byte) (*statev1.Result, error) {
 	if requestID == 0 {
 		requestID = newRequestID()
 	}
 	return n.propose(ctx, requestID, command)
 }
 
-func (n *Node) propose(ctx context.Context, reqID uint64, command []byte) ([]byte, error) {
+func (n *Node) propose(ctx context.Context, reqID uint64, command []byte) (*statev1.Result, error) {
 	backoff := 5 * time.Millisecond
 	for {
 		n.mu.Lock()
 		changed := n.leaderChanged
 		n.mu.Unlock()
 		var (
-			res []byte
+			res *statev1.Result
 			err error
 		)
 		switch lead := n.lead.Load(); lead {
@@ -68,7 +68,7 @@ func (n *Node) propose(ctx context.Context, reqID uint64, command []byte) ([]byt
 
 // proposeLocal proposes on this node, which believes it is the leader, and
 // waits for the entry to apply here.
-func (n *Node) proposeLocal(ctx context.Context, reqID uint64, command []byte) ([]byte, error) {
+func (n *Node) proposeLocal(ctx context.Context, reqID uint64, command []byte) (*statev1.Result, error) {
 	data, err := proto.Marshal(&statev1.Entry{
 		RequestId: reqID,
 		Time:      n.clock.stamp(),
@@ -77,7 +77,7 @@ func (n *Node) proposeLocal(ctx context.Context, reqID uint64, command []byte) (
 	if err != nil {
 		return nil, err
 	}
-	ch := make(chan []byte, 1)
+	ch := make(chan *statev1.Result, 1)
 	n.mu.Lock()
 	n.waiters[reqID] = ch
 	changed := n.leaderChanged

@@ -10,12 +10,14 @@ import (
 	"time"
 
 	peerv1 "github.com/keystore-dev/keystore/proto/keystore/peer/v1"
+	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // MaxMessageBytes is the largest peer message: a snapshot travels in one.
@@ -202,14 +204,18 @@ func (t *transport) failed(p *peer, batch []raftpb.Message, err error) {
 
 // forward sends a proposal to the leader and waits for its result. Transport
 // failures and a leader that is no longer leader ask for a retry.
-func (t *transport) forward(ctx context.Context, lead, reqID uint64, command []byte) ([]byte, error) {
+func (t *transport) forward(ctx context.Context, lead, reqID uint64, command []byte) (*statev1.Result, error) {
 	p, ok := t.peers[lead]
 	if !ok || p.client == nil {
 		return nil, errRetry
 	}
 	resp, err := p.client.Forward(ctx, &peerv1.ForwardRequest{RequestId: reqID, Payload: command, ClusterId: t.node.cfg.ClusterID})
 	if err == nil {
-		return resp.GetResult(), nil
+		res := &statev1.Result{}
+		if err := proto.Unmarshal(resp.GetResult(), res); err != nil {
+			return nil, fmt.Errorf("raftnode: undecodable result from the leader: %w", err)
+		}
+		return res, nil
 	}
 	if ctx.Err() != nil {
 		return nil, ErrTimeout
@@ -287,7 +293,11 @@ func (s peerService) Forward(ctx context.Context, req *peerv1.ForwardRequest) (*
 	res, err := s.n.proposeLocal(ctx, req.GetRequestId(), req.GetPayload())
 	switch {
 	case err == nil:
-		return &peerv1.ForwardResponse{Result: res}, nil
+		b, err := proto.Marshal(res)
+		if err != nil {
+			return nil, status.Error(codes.Internal, "unencodable result")
+		}
+		return &peerv1.ForwardResponse{Result: b}, nil
 	case errors.Is(err, errRetry):
 		return nil, status.Error(codes.Unavailable, "leadership changed")
 	case errors.Is(err, ErrStopped):

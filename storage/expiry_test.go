@@ -83,7 +83,7 @@ func cmdExpire(upTo int64, limit uint32) *statev1.Command {
 // apply1 applies one entry and returns its result.
 func apply1(t *testing.T, s *Store, e raftpb.Entry) *statev1.Result {
 	t.Helper()
-	return decodeResult(t, mustApply(t, s, []raftpb.Entry{e}, nil)[0])
+	return mustApply(t, s, []raftpb.Entry{e}, nil)[0]
 }
 
 func TestExpiryIndexFollowsEveryTransition(t *testing.T) {

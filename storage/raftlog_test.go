@@ -72,7 +72,7 @@ func mustAppend(t *testing.T, s *Store, hs raftpb.HardState, ents []raftpb.Entry
 	}
 }
 
-func mustApply(t *testing.T, s *Store, ents []raftpb.Entry, cs *raftpb.ConfState) [][]byte {
+func mustApply(t *testing.T, s *Store, ents []raftpb.Entry, cs *raftpb.ConfState) []*statev1.Result {
 	t.Helper()
 	res, err := s.Apply(ents, cs)
 	if err != nil {

@@ -13,8 +13,10 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// Apply applies committed entries in log order and returns one encoded
-// statev1.Result per entry (nil for entries that carry no command). The state
+// Apply applies committed entries in log order and returns one
+// statev1.Result per entry (nil for entries that carry no command); the
+// results are not modified afterwards, so they may be handed to other
+// goroutines. The state
 // changes, the applied index and term, the log time and cs (the ConfState
 // after any conf change among the entries; nil if none) are written in one
 // Pebble batch, so the applied index always describes the state beside it.
@@ -23,7 +25,7 @@ import (
 // The batch is not synced: every entry it applies is already in the synced
 // log, and a crash that loses the batch loses its applied index with it, so
 // the entries are applied again on restart.
-func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([][]byte, error) {
+func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.Result, error) {
 	s.mu.RLock()
 	meta := proto.Clone(s.meta).(*statev1.Meta)
 	closed := s.closed
@@ -61,7 +63,7 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([][]byte, e
 	}
 	b := newApplyBatch(s.db, sweeps)
 	defer b.Close()
-	results := make([][]byte, len(entries))
+	results := make([]*statev1.Result, len(entries))
 	var touched [][]byte
 	watching := s.watch.active()
 	for i := range entries {
@@ -75,7 +77,7 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([][]byte, e
 		}
 		d := &decoded[i]
 		if d.bad {
-			results[i] = mustMarshal(failure(statev1.Error_ERROR_INVALID_COMMAND))
+			results[i] = failure(statev1.Error_ERROR_INVALID_COMMAND)
 			continue
 		}
 		// Log time is the largest stamp applied: never backwards.
@@ -91,7 +93,7 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([][]byte, e
 			return nil, err
 		}
 		res.LogTime = meta.LogTime
-		results[i] = mustMarshal(res)
+		results[i] = res
 		if watching {
 			touched = append(touched, keys...)
 		}

@@ -54,18 +54,6 @@ func (l *logBuilder) raw(typ raftpb.EntryType, data []byte) raftpb.Entry {
 	return e
 }
 
-func decodeResult(t *testing.T, b []byte) *statev1.Result {
-	t.Helper()
-	if b == nil {
-		return nil
-	}
-	r := &statev1.Result{}
-	if err := proto.Unmarshal(b, r); err != nil {
-		t.Fatalf("decode result: %v", err)
-	}
-	return r
-}
-
 func TestApplyResults(t *testing.T) {
 	s := openStore(t, vfs.NewMem())
 	l := newLog()
@@ -113,7 +101,7 @@ func TestApplyResults(t *testing.T) {
 		nil,
 	}
 	for i, w := range wants {
-		r := decodeResult(t, results[i])
+		r := (results[i])
 		if w == nil {
 			if r != nil {
 				t.Errorf("entry %d: result %v; want none", i+1, r)
@@ -135,7 +123,7 @@ func TestApplyResults(t *testing.T) {
 			t.Errorf("entry %d: log time %d; want %d", i+1, r.GetLogTime(), w.logTime)
 		}
 	}
-	if r := decodeResult(t, results[5]); !proto.Equal(r.GetRecord().GetResponse(), resp) {
+	if r := (results[5]); !proto.Equal(r.GetRecord().GetResponse(), resp) {
 		t.Errorf("replay response = %v; want %v", r.GetRecord().GetResponse(), resp)
 	}
 	if got := s.AppliedIndex(); got != uint64(len(ents)) {
@@ -204,7 +192,7 @@ func TestApplySkipsAppliedEntries(t *testing.T) {
 	results := mustApply(t, s, again, nil)
 	for i, r := range results {
 		if r != nil {
-			t.Errorf("result for re-applied entry %d = %v; want nil", again[i].Index, decodeResult(t, r))
+			t.Errorf("result for re-applied entry %d = %v; want nil", again[i].Index, r)
 		}
 	}
 	if got, _ := s.Checksum(); got != sum3 {
@@ -243,7 +231,7 @@ func TestLogTimeNeverMovesBackwards(t *testing.T) {
 		// A new leader with a clock an hour behind.
 		l.cmd(t0, claimCmd("fp", "a", testLease, testRetention)),
 	}, nil)
-	r := decodeResult(t, results[1])
+	r := (results[1])
 	if r.GetLogTime() != late || r.GetRecord().GetCreatedAt() != late || r.GetRecord().GetLeaseExpiresAt() != late+testLease {
 		t.Errorf("claim at an older time: log time %d created_at %d lease_expires_at %d; want %d, %d, %d",
 			r.GetLogTime(), r.GetRecord().GetCreatedAt(), r.GetRecord().GetLeaseExpiresAt(), late, late, late+testLease)
@@ -270,13 +258,13 @@ func TestApplyBatchSeesItsOwnWrites(t *testing.T) {
 		l.cmd(t0+4, claimCmdFor("ns", "r", "")), // 5
 	}
 	results := mustApply(t, s, ents, nil)
-	if r := decodeResult(t, results[1]); r.GetError() != statev1.Error_ERROR_UNSPECIFIED || r.GetRecord().GetState() != statev1.State_STATE_COMPLETED {
+	if r := (results[1]); r.GetError() != statev1.Error_ERROR_UNSPECIFIED || r.GetRecord().GetState() != statev1.State_STATE_COMPLETED {
 		t.Errorf("complete in the claim's batch = %v; want COMPLETED", r)
 	}
-	if r := decodeResult(t, results[3]); r.GetError() != statev1.Error_ERROR_UNSPECIFIED {
+	if r := (results[3]); r.GetError() != statev1.Error_ERROR_UNSPECIFIED {
 		t.Errorf("release in the claim's batch = %v; want OK", r)
 	}
-	if r := decodeResult(t, results[4]); r.GetOutcome() != statev1.Outcome_OUTCOME_ACQUIRED || r.GetRecord().GetToken() != 5 {
+	if r := (results[4]); r.GetOutcome() != statev1.Outcome_OUTCOME_ACQUIRED || r.GetRecord().GetToken() != 5 {
 		t.Errorf("claim after release in one batch = %v; want ACQUIRED token 5", r)
 	}
 	if rec, _, err := s.Get("ns", "k"); err != nil || rec.GetState() != statev1.State_STATE_COMPLETED || !proto.Equal(rec.GetResponse(), resp) {
