@@ -7,7 +7,6 @@ import (
 
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 )
 
 // MaxBatchOperations bounds one BatchRequest.
@@ -79,8 +78,7 @@ func (b batchService) run(ctx context.Context, op *keystorev1.BatchOperation) *k
 	if err != nil {
 		// The kv methods return only statuses built by errors.go, so no
 		// internal text travels in them.
-		st, _ := proto.Marshal(status.Convert(err).Proto())
-		out.Status = st
+		out.Status = status.Convert(err).Proto()
 	}
 	return out
 }

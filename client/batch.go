@@ -6,7 +6,6 @@ import (
 	"time"
 
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
-	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -175,17 +174,10 @@ func (b *batcher) sendEach(batch []*batchCall) {
 // returned (status.FromError works on it), or nil. For callers of
 // BatchService itself; Client's methods batch on their own.
 func BatchResultError(r *keystorev1.BatchResult) error {
-	if len(r.GetStatus()) == 0 {
-		return nil
+	if st := r.GetStatus(); st != nil && st.GetCode() != int32(codes.OK) {
+		return status.ErrorProto(st)
 	}
-	st := &spb.Status{}
-	if err := proto.Unmarshal(r.GetStatus(), st); err != nil {
-		return status.Error(codes.Internal, "keystore: undecodable status in a batch result")
-	}
-	if st.GetCode() == int32(codes.OK) {
-		return nil
-	}
-	return status.ErrorProto(st)
+	return nil
 }
 
 // callUnary sends op as the plain RPC of its kind, its answer wrapped as a

@@ -7,6 +7,7 @@
 package keystorev1
 
 import (
+	status "google.golang.org/genproto/googleapis/rpc/status"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -230,10 +231,10 @@ func (x *BatchResponse) GetResults() []*BatchResult {
 // RPC of the same name would have returned.
 type BatchResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The error as a google.rpc.Status (code, message and details such as
-	// google.rpc.ErrorInfo and google.rpc.BadRequest), serialized; empty when
-	// the operation succeeded.
-	Status []byte `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	// The error, with the code, message and details (google.rpc.ErrorInfo,
+	// google.rpc.BadRequest) the RPC would have returned; unset when the
+	// operation succeeded.
+	Status *status.Status `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
 	// Types that are valid to be assigned to Response:
 	//
 	//	*BatchResult_Claim
@@ -275,7 +276,7 @@ func (*BatchResult) Descriptor() ([]byte, []int) {
 	return file_keystore_v1_batch_proto_rawDescGZIP(), []int{3}
 }
 
-func (x *BatchResult) GetStatus() []byte {
+func (x *BatchResult) GetStatus() *status.Status {
 	if x != nil {
 		return x.Status
 	}
@@ -357,7 +358,7 @@ var File_keystore_v1_batch_proto protoreflect.FileDescriptor
 
 const file_keystore_v1_batch_proto_rawDesc = "" +
 	"\n" +
-	"\x17keystore/v1/batch.proto\x12\vkeystore.v1\x1a\x1akeystore/v1/keystore.proto\"K\n" +
+	"\x17keystore/v1/batch.proto\x12\vkeystore.v1\x1a\x17google/rpc/status.proto\x1a\x1akeystore/v1/keystore.proto\"K\n" +
 	"\fBatchRequest\x12;\n" +
 	"\n" +
 	"operations\x18\x01 \x03(\v2\x1b.keystore.v1.BatchOperationR\n" +
@@ -369,9 +370,9 @@ const file_keystore_v1_batch_proto_rawDesc = "" +
 	"\theartbeat\x18\x04 \x01(\v2\x1d.keystore.v1.HeartbeatRequestH\x00R\theartbeatB\v\n" +
 	"\toperation\"C\n" +
 	"\rBatchResponse\x122\n" +
-	"\aresults\x18\x01 \x03(\v2\x18.keystore.v1.BatchResultR\aresults\"\x9c\x02\n" +
-	"\vBatchResult\x12\x16\n" +
-	"\x06status\x18\x01 \x01(\fR\x06status\x122\n" +
+	"\aresults\x18\x01 \x03(\v2\x18.keystore.v1.BatchResultR\aresults\"\xb0\x02\n" +
+	"\vBatchResult\x12*\n" +
+	"\x06status\x18\x01 \x01(\v2\x12.google.rpc.StatusR\x06status\x122\n" +
 	"\x05claim\x18\x02 \x01(\v2\x1a.keystore.v1.ClaimResponseH\x00R\x05claim\x12;\n" +
 	"\bcomplete\x18\x03 \x01(\v2\x1d.keystore.v1.CompleteResponseH\x00R\bcomplete\x128\n" +
 	"\arelease\x18\x04 \x01(\v2\x1c.keystore.v1.ReleaseResponseH\x00R\arelease\x12>\n" +
@@ -403,10 +404,11 @@ var file_keystore_v1_batch_proto_goTypes = []any{
 	(*CompleteRequest)(nil),   // 5: keystore.v1.CompleteRequest
 	(*ReleaseRequest)(nil),    // 6: keystore.v1.ReleaseRequest
 	(*HeartbeatRequest)(nil),  // 7: keystore.v1.HeartbeatRequest
-	(*ClaimResponse)(nil),     // 8: keystore.v1.ClaimResponse
-	(*CompleteResponse)(nil),  // 9: keystore.v1.CompleteResponse
-	(*ReleaseResponse)(nil),   // 10: keystore.v1.ReleaseResponse
-	(*HeartbeatResponse)(nil), // 11: keystore.v1.HeartbeatResponse
+	(*status.Status)(nil),     // 8: google.rpc.Status
+	(*ClaimResponse)(nil),     // 9: keystore.v1.ClaimResponse
+	(*CompleteResponse)(nil),  // 10: keystore.v1.CompleteResponse
+	(*ReleaseResponse)(nil),   // 11: keystore.v1.ReleaseResponse
+	(*HeartbeatResponse)(nil), // 12: keystore.v1.HeartbeatResponse
 }
 var file_keystore_v1_batch_proto_depIdxs = []int32{
 	1,  // 0: keystore.v1.BatchRequest.operations:type_name -> keystore.v1.BatchOperation
@@ -415,17 +417,18 @@ var file_keystore_v1_batch_proto_depIdxs = []int32{
 	6,  // 3: keystore.v1.BatchOperation.release:type_name -> keystore.v1.ReleaseRequest
 	7,  // 4: keystore.v1.BatchOperation.heartbeat:type_name -> keystore.v1.HeartbeatRequest
 	3,  // 5: keystore.v1.BatchResponse.results:type_name -> keystore.v1.BatchResult
-	8,  // 6: keystore.v1.BatchResult.claim:type_name -> keystore.v1.ClaimResponse
-	9,  // 7: keystore.v1.BatchResult.complete:type_name -> keystore.v1.CompleteResponse
-	10, // 8: keystore.v1.BatchResult.release:type_name -> keystore.v1.ReleaseResponse
-	11, // 9: keystore.v1.BatchResult.heartbeat:type_name -> keystore.v1.HeartbeatResponse
-	0,  // 10: keystore.v1.BatchService.Batch:input_type -> keystore.v1.BatchRequest
-	2,  // 11: keystore.v1.BatchService.Batch:output_type -> keystore.v1.BatchResponse
-	11, // [11:12] is the sub-list for method output_type
-	10, // [10:11] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	8,  // 6: keystore.v1.BatchResult.status:type_name -> google.rpc.Status
+	9,  // 7: keystore.v1.BatchResult.claim:type_name -> keystore.v1.ClaimResponse
+	10, // 8: keystore.v1.BatchResult.complete:type_name -> keystore.v1.CompleteResponse
+	11, // 9: keystore.v1.BatchResult.release:type_name -> keystore.v1.ReleaseResponse
+	12, // 10: keystore.v1.BatchResult.heartbeat:type_name -> keystore.v1.HeartbeatResponse
+	0,  // 11: keystore.v1.BatchService.Batch:input_type -> keystore.v1.BatchRequest
+	2,  // 12: keystore.v1.BatchService.Batch:output_type -> keystore.v1.BatchResponse
+	12, // [12:13] is the sub-list for method output_type
+	11, // [11:12] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_keystore_v1_batch_proto_init() }
