@@ -92,7 +92,12 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, errors.New("keystore: Config.Endpoints is empty")
 	}
 	cfg = cfg.withDefaults()
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, cfg.DialOptions...)
+	opts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// Fixed windows turn off gRPC's bandwidth-delay probe, a PING and
+		// its ACK for nearly every call on a lightly loaded connection.
+		grpc.WithInitialWindowSize(1 << 20), grpc.WithInitialConnWindowSize(1 << 20),
+	}, cfg.DialOptions...)
 	c := &Client{cfg: cfg, stop: make(chan struct{})}
 	for _, ep := range cfg.Endpoints {
 		conn, err := grpc.NewClient(ep, opts...)

@@ -67,6 +67,9 @@ func (t *transport) start() {
 	for _, p := range t.peers {
 		conn, err := grpc.NewClient(p.addr,
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			// Fixed windows turn off gRPC's bandwidth-delay probe (a PING
+			// and its ACK for nearly every message); see DESIGN.md.
+			grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(1<<20),
 			grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(MaxMessageBytes), grpc.MaxCallRecvMsgSize(MaxMessageBytes)),
 		)
 		if err != nil {

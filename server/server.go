@@ -187,9 +187,11 @@ func New(cfg Config) (*Server, error) {
 		health:     health.NewServer(),
 		stopHealth: make(chan struct{}),
 		// Room for the largest body plus metadata and framing, so that an
-		// oversize value gets INVALID_ARGUMENT naming the limit.
-		client: grpc.NewServer(grpc.MaxRecvMsgSize(apiCfg.MaxBodyBytes + apiCfg.MaxMetadataBytes + 1<<20)),
-		peer:   grpc.NewServer(grpc.MaxRecvMsgSize(raftnode.MaxMessageBytes)),
+		// oversize value gets INVALID_ARGUMENT naming the limit. Fixed
+		// windows turn off gRPC's bandwidth-delay probe (a PING and its
+		// ACK for nearly every message; raftnode/DESIGN.md, Transport).
+		client: grpc.NewServer(grpc.MaxRecvMsgSize(apiCfg.MaxBodyBytes+apiCfg.MaxMetadataBytes+1<<20), fixedWindows, fixedConnWindows),
+		peer:   grpc.NewServer(grpc.MaxRecvMsgSize(raftnode.MaxMessageBytes), fixedWindows, fixedConnWindows),
 	}
 	keystorev1.RegisterKeyStoreServiceServer(s.client, svc)
 	keystorev1.RegisterBatchServiceServer(s.client, api.NewBatchService(svc))
@@ -309,3 +311,9 @@ func (s *Server) healthLoop() {
 // maxServingLag is how far behind the commit index a serving node may fall
 // before it reports NOT_SERVING.
 const maxServingLag = 1000
+
+// HTTP/2 flow-control windows of the servers (see New).
+var (
+	fixedWindows     = grpc.InitialWindowSize(1 << 20)
+	fixedConnWindows = grpc.InitialConnWindowSize(1 << 20)
+)
