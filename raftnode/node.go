@@ -37,6 +37,12 @@ type StateMachine interface {
 	AppliedIndex() uint64
 	// LogTime returns the largest entry time applied (Unix nanoseconds).
 	LogTime() int64
+	// PackKey names the record command changes; commands on different
+	// records may be packed into one entry (statev1.Entry.proposals), and
+	// Apply then returns their results in the entry's Result.packed. grants:
+	// the command may grant a token, which is the entry's index, so an
+	// entry holds at most one such. ok false: the command travels alone.
+	PackKey(command []byte) (key string, grants, ok bool)
 }
 
 // Errors returned by Node.
@@ -66,7 +72,7 @@ type Node struct {
 	term atomic.Uint64
 
 	mu      sync.Mutex
-	waiters map[uint64]chan *statev1.Result // request id → apply result
+	waiters map[uint64]chan outcome // request id → apply result
 	// leaderChanged is closed (and replaced) whenever the leader changes,
 	// waking proposals that may have been lost with the old leader.
 	leaderChanged chan struct{}
@@ -76,6 +82,7 @@ type Node struct {
 	lastProposal time.Time
 
 	reads readQueue
+	pack  packer
 
 	compactedAt uint64 // touched only by run
 	leading     bool   // raft's state is StateLeader; touched only by run
@@ -100,7 +107,7 @@ func New(cfg Config, store LogStore, sm StateMachine) (*Node, error) {
 		logger:        cfg.Logger.With("component", "raftnode", "id", fmt.Sprintf("%x", cfg.ID)),
 		store:         store,
 		sm:            sm,
-		waiters:       make(map[uint64]chan *statev1.Result),
+		waiters:       make(map[uint64]chan outcome),
 		leaderChanged: make(chan struct{}),
 		appliedc:      make(chan struct{}),
 		stopc:         make(chan struct{}),
@@ -289,17 +296,35 @@ func (n *Node) apply(ents []raftpb.Entry) error {
 			continue
 		}
 		n.clock.observe(t)
-		if results[i] == nil || id == 0 {
+		res := results[i]
+		if res == nil {
 			continue
 		}
-		if ch, ok := n.waiters[id]; ok {
-			ch <- results[i]
-			delete(n.waiters, id)
+		if res.Packed != nil {
+			for _, r := range res.Packed {
+				n.answer(r.RequestId, r)
+			}
+			continue
 		}
+		n.answer(id, res)
 	}
 	n.mu.Unlock()
 	n.notifyApplied()
 	return nil
+}
+
+// answer hands res to the proposer waiting for request id (n.mu held).
+func (n *Node) answer(id uint64, res *statev1.Result) {
+	if id == 0 {
+		return
+	}
+	if ch, ok := n.waiters[id]; ok {
+		select {
+		case ch <- outcome{res: res}:
+		default:
+		}
+		delete(n.waiters, id)
+	}
 }
 
 func (n *Node) notifyApplied() {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
-	"go.etcd.io/raft/v3"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -67,45 +66,32 @@ func (n *Node) propose(ctx context.Context, reqID uint64, command []byte) (*stat
 }
 
 // proposeLocal proposes on this node, which believes it is the leader, and
-// waits for the entry to apply here.
+// waits for the entry to apply here. Concurrent proposals on different
+// records share an entry (see packer).
 func (n *Node) proposeLocal(ctx context.Context, reqID uint64, command []byte) (*statev1.Result, error) {
-	data, err := proto.Marshal(&statev1.Entry{
-		RequestId: reqID,
-		Time:      n.clock.stamp(),
-		Command:   command,
-	})
-	if err != nil {
-		return nil, err
+	p := &pending{id: reqID, cmd: command, ch: make(chan outcome, 1)}
+	if key, grants, ok := n.sm.PackKey(command); ok {
+		p.key, p.grants = key, grants
 	}
-	ch := make(chan *statev1.Result, 1)
 	n.mu.Lock()
-	n.waiters[reqID] = ch
+	n.waiters[reqID] = p.ch
 	changed := n.leaderChanged
 	n.lastProposal = time.Now()
 	n.mu.Unlock()
 	defer func() {
 		n.mu.Lock()
-		if n.waiters[reqID] == ch {
+		if n.waiters[reqID] == p.ch {
 			delete(n.waiters, reqID)
 		}
 		n.mu.Unlock()
 	}()
-	if err := n.rn.Propose(ctx, data); err != nil {
-		switch {
-		case errors.Is(err, raft.ErrProposalDropped):
-			return nil, errRetry
-		case errors.Is(err, raft.ErrStopped):
-			return nil, ErrStopped
-		default:
-			return nil, ErrTimeout
-		}
-	}
+	n.submit(p)
 	select {
-	case res, ok := <-ch:
+	case o, ok := <-p.ch:
 		if !ok {
 			return nil, ErrStopped
 		}
-		return res, nil
+		return o.res, o.err
 	case <-changed:
 		// The entry may be lost with the old leader's term, or may still
 		// commit; proposing again with the same id is safe either way.

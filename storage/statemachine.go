@@ -49,14 +49,19 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 			d.bad = true
 			continue
 		}
+		if len(d.env.Proposals) > 0 {
+			// A packed entry: its proposals each name one record (an
+			// Expire among them is refused at apply), so no sweep.
+			d.packed = make([]*statev1.Command, len(d.env.Proposals))
+			for j, p := range d.env.Proposals {
+				d.packed[j] = decodeCommand(p.GetCommand())
+			}
+			continue
+		}
 		if len(d.env.Command) == 0 {
 			continue // a tick
 		}
-		d.cmd = &statev1.Command{}
-		if err := proto.Unmarshal(d.env.Command, d.cmd); err != nil {
-			d.cmd = nil
-			continue
-		}
+		d.cmd = decodeCommand(d.env.Command)
 		if _, ok := d.cmd.GetOp().(*statev1.Command_Expire); ok {
 			sweeps = true
 		}
@@ -85,10 +90,21 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 		if bugs.LocalClock {
 			meta.LogTime = time.Now().UnixNano() // deliberately wrong: see internal/bugs
 		}
+		if d.packed != nil {
+			res, keys, err := s.applyPacked(b, d, e.Index, meta)
+			if err != nil {
+				return nil, err
+			}
+			results[i] = res
+			if watching {
+				touched = append(touched, keys...)
+			}
+			continue
+		}
 		if len(d.env.Command) == 0 {
 			continue // a tick
 		}
-		res, keys, err := s.applyCommand(b, d, e.Index, meta)
+		res, keys, err := s.applyCommand(b, d.cmd, d.env.RequestId, e.Index, meta)
 		if err != nil {
 			return nil, err
 		}
@@ -125,9 +141,60 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 
 // decodedEntry is one entry's envelope and command, decoded once.
 type decodedEntry struct {
-	env statev1.Entry
-	cmd *statev1.Command // nil: undecodable
-	bad bool             // the envelope is undecodable
+	env    statev1.Entry
+	cmd    *statev1.Command   // nil: undecodable
+	packed []*statev1.Command // a packed entry's commands (nil: undecodable)
+	bad    bool               // the envelope is undecodable
+}
+
+// decodeCommand decodes an encoded Command; nil if it is undecodable.
+func decodeCommand(b []byte) *statev1.Command {
+	cmd := &statev1.Command{}
+	if err := proto.Unmarshal(b, cmd); err != nil {
+		return nil
+	}
+	return cmd
+}
+
+// applyPacked applies the proposals of a packed entry in order, each at the
+// entry's index, and returns a result holding one result per proposal
+// (carrying its request id). The token of a claim is the index of its
+// entry, so a proposal that is not a single-record command, names a record
+// an earlier proposal of the entry named, or is a second Claim, is refused
+// as an invalid command (the packer never sends one): no two claims, of one
+// key or of two, share a token.
+func (s *Store) applyPacked(b *applyBatch, d *decodedEntry, index uint64, meta *statev1.Meta) (*statev1.Result, [][]byte, error) {
+	subs := make([]*statev1.Result, len(d.packed))
+	seen := make(map[string]struct{}, len(d.packed))
+	claimed := false
+	var touched [][]byte
+	for j, cmd := range d.packed {
+		reqID := d.env.Proposals[j].GetRequestId()
+		var res *statev1.Result
+		ns, key, ok := commandTarget(cmd)
+		target := string(recordKey(ns, key))
+		_, dup := seen[target]
+		_, claim := cmd.GetOp().(*statev1.Command_Claim)
+		if !ok || dup || (claim && claimed) {
+			res = failure(statev1.Error_ERROR_INVALID_COMMAND)
+		} else {
+			seen[target] = struct{}{}
+			claimed = claimed || claim
+			var (
+				keys [][]byte
+				err  error
+			)
+			res, keys, err = s.applyCommand(b, cmd, reqID, index, meta)
+			if err != nil {
+				return nil, nil, err
+			}
+			touched = append(touched, keys...)
+		}
+		res.LogTime = meta.LogTime
+		res.RequestId = reqID
+		subs[j] = res
+	}
+	return &statev1.Result{Packed: subs, LogTime: meta.LogTime}, touched, nil
 }
 
 // applyBatch is the batch one Apply writes. It reads its own writes, so
@@ -197,8 +264,7 @@ func (a *applyBatch) deleteRecord(k []byte) error {
 
 // applyCommand applies one decoded command inside b. It returns the result
 // and the record keys it changed.
-func (s *Store) applyCommand(b *applyBatch, d *decodedEntry, index uint64, meta *statev1.Meta) (*statev1.Result, [][]byte, error) {
-	cmd := d.cmd
+func (s *Store) applyCommand(b *applyBatch, cmd *statev1.Command, requestID, index uint64, meta *statev1.Meta) (*statev1.Result, [][]byte, error) {
 	if cmd == nil {
 		return failure(statev1.Error_ERROR_INVALID_COMMAND), nil, nil
 	}
@@ -216,7 +282,7 @@ func (s *Store) applyCommand(b *applyBatch, d *decodedEntry, index uint64, meta 
 	if err != nil {
 		return nil, nil, fmt.Errorf("record %q/%q: %w", ns, key, err)
 	}
-	next, write, res := transition(stored, cmd, index, d.env.RequestId, meta.LogTime)
+	next, write, res := transition(stored, cmd, index, requestID, meta.LogTime)
 	if !write {
 		return res, nil, nil
 	}

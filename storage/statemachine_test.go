@@ -433,6 +433,11 @@ func workload() []raftpb.Entry {
 		l.cmd(t0+int64(2*time.Minute)+1, &statev1.Command{Op: &statev1.Command_Expire{Expire: &statev1.Expire{UpTo: t0 + int64(2*time.Minute), Limit: 10}}}),
 		l.cmd(t0+int64(2*time.Minute)+2, shortClaim("brief-0")),
 		l.cmd(t0+int64(2*time.Minute)+3, claimCmdFor("ns", "key-4", "fp")),
+		// A packed entry (index 19): several records at one index.
+		l.packed(t0+int64(2*time.Minute)+4, 900,
+			claimCmdFor("ns", "key-5", "fp"),
+			&statev1.Command{Op: &statev1.Command_Complete{Complete: &statev1.Complete{Namespace: "ns", Key: "brief-0", Token: 17}}},
+			&statev1.Command{Op: &statev1.Command_Heartbeat{Heartbeat: &statev1.Heartbeat{Namespace: "ns", Key: "key-4", Token: 18, Lease: testLease}}}),
 	)
 	return ents
 }

@@ -869,8 +869,13 @@ type Result struct {
 	// The log time at which the command was applied.
 	LogTime int64 `protobuf:"varint,4,opt,name=log_time,json=logTime,proto3" json:"log_time,omitempty"`
 	// Expire: how many records it deleted, and whether more were due.
-	Expired       uint32 `protobuf:"varint,5,opt,name=expired,proto3" json:"expired,omitempty"`
-	More          bool   `protobuf:"varint,6,opt,name=more,proto3" json:"more,omitempty"`
+	Expired uint32 `protobuf:"varint,5,opt,name=expired,proto3" json:"expired,omitempty"`
+	More    bool   `protobuf:"varint,6,opt,name=more,proto3" json:"more,omitempty"`
+	// A packed entry's result: one result per proposal, in order. The other
+	// fields are then unset.
+	Packed []*Result `protobuf:"bytes,7,rep,name=packed,proto3" json:"packed,omitempty"`
+	// In a packed entry's results: the request id of the proposal.
+	RequestId     uint64 `protobuf:"varint,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -945,6 +950,20 @@ func (x *Result) GetMore() bool {
 		return x.More
 	}
 	return false
+}
+
+func (x *Result) GetPacked() []*Result {
+	if x != nil {
+		return x.Packed
+	}
+	return nil
+}
+
+func (x *Result) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
 }
 
 // Meta is the state machine's own bookkeeping, written in every apply batch.
@@ -1030,12 +1049,18 @@ func (x *Meta) GetStoredRecords() uint64 {
 // request id, the leader's clock when it proposed, and the command. The
 // state machine takes log time as the maximum entry time seen so far, so log
 // time never moves backwards, whatever the clocks of successive leaders.
+//
+// A packed entry carries several proposals instead (request_id and command
+// unset): they are applied in order, all at the entry's index and time. No
+// two of them name the same record, so a key's tokens (entry indexes) stay
+// unique; the state machine refuses a second one as an invalid command.
 type Entry struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	RequestId uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	Time      int64                  `protobuf:"varint,2,opt,name=time,proto3" json:"time,omitempty"`
 	// A Command, encoded; empty for a tick that only advances log time.
-	Command       []byte `protobuf:"bytes,3,opt,name=command,proto3" json:"command,omitempty"`
+	Command       []byte      `protobuf:"bytes,3,opt,name=command,proto3" json:"command,omitempty"`
+	Proposals     []*Proposal `protobuf:"bytes,4,rep,name=proposals,proto3" json:"proposals,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1085,6 +1110,67 @@ func (x *Entry) GetTime() int64 {
 }
 
 func (x *Entry) GetCommand() []byte {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *Entry) GetProposals() []*Proposal {
+	if x != nil {
+		return x.Proposals
+	}
+	return nil
+}
+
+// Proposal is one proposal of a packed entry.
+type Proposal struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// A Command, encoded.
+	Command       []byte `protobuf:"bytes,2,opt,name=command,proto3" json:"command,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Proposal) Reset() {
+	*x = Proposal{}
+	mi := &file_keystore_state_v1_state_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Proposal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Proposal) ProtoMessage() {}
+
+func (x *Proposal) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_state_v1_state_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Proposal.ProtoReflect.Descriptor instead.
+func (*Proposal) Descriptor() ([]byte, []int) {
+	return file_keystore_state_v1_state_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Proposal) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *Proposal) GetCommand() []byte {
 	if x != nil {
 		return x.Command
 	}
@@ -1150,26 +1236,34 @@ const file_keystore_state_v1_state_proto_rawDesc = "" +
 	"\x05lease\x18\x04 \x01(\x03R\x05lease\"3\n" +
 	"\x06Expire\x12\x13\n" +
 	"\x05up_to\x18\x01 \x01(\x03R\x04upTo\x12\x14\n" +
-	"\x05limit\x18\x02 \x01(\rR\x05limit\"\xea\x01\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"\xbc\x02\n" +
 	"\x06Result\x12.\n" +
 	"\x05error\x18\x01 \x01(\x0e2\x18.keystore.state.v1.ErrorR\x05error\x124\n" +
 	"\aoutcome\x18\x02 \x01(\x0e2\x1a.keystore.state.v1.OutcomeR\aoutcome\x121\n" +
 	"\x06record\x18\x03 \x01(\v2\x19.keystore.state.v1.RecordR\x06record\x12\x19\n" +
 	"\blog_time\x18\x04 \x01(\x03R\alogTime\x12\x18\n" +
 	"\aexpired\x18\x05 \x01(\rR\aexpired\x12\x12\n" +
-	"\x04more\x18\x06 \x01(\bR\x04more\"\xaf\x01\n" +
+	"\x04more\x18\x06 \x01(\bR\x04more\x121\n" +
+	"\x06packed\x18\a \x03(\v2\x19.keystore.state.v1.ResultR\x06packed\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\b \x01(\x04R\trequestId\"\xaf\x01\n" +
 	"\x04Meta\x12#\n" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\x12!\n" +
 	"\fapplied_term\x18\x02 \x01(\x04R\vappliedTerm\x12\x19\n" +
 	"\blog_time\x18\x03 \x01(\x03R\alogTime\x12\x1d\n" +
 	"\n" +
 	"conf_state\x18\x04 \x01(\fR\tconfState\x12%\n" +
-	"\x0estored_records\x18\x05 \x01(\x04R\rstoredRecords\"T\n" +
+	"\x0estored_records\x18\x05 \x01(\x04R\rstoredRecords\"\x8f\x01\n" +
 	"\x05Entry\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x12\n" +
 	"\x04time\x18\x02 \x01(\x03R\x04time\x12\x18\n" +
-	"\acommand\x18\x03 \x01(\fR\acommand*J\n" +
+	"\acommand\x18\x03 \x01(\fR\acommand\x129\n" +
+	"\tproposals\x18\x04 \x03(\v2\x1b.keystore.state.v1.ProposalR\tproposals\"C\n" +
+	"\bProposal\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x18\n" +
+	"\acommand\x18\x02 \x01(\fR\acommand*J\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11STATE_IN_PROGRESS\x10\x01\x12\x13\n" +
@@ -1199,7 +1293,7 @@ func file_keystore_state_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_keystore_state_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_keystore_state_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_keystore_state_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_keystore_state_v1_state_proto_goTypes = []any{
 	(State)(0),        // 0: keystore.state.v1.State
 	(Outcome)(0),      // 1: keystore.state.v1.Outcome
@@ -1215,10 +1309,11 @@ var file_keystore_state_v1_state_proto_goTypes = []any{
 	(*Result)(nil),    // 11: keystore.state.v1.Result
 	(*Meta)(nil),      // 12: keystore.state.v1.Meta
 	(*Entry)(nil),     // 13: keystore.state.v1.Entry
-	nil,               // 14: keystore.state.v1.Response.MetadataEntry
+	(*Proposal)(nil),  // 14: keystore.state.v1.Proposal
+	nil,               // 15: keystore.state.v1.Response.MetadataEntry
 }
 var file_keystore_state_v1_state_proto_depIdxs = []int32{
-	14, // 0: keystore.state.v1.Response.metadata:type_name -> keystore.state.v1.Response.MetadataEntry
+	15, // 0: keystore.state.v1.Response.metadata:type_name -> keystore.state.v1.Response.MetadataEntry
 	0,  // 1: keystore.state.v1.Record.state:type_name -> keystore.state.v1.State
 	3,  // 2: keystore.state.v1.Record.response:type_name -> keystore.state.v1.Response
 	6,  // 3: keystore.state.v1.Command.claim:type_name -> keystore.state.v1.Claim
@@ -1230,11 +1325,13 @@ var file_keystore_state_v1_state_proto_depIdxs = []int32{
 	2,  // 9: keystore.state.v1.Result.error:type_name -> keystore.state.v1.Error
 	1,  // 10: keystore.state.v1.Result.outcome:type_name -> keystore.state.v1.Outcome
 	4,  // 11: keystore.state.v1.Result.record:type_name -> keystore.state.v1.Record
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	11, // 12: keystore.state.v1.Result.packed:type_name -> keystore.state.v1.Result
+	14, // 13: keystore.state.v1.Entry.proposals:type_name -> keystore.state.v1.Proposal
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_keystore_state_v1_state_proto_init() }
@@ -1255,7 +1352,7 @@ func file_keystore_state_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keystore_state_v1_state_proto_rawDesc), len(file_keystore_state_v1_state_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,154 @@
+package raftnode
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
+	"go.etcd.io/raft/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// Packing bounds: a packed entry holds at most this many proposals and
+// bytes of commands (a larger command travels alone).
+const (
+	maxPackProposals = 1024
+	maxPackBytes     = 256 << 10
+)
+
+// outcome is what a proposer waiting on the leader hears: the apply result,
+// or errRetry when its entry never made it into the log.
+type outcome struct {
+	res *statev1.Result
+	err error
+}
+
+// pending is one proposal waiting to be put into the log by the packer.
+type pending struct {
+	id  uint64
+	cmd []byte
+	key    string // the record it names; "" travels alone
+	grants bool   // it may grant a token (a Claim)
+	ch     chan outcome
+}
+
+// packer turns proposals queued on the leader into log entries, packing
+// concurrent proposals on different records into one entry: one raft
+// proposal, one log key and one envelope for all of them, instead of one
+// each. It is a combiner, not a goroutine: the proposer that finds it idle
+// drains the queue itself (a lone proposer goes straight through, no hand-
+// off), and whoever else arrives meanwhile only queues.
+type packer struct {
+	mu    sync.Mutex
+	queue []*pending
+	busy  bool
+}
+
+// submit queues p and, if no one is draining, drains the queue: at most two
+// rounds on the caller's time, then a goroutine takes over the rest.
+func (n *Node) submit(p *pending) {
+	pk := &n.pack
+	pk.mu.Lock()
+	pk.queue = append(pk.queue, p)
+	if pk.busy {
+		pk.mu.Unlock()
+		return
+	}
+	pk.busy = true
+	for round := 0; len(pk.queue) > 0; round++ {
+		if round == 2 {
+			pk.mu.Unlock()
+			go n.drain()
+			return
+		}
+		q := pk.queue
+		pk.queue = nil
+		pk.mu.Unlock()
+		n.proposePacked(q)
+		pk.mu.Lock()
+	}
+	pk.busy = false
+	pk.mu.Unlock()
+}
+
+// drain proposes what is queued until the queue is empty.
+func (n *Node) drain() {
+	pk := &n.pack
+	pk.mu.Lock()
+	for len(pk.queue) > 0 {
+		q := pk.queue
+		pk.queue = nil
+		pk.mu.Unlock()
+		n.proposePacked(q)
+		pk.mu.Lock()
+	}
+	pk.busy = false
+	pk.mu.Unlock()
+}
+
+// proposePacked cuts q, in order, into entries and proposes them. A token
+// is the index of the entry that granted it, so an entry never holds two
+// proposals naming the same record, nor two that may grant a token: every
+// token stays unique.
+func (n *Node) proposePacked(q []*pending) {
+	seen := make(map[string]struct{}, len(q))
+	start, size, grants := 0, 0, false
+	for i, p := range q {
+		_, dup := seen[p.key]
+		if i > start && (p.key == "" || dup || (p.grants && grants) || i-start == maxPackProposals || size+len(p.cmd) > maxPackBytes) {
+			n.proposeEntry(q[start:i])
+			clear(seen)
+			start, size, grants = i, 0, false
+		}
+		if p.key == "" {
+			n.proposeEntry(q[i : i+1])
+			start = i + 1
+			continue
+		}
+		seen[p.key] = struct{}{}
+		size += len(p.cmd)
+		grants = grants || p.grants
+	}
+	if start < len(q) {
+		n.proposeEntry(q[start:])
+	}
+}
+
+// proposeEntry proposes one entry holding ps (the single-proposal form for
+// one) and tells each proposer if it did not make it into the log.
+func (n *Node) proposeEntry(ps []*pending) {
+	env := &statev1.Entry{Time: n.clock.stamp()}
+	if len(ps) == 1 {
+		env.RequestId, env.Command = ps[0].id, ps[0].cmd
+	} else {
+		env.Proposals = make([]*statev1.Proposal, len(ps))
+		for i, p := range ps {
+			env.Proposals[i] = &statev1.Proposal{RequestId: p.id, Command: p.cmd}
+		}
+	}
+	data, err := proto.Marshal(env)
+	if err == nil {
+		// Raft takes a proposal at once unless it has no leader (then it
+		// waits): do not wait longer than an election.
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.electionTimeout())
+		err = n.rn.Propose(ctx, data)
+		cancel()
+	}
+	if err == nil {
+		return
+	}
+	if errors.Is(err, raft.ErrStopped) {
+		err = ErrStopped
+	} else {
+		// Dropped (this node is no longer leader), or not taken in time:
+		// either way it may be proposed again under the same request id.
+		err = errRetry
+	}
+	for _, p := range ps {
+		select {
+		case p.ch <- outcome{err: err}:
+		default:
+		}
+	}
+}
