@@ -45,7 +45,7 @@ cluster-test-long:
 verify: fmt vet staticcheck buf-lint proto-check
 
 fmt:
-	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	@out=$$(gofmt -l $$(git ls-files --cached --others --exclude-standard '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
 # bench/ is a module of its own (its peers' clients stay out of go.mod):

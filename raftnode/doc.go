@@ -1,10 +1,14 @@
 // Package raftnode drives one member of keystore's Raft group
-// (go.etcd.io/raft/v3). A single goroutine owns raft.Node and handles each
-// Ready in the order persist → send → apply → Advance. The package talks to
+// (go.etcd.io/raft/v3). raft.RawNode sits behind a mutex: proposers and
+// peer streams step it directly, and a single goroutine takes each Ready and
+// handles it in the order persist → send → apply → Advance (a leader sends
+// first). Concurrent proposals on different records are packed into one
+// entry. The package talks to
 // the rest of the server through narrow seams: LogStore and StateMachine
 // (implemented by storage), Propose and ReadIndex (used by the API), and the
 // peer gRPC service (PeerServer). It never imports the store or the API.
 //
-// Entries carry an envelope (statev1.Entry) with a request id and the
-// leader's clock; payloads are opaque here. See DESIGN.md.
+// Entries carry an envelope (statev1.Entry) with a request id (or several
+// packed proposals) and the leader's clock; commands are opaque here, except
+// for the record the state machine's PackKey names. See DESIGN.md.
 package raftnode

@@ -55,14 +55,15 @@ var (
 	ErrTimeout = errors.New("raftnode: no quorum before the deadline")
 )
 
-// Node drives one member of the Raft group: it owns raft.Node in a single
-// goroutine (run), persists through LogStore, applies to StateMachine, and
-// exchanges messages with peers over gRPC. Propose and ReadIndex are its
+// Node drives one member of the Raft group: it handles raft's Readies in a
+// single goroutine (run), persists through LogStore, applies to
+// StateMachine, and exchanges messages with peers over gRPC. Propose and ReadIndex are its
 // seams for the rest of the server.
 type Node struct {
 	cfg    Config
 	logger *slog.Logger
-	rn     raft.Node
+	rn     raftCore
+	core   *core // rn, except in tests
 	store  LogStore
 	sm     StateMachine
 	trans  *transport
@@ -146,17 +147,24 @@ func (n *Node) Start() error {
 	if err != nil {
 		return err
 	}
+	rn, err := raft.NewRawNode(rc)
+	if err != nil {
+		return err
+	}
 	if raft.IsEmptyHardState(hs) && last == 0 {
 		peers := make([]raft.Peer, 0, len(n.cfg.Peers))
 		for id := range n.cfg.Peers {
 			peers = append(peers, raft.Peer{ID: id})
 		}
 		n.logger.Info("starting a new cluster", "members", len(peers))
-		n.rn = raft.StartNode(rc, peers)
+		if err := rn.Bootstrap(peers); err != nil {
+			return err
+		}
 	} else {
 		n.logger.Info("restarting", "applied", rc.Applied, "term", hs.Term, "commit", hs.Commit, "last_index", last)
-		n.rn = raft.RestartNode(rc)
 	}
+	n.core = newCore(rn)
+	n.rn = n.core
 	n.compactedAt = rc.Applied
 	n.trans.start()
 	n.done.Add(3)
@@ -172,13 +180,14 @@ func (n *Node) Stop() {
 	n.stopOnce.Do(func() {
 		close(n.stopc)
 		n.done.Wait()
-		n.rn.Stop()
+		n.core.stop()
 		n.trans.stop()
 	})
 }
 
-// run is the only goroutine that handles raft.Node's Ready. For each Ready,
-// in this order:
+// run is the only goroutine that takes raft's Ready (and ticks it); others
+// step raft directly through core and wake it. For each Ready, in this
+// order (a leader sends first, see handleReady):
 //
 //  1. persist: a snapshot (if any), then entries + HardState in one synced
 //     batch. Nothing below may depend on them before they are durable.
@@ -195,20 +204,27 @@ func (n *Node) run() {
 	for {
 		select {
 		case <-ticker.C:
-			n.rn.Tick()
-		case rd := <-n.rn.Ready():
+			n.core.tick()
+		case <-n.core.wake:
+		case <-n.stopc:
+			n.failPending()
+			return
+		}
+		for {
+			rd, ok := n.core.ready()
+			if !ok {
+				break
+			}
 			if err := n.handleReady(rd); err != nil {
 				// A storage failure leaves this node unable to keep its
 				// promises: stop serving rather than guess.
 				n.logger.Error("stopping after storage failure", "err", err)
 				n.failed.Store(&err)
+				n.core.stop()
 				n.failPending()
 				return
 			}
-			n.rn.Advance()
-		case <-n.stopc:
-			n.failPending()
-			return
+			n.core.advance(rd)
 		}
 	}
 }

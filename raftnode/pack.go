@@ -26,8 +26,8 @@ type outcome struct {
 
 // pending is one proposal waiting to be put into the log by the packer.
 type pending struct {
-	id  uint64
-	cmd []byte
+	id     uint64
+	cmd    []byte
 	key    string // the record it names; "" travels alone
 	grants bool   // it may grant a token (a Claim)
 	ch     chan outcome

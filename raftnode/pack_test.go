@@ -12,10 +12,10 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// recordingRaft stands in for raft.Node in packer tests: it records the
-// entries proposed, taking delay to accept each, or refuses with err.
+// recordingRaft stands in for raft in packer tests: it records the entries
+// proposed, taking delay to accept each, or refuses with err.
 type recordingRaft struct {
-	raft.Node
+	raftCore
 	delay time.Duration
 	err   error
 
@@ -50,7 +50,7 @@ func proposals(e *statev1.Entry) (ids []uint64, cmds [][]byte) {
 	return ids, cmds
 }
 
-func packerNode(rn raft.Node) *Node {
+func packerNode(rn raftCore) *Node {
 	cfg := Config{}.withDefaults()
 	return &Node{cfg: cfg, rn: rn, clock: newLogClock(cfg.Now, time.Now, 0), stopc: make(chan struct{})}
 }
