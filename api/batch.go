@@ -14,14 +14,15 @@ const MaxBatchOperations = 1024
 
 type batchService struct {
 	keystorev1.UnimplementedBatchServiceServer
-	kv keystorev1.KeyStoreServiceServer
+	kv      keystorev1.KeyStoreServiceServer
+	workers *workers // run the operations of a batch
 }
 
 // NewBatchService returns the BatchService over kv: each operation of a
 // batch is a call of kv's method of the same name, all of them concurrent,
 // so a batch answers exactly what the operations sent one by one would.
 func NewBatchService(kv keystorev1.KeyStoreServiceServer) keystorev1.BatchServiceServer {
-	return batchService{kv: kv}
+	return batchService{kv: kv, workers: newWorkers()}
 }
 
 // Batch implements BatchService.Batch.
@@ -37,10 +38,10 @@ func (b batchService) Batch(ctx context.Context, req *keystorev1.BatchRequest) (
 		var wg sync.WaitGroup
 		wg.Add(len(ops))
 		for i, op := range ops {
-			go func() {
+			b.workers.run(func() {
 				defer wg.Done()
 				results[i] = b.run(ctx, op)
-			}()
+			})
 		}
 		wg.Wait()
 	}
