@@ -2,8 +2,10 @@
 // replicated state machine of idempotency records, in one Pebble database.
 //
 // Store implements raft.Storage for the Raft driver and adds the writes the
-// driver makes (Append, Compact, ApplySnapshot) and Apply, which runs the
-// contract's rules over committed entries. The rules themselves are the pure
+// driver makes (Append, Compact, ApplySnapshot), Apply, which runs the
+// contract's rules over committed entries, and PackKey, which tells the
+// driver the record a command names, so that commands on different records
+// can share an entry. The rules themselves are the pure
 // function transition in apply.go. See DESIGN.md for the key layout, the
 // batches and what is synced when.
 package storage

@@ -14,9 +14,10 @@ import (
 )
 
 // Apply applies committed entries in log order and returns one
-// statev1.Result per entry (nil for entries that carry no command); the
-// results are not modified afterwards, so they may be handed to other
-// goroutines. The state
+// statev1.Result per entry (nil for entries that carry no command; for a
+// packed entry, a Result whose packed field holds one result per proposal,
+// each with its request id); the results are not modified afterwards, so
+// they may be handed to other goroutines. The state
 // changes, the applied index and term, the log time and cs (the ConfState
 // after any conf change among the entries; nil if none) are written in one
 // Pebble batch, so the applied index always describes the state beside it.
