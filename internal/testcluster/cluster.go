@@ -47,6 +47,11 @@ type Cluster struct {
 	fss     map[string]*vfs.MemFS
 	servers map[string]*server.Server
 	conns   map[string]*grpc.ClientConn
+	// lis holds each node's listeners (peer, client) from Start until the
+	// node first starts on them, so no other process can take the ports
+	// in between (a port merely free a moment ago may go to any outgoing
+	// connection's ephemeral port meanwhile).
+	lis map[string][2]net.Listener
 }
 
 // Start starts a cluster, waits until every node serves, and stops it when
@@ -60,13 +65,15 @@ func Start(t testing.TB, opts Options) *Cluster {
 		t: t, opts: opts,
 		peers: map[string]string{}, clients: map[string]string{}, dirs: map[string]string{},
 		fss: map[string]*vfs.MemFS{}, servers: map[string]*server.Server{}, conns: map[string]*grpc.ClientConn{},
+		lis: map[string][2]net.Listener{},
 	}
 	root := t.TempDir()
 	for i := 1; i <= opts.Size; i++ {
 		n := "n" + string(rune('0'+i))
 		c.Names = append(c.Names, n)
-		c.peers[n] = FreeAddr(t)
-		c.clients[n] = FreeAddr(t)
+		peer, client := listen(t), listen(t)
+		c.lis[n] = [2]net.Listener{peer, client}
+		c.peers[n], c.clients[n] = peer.Addr().String(), client.Addr().String()
 		c.dirs[n] = filepath.Join(root, n)
 		if opts.Crashable {
 			c.fss[n] = vfs.NewCrashableMem()
@@ -79,6 +86,10 @@ func Start(t testing.TB, opts Options) *Cluster {
 		for _, n := range c.Names {
 			c.StopNode(n)
 		}
+		for _, l := range c.lis {
+			_ = l[0].Close()
+			_ = l[1].Close()
+		}
 		for _, conn := range c.conns {
 			_ = conn.Close()
 		}
@@ -90,13 +101,19 @@ func Start(t testing.TB, opts Options) *Cluster {
 // FreeAddr returns a loopback address with a port free a moment ago.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
+	l := listen(t)
+	addr := l.Addr().String()
+	_ = l.Close()
+	return addr
+}
+
+func listen(t testing.TB) net.Listener {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	_ = l.Close()
-	return addr
+	return l
 }
 
 // StartNode starts (or restarts, with its data) the node name.
@@ -115,8 +132,12 @@ func (c *Cluster) StartNode(name string) {
 	if c.opts.Crashable {
 		cfg.FS = c.fss[name]
 	}
-	// The ports were ours a moment ago; retry briefly if the OS is slow to
-	// release them after a stop.
+	if l, ok := c.lis[name]; ok {
+		cfg.PeerListener, cfg.ClientListener = l[0], l[1]
+		delete(c.lis, name)
+	}
+	// On a restart the ports were ours a moment ago; retry briefly if the
+	// OS is slow to release them after a stop.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		s, err := server.New(cfg)
@@ -131,6 +152,8 @@ func (c *Cluster) StartNode(name string) {
 		if time.Now().After(deadline) {
 			c.t.Fatalf("start %s: %v", name, err)
 		}
+		// A failed Start closed any listeners it was given.
+		cfg.PeerListener, cfg.ClientListener = nil, nil
 		time.Sleep(50 * time.Millisecond)
 	}
 	if c.conns[name] == nil {
