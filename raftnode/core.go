@@ -18,27 +18,47 @@ type raftCore interface {
 	ReportSnapshot(id uint64, status raft.SnapshotStatus)
 	ApplyConfChange(cc raftpb.ConfChangeI) *raftpb.ConfState
 	Status() raft.Status
+	// Pump handles the Readies of what was stepped (see core.pump).
+	Pump()
 }
 
 // core is raft.RawNode behind a mutex. It replaces raft.Node, whose own
 // goroutine every proposal, received message and Ready crossed (a hand-off
-// each way, each a goroutine wake-up): here the caller steps raft itself,
-// under the lock, and wakes the run loop, which takes the Ready, handles it
-// with the lock released (raft may be stepped meanwhile, as raft.Node
-// allows between Ready and Advance), and advances.
+// each way, each a goroutine wake-up). Here whoever steps raft then pumps:
+// if no goroutine is handling a Ready, it handles them itself until raft
+// has none left; otherwise it leaves, and the goroutine handling one sees
+// its step, because it checks for a Ready under the lock before it lets go.
+// Proposers, the ticker and read rounds pump themselves; a peer stream only
+// steps and wakes the run loop to pump, so that it keeps reading while a
+// Ready is being persisted. So Readies are handled one
+// at a time, in order, as by a single goroutine, but without waking one.
+// A Ready is handled with the lock released: raft may be stepped
+// meanwhile, as raft.Node allows between Ready and Advance.
 type core struct {
-	mu      sync.Mutex
-	rn      *raft.RawNode
-	stopped bool
-	// wake has room for one signal: something was stepped, look for a
-	// Ready.
+	mu       sync.Mutex
+	cond     sync.Cond // signalled when handling ends
+	rn       *raft.RawNode
+	stopped  bool
+	handling bool // a goroutine is between Ready and Advance
+
+	handle func(raft.Ready) error // persist, send, apply
+	fail   func(error)            // handle failed: the node stops
+	// wake has room for one signal: a peer message was stepped and the
+	// run loop should pump.
 	wake chan struct{}
 }
 
-func newCore(rn *raft.RawNode) *core {
-	return &core{rn: rn, wake: make(chan struct{}, 1)}
+func newCore(rn *raft.RawNode, handle func(raft.Ready) error, fail func(error)) *core {
+	c := &core{rn: rn, handle: handle, fail: fail, wake: make(chan struct{}, 1)}
+	c.cond.L = &c.mu
+	return c
 }
 
+// Pump handles Readies until raft has none, unless another goroutine is
+// handling them.
+func (c *core) Pump() { c.pump() }
+
+// signal asks the run loop to pump.
 func (c *core) signal() {
 	select {
 	case c.wake <- struct{}{}:
@@ -46,8 +66,36 @@ func (c *core) signal() {
 	}
 }
 
+func (c *core) pump() {
+	c.mu.Lock()
+	if c.handling {
+		c.mu.Unlock()
+		return
+	}
+	c.handling = true
+	for !c.stopped && c.rn.HasReady() {
+		rd := c.rn.Ready()
+		c.mu.Unlock()
+		err := c.handle(rd)
+		c.mu.Lock()
+		if err != nil {
+			c.stopped = true
+			c.handling = false
+			c.cond.Broadcast()
+			c.mu.Unlock()
+			c.fail(err)
+			return
+		}
+		c.rn.Advance(rd)
+	}
+	c.handling = false
+	c.cond.Broadcast()
+	c.mu.Unlock()
+}
+
 // Propose appends data to the log if this node leads; raft.ErrProposalDropped
-// otherwise. It never blocks on raft.
+// otherwise. It never blocks on raft. The caller pumps once it has proposed
+// what it had.
 func (c *core) Propose(_ context.Context, data []byte) error {
 	c.mu.Lock()
 	if c.stopped {
@@ -56,9 +104,6 @@ func (c *core) Propose(_ context.Context, data []byte) error {
 	}
 	err := c.rn.Propose(data)
 	c.mu.Unlock()
-	if err == nil {
-		c.signal()
-	}
 	return err
 }
 
@@ -73,6 +118,9 @@ func (c *core) Step(_ context.Context, m raftpb.Message) error {
 	}
 	_ = c.rn.Step(m)
 	c.mu.Unlock()
+	// The run loop pumps: a peer stream that handled the Ready itself
+	// would not read its next messages meanwhile, and those would miss
+	// this Ready's fsync.
 	c.signal()
 	return nil
 }
@@ -86,7 +134,7 @@ func (c *core) ReadIndex(_ context.Context, rctx []byte) error {
 	}
 	c.rn.ReadIndex(rctx)
 	c.mu.Unlock()
-	c.signal()
+	c.pump()
 	return nil
 }
 
@@ -126,30 +174,16 @@ func (c *core) tick() {
 		c.rn.Tick()
 	}
 	c.mu.Unlock()
+	c.pump()
 }
 
-// ready returns the next Ready, if raft has one.
-func (c *core) ready() (raft.Ready, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.stopped || !c.rn.HasReady() {
-		return raft.Ready{}, false
-	}
-	return c.rn.Ready(), true
-}
-
-// advance tells raft the Ready is handled: persisted, sent and applied.
-func (c *core) advance(rd raft.Ready) {
-	c.mu.Lock()
-	if !c.stopped {
-		c.rn.Advance(rd)
-	}
-	c.mu.Unlock()
-}
-
-// stop makes every later call a no-op (or raft.ErrStopped).
+// stop makes every later call a no-op (or raft.ErrStopped), once the Ready
+// being handled, if any, is done.
 func (c *core) stop() {
 	c.mu.Lock()
 	c.stopped = true
+	for c.handling {
+		c.cond.Wait()
+	}
 	c.mu.Unlock()
 }

@@ -1,8 +1,9 @@
 // Package raftnode drives one member of keystore's Raft group
 // (go.etcd.io/raft/v3). raft.RawNode sits behind a mutex: proposers and
-// peer streams step it directly, and a single goroutine takes each Ready and
-// handles it in the order persist → send → apply → Advance (a leader sends
-// first). Concurrent proposals on different records are packed into one
+// peer streams step it directly, and Readies are handled one at a time, by
+// whichever goroutine pumps (a proposer, the ticker, the run loop woken by a
+// peer stream), in the order persist → send → apply → Advance (a leader
+// sends first). Concurrent proposals on different records are packed into one
 // entry. The package talks to
 // the rest of the server through narrow seams: LogStore and StateMachine
 // (implemented by storage), Propose and ReadIndex (used by the API), and the

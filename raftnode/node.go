@@ -85,8 +85,8 @@ type Node struct {
 	reads readQueue
 	pack  packer
 
-	compactedAt uint64 // touched only by run
-	leading     bool   // raft's state is StateLeader; touched only by run
+	compactedAt uint64 // touched only while handling a Ready (one goroutine at a time)
+	leading     bool   // raft's state is StateLeader; likewise
 	snapshots   atomic.Uint64
 
 	stopOnce sync.Once
@@ -163,7 +163,7 @@ func (n *Node) Start() error {
 	} else {
 		n.logger.Info("restarting", "applied", rc.Applied, "term", hs.Term, "commit", hs.Commit, "last_index", last)
 	}
-	n.core = newCore(rn)
+	n.core = newCore(rn, n.handleReady, n.stopOnFailure)
 	n.rn = n.core
 	n.compactedAt = rc.Applied
 	n.trans.start()
@@ -185,8 +185,8 @@ func (n *Node) Stop() {
 	})
 }
 
-// run is the only goroutine that takes raft's Ready (and ticks it); others
-// step raft directly through core and wake it. For each Ready, in this
+// run ticks raft and pumps for peer messages until the node stops. Readies
+// are handled by whichever goroutine pumps (see core), one at a time; for each Ready, in this
 // order (a leader sends first, see handleReady):
 //
 //  1. persist: a snapshot (if any), then entries + HardState in one synced
@@ -206,27 +206,20 @@ func (n *Node) run() {
 		case <-ticker.C:
 			n.core.tick()
 		case <-n.core.wake:
+			n.core.pump()
 		case <-n.stopc:
 			n.failPending()
 			return
 		}
-		for {
-			rd, ok := n.core.ready()
-			if !ok {
-				break
-			}
-			if err := n.handleReady(rd); err != nil {
-				// A storage failure leaves this node unable to keep its
-				// promises: stop serving rather than guess.
-				n.logger.Error("stopping after storage failure", "err", err)
-				n.failed.Store(&err)
-				n.core.stop()
-				n.failPending()
-				return
-			}
-			n.core.advance(rd)
-		}
 	}
+}
+
+// stopOnFailure stops serving after handling a Ready failed: a storage
+// failure leaves this node unable to keep its promises.
+func (n *Node) stopOnFailure(err error) {
+	n.logger.Error("stopping after storage failure", "err", err)
+	n.failed.Store(&err)
+	n.failPending()
 }
 
 func (n *Node) handleReady(rd raft.Ready) error {

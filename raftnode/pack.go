@@ -113,6 +113,7 @@ func (n *Node) proposePacked(q []*pending) {
 	if start < len(q) {
 		n.proposeEntry(q[start:])
 	}
+	n.rn.Pump()
 }
 
 // proposeEntry proposes one entry holding ps (the single-proposal form for

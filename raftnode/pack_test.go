@@ -23,6 +23,8 @@ type recordingRaft struct {
 	entries []*statev1.Entry
 }
 
+func (r *recordingRaft) Pump() {}
+
 func (r *recordingRaft) Propose(_ context.Context, data []byte) error {
 	time.Sleep(r.delay)
 	if r.err != nil {
