@@ -18,7 +18,7 @@ type raftCore interface {
 	ReportSnapshot(id uint64, status raft.SnapshotStatus)
 	ApplyConfChange(cc raftpb.ConfChangeI) *raftpb.ConfState
 	Status() raft.Status
-	// Pump handles the Readies of what was stepped (see core.pump).
+	// Pump handles the Readies of what was stepped (see core.Pump).
 	Pump()
 }
 
@@ -30,10 +30,10 @@ type raftCore interface {
 // its step, because it checks for a Ready under the lock before it lets go.
 // Proposers, the ticker and read rounds pump themselves; a peer stream only
 // steps and wakes the run loop to pump, so that it keeps reading while a
-// Ready is being persisted. So Readies are handled one
-// at a time, in order, as by a single goroutine, but without waking one.
-// A Ready is handled with the lock released: raft may be stepped
-// meanwhile, as raft.Node allows between Ready and Advance.
+// Ready is being persisted. So Readies are handled one at a time, in order,
+// as by a single goroutine, but mostly without waking one. A Ready is
+// handled with the lock released: raft may be stepped meanwhile, as
+// raft.Node allows between Ready and Advance.
 type core struct {
 	mu       sync.Mutex
 	cond     sync.Cond // signalled when handling ends
@@ -54,10 +54,6 @@ func newCore(rn *raft.RawNode, handle func(raft.Ready) error, fail func(error)) 
 	return c
 }
 
-// Pump handles Readies until raft has none, unless another goroutine is
-// handling them.
-func (c *core) Pump() { c.pump() }
-
 // signal asks the run loop to pump.
 func (c *core) signal() {
 	select {
@@ -66,7 +62,9 @@ func (c *core) signal() {
 	}
 }
 
-func (c *core) pump() {
+// Pump handles Readies until raft has none, unless another goroutine is
+// handling them (which then sees what the caller stepped).
+func (c *core) Pump() {
 	c.mu.Lock()
 	if c.handling {
 		c.mu.Unlock()
@@ -134,7 +132,7 @@ func (c *core) ReadIndex(_ context.Context, rctx []byte) error {
 	}
 	c.rn.ReadIndex(rctx)
 	c.mu.Unlock()
-	c.pump()
+	c.Pump()
 	return nil
 }
 
@@ -174,7 +172,7 @@ func (c *core) tick() {
 		c.rn.Tick()
 	}
 	c.mu.Unlock()
-	c.pump()
+	c.Pump()
 }
 
 // stop makes every later call a no-op (or raft.ErrStopped), once the Ready

@@ -59,11 +59,11 @@ func TestCorePumpHandlesReadiesOneAtATime(t *testing.T) {
 		return nil
 	}
 	c = newCore(rn, handle, func(err error) { t.Errorf("handle failed: %v", err) })
-	c.pump() // the bootstrap conf change
+	c.Pump() // the bootstrap conf change
 	c.mu.Lock()
 	_ = c.rn.Campaign()
 	c.mu.Unlock()
-	c.pump()
+	c.Pump()
 	if st := c.Status(); st.RaftState != raft.StateLeader {
 		t.Fatalf("single voter is %v after campaigning; want leader", st.RaftState)
 	}
@@ -84,7 +84,7 @@ func TestCorePumpHandlesReadiesOneAtATime(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	c.pump() // a late step whose pump found the handler busy was picked up by it
+	c.Pump() // a late step whose pump found the handler busy was picked up by it
 	if got := committed.Load(); got != workers*each {
 		t.Errorf("%d proposals committed; want %d", got, workers*each)
 	}

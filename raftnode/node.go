@@ -206,7 +206,7 @@ func (n *Node) run() {
 		case <-ticker.C:
 			n.core.tick()
 		case <-n.core.wake:
-			n.core.pump()
+			n.core.Pump()
 		case <-n.stopc:
 			n.failPending()
 			return
