@@ -56,11 +56,22 @@ func (n *Node) submit(p *pending) {
 		return
 	}
 	pk.busy = true
-	for round := 0; len(pk.queue) > 0; round++ {
-		if round == 2 {
-			pk.mu.Unlock()
-			go n.drain()
-			return
+	pk.mu.Unlock()
+	if !n.drain(2) {
+		go n.drain(-1)
+	}
+}
+
+// drain proposes what is queued, at most rounds times (no bound if
+// negative). It reports whether it emptied the queue, leaving the packer
+// idle; if not, the caller must see that someone drains the rest.
+func (n *Node) drain(rounds int) bool {
+	pk := &n.pack
+	pk.mu.Lock()
+	defer pk.mu.Unlock()
+	for ; len(pk.queue) > 0; rounds-- {
+		if rounds == 0 {
+			return false
 		}
 		q := pk.queue
 		pk.queue = nil
@@ -69,22 +80,7 @@ func (n *Node) submit(p *pending) {
 		pk.mu.Lock()
 	}
 	pk.busy = false
-	pk.mu.Unlock()
-}
-
-// drain proposes what is queued until the queue is empty.
-func (n *Node) drain() {
-	pk := &n.pack
-	pk.mu.Lock()
-	for len(pk.queue) > 0 {
-		q := pk.queue
-		pk.queue = nil
-		pk.mu.Unlock()
-		n.proposePacked(q)
-		pk.mu.Lock()
-	}
-	pk.busy = false
-	pk.mu.Unlock()
+	return true
 }
 
 // proposePacked cuts q, in order, into entries and proposes them. A token
