@@ -1,11 +1,12 @@
-// Package storage is a keystore node's durable state: the Raft log and the
-// replicated state machine of idempotency records, in one Pebble database.
+// Package storage is a keystore node's durable state: the Raft log, in
+// segment files of its own (wal.go), and the replicated state machine of
+// idempotency records, in a Pebble database.
 //
 // Store implements raft.Storage for the Raft driver and adds the writes the
 // driver makes (Append, Compact, ApplySnapshot), Apply, which runs the
 // contract's rules over committed entries, and PackKey, which tells the
 // driver the record a command names, so that commands on different records
 // can share an entry. The rules themselves are the pure
-// function transition in apply.go. See DESIGN.md for the key layout, the
-// batches and what is synced when.
+// function transition in apply.go. See DESIGN.md for the log's files, the
+// key layout, the batches and what is synced when.
 package storage

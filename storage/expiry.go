@@ -40,12 +40,15 @@ func (s *Store) StoredRecords() uint64 {
 
 // DiskUsage is what the database occupies on disk.
 type DiskUsage struct {
-	// Total is every file Pebble owns: tables, WAL, manifest, options.
+	// Total is every file Pebble owns (tables, WAL, manifest, options)
+	// and the Raft log's segments.
 	Total uint64
 	// Tables is the bytes in live sstables.
 	Tables uint64
-	// WAL is the bytes in live write-ahead-log files.
+	// WAL is the bytes in Pebble's live write-ahead-log files.
 	WAL uint64
+	// RaftLog is the bytes in the Raft log's segment files.
+	RaftLog uint64
 	// Written is every byte ever written to the WAL since the store opened:
 	// the work done, against which Total should stay flat.
 	Written uint64
@@ -55,8 +58,10 @@ type DiskUsage struct {
 func (s *Store) DiskUsage() DiskUsage {
 	m := s.db.Metrics()
 	total := m.Total()
+	raftLog := s.wal.bytes()
 	return DiskUsage{
-		Total:   m.DiskSpaceUsage(),
+		Total:   m.DiskSpaceUsage() + raftLog,
+		RaftLog: raftLog,
 		Tables:  uint64(total.TablesSize),
 		WAL:     m.WAL.PhysicalSize,
 		Written: m.WAL.BytesWritten,

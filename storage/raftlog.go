@@ -6,13 +6,14 @@ import (
 	"sort"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/keystore-dev/keystore/internal/bugs"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 )
 
-// This file implements raft.Storage over Pebble, plus the writes the Raft
-// driver makes: Append (entries + HardState, one synced batch) and Compact.
+// This file implements raft.Storage over the log in wal.go, plus the writes
+// the Raft driver makes: Append (entries + HardState, one synced write) and
+// Compact.
 //
 // The log on disk is the entries (base, last]; base is the index of the last
 // compacted entry (or of the last snapshot applied), whose term is kept so
@@ -78,40 +79,178 @@ func (l *logIndex) compactTo(i uint64) {
 	}
 }
 
-func (s *Store) loadLog() error {
+// loadLog opens the log in the WAL directory, moving it there first from
+// Pebble, where stores written before the WAL kept it. Then it checks the
+// log against the state machine's applied position (see reconcile).
+func (s *Store) loadLog(fs vfs.FS, dir string) error {
+	fresh, inPebble, err := s.pebbleLog()
+	if err != nil {
+		return err
+	}
+	seqs, err := listWALIfExists(fs, dir)
+	if err != nil {
+		return err
+	}
+	migrate := inPebble && len(seqs) == 0
+	w, st, err := openWAL(fs, dir, fresh)
+	if err != nil {
+		return err
+	}
+	s.wal = w
+	s.hs = st.hs
+	s.log = logIndex{base: st.base, baseTerm: st.baseTerm, last: st.last, runs: st.runs}
+	if migrate {
+		if err := s.migrateLog(); err != nil {
+			return err
+		}
+	}
+	if inPebble {
+		// Whether just moved or moved before a crash cut the clean-up.
+		if err := s.dropPebbleLog(); err != nil {
+			return err
+		}
+	}
+	return s.reconcile()
+}
+
+// listWALIfExists lists dir's segments; none if dir does not exist.
+func listWALIfExists(fs vfs.FS, dir string) ([]uint64, error) {
+	if _, err := fs.Stat(dir); err != nil {
+		return nil, nil
+	}
+	return listWAL(fs, dir)
+}
+
+// pebbleLog reads the log's base and HardState as stores written before
+// the WAL kept them in Pebble. inPebble reports any log key there.
+func (s *Store) pebbleLog() (st walState, inPebble bool, err error) {
 	if v, closer, err := s.db.Get(logBaseKey); err == nil {
 		if len(v) != 16 {
 			closer.Close()
-			return fmt.Errorf("%w: log base", ErrCorrupt)
+			return st, false, fmt.Errorf("%w: log base", ErrCorrupt)
 		}
-		s.log.base = binary.BigEndian.Uint64(v)
-		s.log.baseTerm = binary.BigEndian.Uint64(v[8:])
+		st.base = binary.BigEndian.Uint64(v)
+		st.baseTerm = binary.BigEndian.Uint64(v[8:])
 		closer.Close()
+		inPebble = true
 	} else if err != pebble.ErrNotFound {
-		return err
+		return st, false, err
 	}
-	s.log.last = s.log.base
+	if ok, err := s.getProto(hardStateKey, &st.hs); err != nil {
+		return st, false, err
+	} else if ok {
+		inPebble = true
+	}
+	st.last = st.base
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: entryStart, UpperBound: entryEnd})
+	if err != nil {
+		return st, false, err
+	}
+	if it.First() {
+		inPebble = true
+	}
+	return st, inPebble, it.Close()
+}
+
+// migrateLog appends the entries Pebble holds to the (new) WAL, synced.
+func (s *Store) migrateLog() error {
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: entryStart, UpperBound: entryEnd})
 	if err != nil {
 		return err
 	}
 	defer it.Close()
-	var e raftpb.Entry
+	var batch []raftpb.Entry
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if err := s.wal.append(batch, nil, true); err != nil {
+			return err
+		}
+		for _, e := range batch {
+			s.log.append(e.Index, e.Term)
+		}
+		batch = batch[:0]
+		return nil
+	}
 	for valid := it.First(); valid; valid = it.Next() {
+		var e raftpb.Entry
 		if err := e.Unmarshal(it.Value()); err != nil {
 			return fmt.Errorf("%w: entry: %v", ErrCorrupt, err)
 		}
-		if e.Index != s.log.last+1 {
-			return fmt.Errorf("%w: log gap: entry %d after %d", ErrCorrupt, e.Index, s.log.last)
+		if e.Index <= s.log.base {
+			continue
 		}
-		s.log.append(e.Index, e.Term)
+		if e.Index != s.log.last+uint64(len(batch))+1 {
+			return fmt.Errorf("%w: log gap: entry %d after %d", ErrCorrupt, e.Index, s.log.last+uint64(len(batch)))
+		}
+		batch = append(batch, e)
+		if len(batch) == 256 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
 	}
-	return it.Error()
+	if err := it.Error(); err != nil {
+		return err
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	s.logger.Info("moved the raft log out of pebble", "first_index", s.log.first(), "last_index", s.log.last)
+	return nil
 }
 
-func encodeLogBase(index, term uint64) []byte {
-	b := binary.BigEndian.AppendUint64(make([]byte, 0, 16), index)
-	return binary.BigEndian.AppendUint64(b, term)
+// dropPebbleLog deletes the log keys of stores written before the WAL.
+func (s *Store) dropPebbleLog() error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	if err := b.DeleteRange(entryStart, entryEnd, nil); err != nil {
+		return err
+	}
+	if err := b.Delete(logBaseKey, nil); err != nil {
+		return err
+	}
+	if err := b.Delete(hardStateKey, nil); err != nil {
+		return err
+	}
+	return b.Commit(pebble.Sync)
+}
+
+// reconcile lines the log up with the state machine, which lives in
+// another store (Pebble) and so may be ahead of it after a crash:
+//   - a snapshot was applied to the state but the crash came before the log
+//     was reset to start after it: reset it now;
+//   - entries were applied (in an unsynced batch that survived) past the
+//     commit index in the HardState (in an unsynced record that did not):
+//     what was applied was committed, so the commit index moves up to it.
+//
+// A state machine behind the log's base cannot be repaired: the entries it
+// lacks are gone. Compact makes the state durable first so that this does
+// not happen.
+func (s *Store) reconcile() error {
+	applied, appliedTerm := s.meta.AppliedIndex, s.meta.AppliedTerm
+	if applied == 0 {
+		return nil
+	}
+	if applied < s.log.base {
+		return fmt.Errorf("%w: state machine applied up to %d but the raft log starts after %d", ErrCorrupt, applied, s.log.base)
+	}
+	if applied > s.log.last || s.log.term(applied) != appliedTerm {
+		s.logger.Warn("raft log behind the state machine's snapshot: resetting it", "applied", applied, "applied_term", appliedTerm, "log_last", s.log.last)
+		if err := s.wal.reset(applied, appliedTerm); err != nil {
+			return err
+		}
+		s.log = logIndex{base: applied, baseTerm: appliedTerm, last: applied}
+	}
+	if s.hs.Commit < applied {
+		s.hs.Commit = applied
+		hs := s.hs
+		if err := s.wal.append(nil, &hs, true); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // InitialState implements raft.Storage. The ConfState is the one as of the
@@ -229,42 +368,7 @@ func (s *Store) Entries(lo, hi, maxSize uint64) ([]raftpb.Entry, error) {
 	if ok {
 		return cached, nil
 	}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: entryKey(lo), UpperBound: entryKey(hi)})
-	if err != nil {
-		return nil, err
-	}
-	defer it.Close()
-	ents := make([]raftpb.Entry, 0, min(hi-lo, 64))
-	var size uint64
-	next := lo
-	for valid := it.First(); valid; valid = it.Next() {
-		var e raftpb.Entry
-		if err := e.Unmarshal(it.Value()); err != nil {
-			return nil, fmt.Errorf("%w: entry: %v", ErrCorrupt, err)
-		}
-		if e.Index != next {
-			// Compacted or truncated concurrently.
-			break
-		}
-		size += uint64(e.Size())
-		if len(ents) > 0 && size > maxSize {
-			break
-		}
-		ents = append(ents, e)
-		next++
-	}
-	if err := it.Error(); err != nil {
-		return nil, err
-	}
-	if len(ents) == 0 {
-		s.mu.RLock()
-		defer s.mu.RUnlock()
-		if lo < s.log.first() {
-			return nil, raft.ErrCompacted
-		}
-		return nil, raft.ErrUnavailable
-	}
-	return ents, nil
+	return s.wal.entries(lo, hi, maxSize)
 }
 
 // Term implements raft.Storage.
@@ -294,10 +398,10 @@ func (s *Store) FirstIndex() (uint64, error) {
 	return s.log.first(), nil
 }
 
-// Append persists new entries and the HardState in one batch, synced when
+// Append persists new entries and the HardState with one write, synced when
 // sync is set (raft's Ready.MustSync). Entries after the last new entry,
-// left over from an older term, are deleted in the same batch. Nothing that
-// depends on these entries may be sent or acknowledged before Append returns.
+// left over from an older term, are replaced by it. Nothing that depends on
+// these entries may be sent or acknowledged before Append returns.
 func (s *Store) Append(hs raftpb.HardState, ents []raftpb.Entry, sync bool) error {
 	s.mu.RLock()
 	base, last := s.log.base, s.log.last
@@ -312,36 +416,11 @@ func (s *Store) Append(hs raftpb.HardState, ents []raftpb.Entry, sync bool) erro
 	if len(ents) == 0 && raft.IsEmptyHardState(hs) {
 		return nil
 	}
-	b := s.db.NewBatch()
-	defer b.Close()
-	for i := range ents {
-		v, err := ents[i].Marshal()
-		if err != nil {
-			return err
-		}
-		if err := b.Set(entryKey(ents[i].Index), v, nil); err != nil {
-			return err
-		}
-	}
-	if n := len(ents); n > 0 && ents[n-1].Index < last {
-		if err := b.DeleteRange(entryKey(ents[n-1].Index+1), entryKey(last+1), nil); err != nil {
-			return err
-		}
-	}
+	var hsp *raftpb.HardState
 	if !raft.IsEmptyHardState(hs) {
-		v, err := hs.Marshal()
-		if err != nil {
-			return err
-		}
-		if err := b.Set(hardStateKey, v, nil); err != nil {
-			return err
-		}
+		hsp = &hs
 	}
-	opts := pebble.NoSync
-	if sync && !bugs.NoFsync {
-		opts = pebble.Sync
-	}
-	if err := b.Commit(opts); err != nil {
+	if err := s.wal.append(ents, hsp, sync); err != nil {
 		return fmt.Errorf("storage: append: %w", err)
 	}
 	s.mu.Lock()
@@ -353,15 +432,16 @@ func (s *Store) Append(hs raftpb.HardState, ents []raftpb.Entry, sync bool) erro
 		}
 		s.tail.append(ents)
 	}
-	if !raft.IsEmptyHardState(hs) {
+	if hsp != nil {
 		s.hs = hs
 	}
 	return nil
 }
 
 // Compact discards the log up to and including index, which must be applied.
-// The deletion need not be synced: it is ordered after the apply batches it
-// depends on in Pebble's WAL, and a lost compaction only leaves a longer log.
+// It first syncs Pebble, so that the applied state outlives the entries; the
+// compaction itself need not be synced (a lost one only leaves a longer
+// log) until it deletes a segment.
 func (s *Store) Compact(index uint64) error {
 	s.mu.RLock()
 	base, last, applied := s.log.base, s.log.last, s.meta.AppliedIndex
@@ -376,15 +456,12 @@ func (s *Store) Compact(index uint64) error {
 	if index > last || index > applied {
 		return fmt.Errorf("storage: compact %d beyond last %d or applied %d", index, last, applied)
 	}
-	b := s.db.NewBatch()
-	defer b.Close()
-	if err := b.DeleteRange(entryKey(base+1), entryKey(index+1), nil); err != nil {
-		return err
+	// The state machine must not be left behind the log's new base by a
+	// crash: its unsynced batches are made durable first.
+	if err := s.db.LogData(nil, pebble.Sync); err != nil {
+		return fmt.Errorf("storage: compact: %w", err)
 	}
-	if err := b.Set(logBaseKey, encodeLogBase(index, term), nil); err != nil {
-		return err
-	}
-	if err := b.Commit(pebble.NoSync); err != nil {
+	if err := s.wal.compact(index, term); err != nil {
 		return fmt.Errorf("storage: compact: %w", err)
 	}
 	s.mu.Lock()

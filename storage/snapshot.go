@@ -13,8 +13,8 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// Snapshots. Because the state machine lives in the same database as the
-// log, a snapshot is made on demand, when raft asks for one to send to a
+// Snapshots. Because the state machine is a Pebble database, a snapshot is
+// made on demand, when raft asks for one to send to a
 // follower that fell behind the compacted log: a Pebble snapshot gives a
 // consistent view of the state range, whose meta says which applied index
 // and term (and ConfState) it reflects.
@@ -131,8 +131,8 @@ func decodeSnapshot(data []byte, fn func(k, v []byte) error) error {
 	return nil
 }
 
-// ApplySnapshot replaces the state machine with the snapshot's and resets
-// the log to start after it, in one synced batch.
+// ApplySnapshot replaces the state machine with the snapshot's, in one
+// synced batch, then resets the log to start after it.
 func (s *Store) ApplySnapshot(snap raftpb.Snapshot) error {
 	b := s.db.NewBatch()
 	defer b.Close()
@@ -156,14 +156,14 @@ func (s *Store) ApplySnapshot(snap raftpb.Snapshot) error {
 		return fmt.Errorf("%w: snapshot meta at %d/%d, metadata says %d/%d",
 			ErrCorrupt, meta.AppliedIndex, meta.AppliedTerm, md.Index, md.Term)
 	}
-	if err := b.DeleteRange(entryStart, entryEnd, nil); err != nil {
-		return err
-	}
-	if err := b.Set(logBaseKey, encodeLogBase(md.Index, md.Term), nil); err != nil {
-		return err
-	}
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("storage: apply snapshot: %w", err)
+	}
+	// The state first, then the log: a crash in between leaves a log
+	// behind the state, which Open resets (reconcile); the other order
+	// would leave a state behind the log's base, beyond repair.
+	if err := s.wal.reset(md.Index, md.Term); err != nil {
+		return fmt.Errorf("storage: apply snapshot: reset log: %w", err)
 	}
 	s.mu.Lock()
 	s.log = logIndex{base: md.Index, baseTerm: md.Term, last: md.Index}

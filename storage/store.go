@@ -18,7 +18,8 @@ import (
 
 // Config configures a Store.
 type Config struct {
-	// Dir is the Pebble directory. Required.
+	// Dir is the Pebble directory. Required. The Raft log is in its
+	// subdirectory raftlog.
 	Dir string
 	// FS is the filesystem; nil means the operating system's. Tests pass
 	// vfs.NewCrashableMem to simulate power loss.
@@ -36,10 +37,12 @@ func (c Config) Validate() error {
 }
 
 // Store is one node's durable state: the Raft log (it implements
-// raft.Storage) and the replicated state machine, in one Pebble database.
-// All methods are safe for concurrent use.
+// raft.Storage), in segment files of its own (wal.go), and the replicated
+// state machine, in a Pebble database. All methods are safe for concurrent
+// use.
 type Store struct {
 	db     *pebble.DB
+	wal    *wal
 	logger *slog.Logger
 
 	mu sync.RWMutex // guards the fields below
@@ -102,22 +105,21 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("storage: open %s: %w", cfg.Dir, err)
 	}
 	s := &Store{db: db, logger: logger, meta: &statev1.Meta{}}
-	if err := s.load(); err != nil {
+	fs := cfg.FS
+	if fs == nil {
+		fs = vfs.Default
+	}
+	if err := s.load(fs, fs.PathJoin(cfg.Dir, "raftlog")); err != nil {
+		if s.wal != nil {
+			_ = s.wal.close()
+		}
 		_ = db.Close()
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *Store) load() error {
-	if ok, err := s.getProto(hardStateKey, &s.hs); err != nil {
-		return err
-	} else if !ok {
-		s.hs = raftpb.HardState{}
-	}
-	if err := s.loadLog(); err != nil {
-		return err
-	}
+func (s *Store) load(fs vfs.FS, logDir string) error {
 	if _, err := s.getProto(metaKey, protoValue{s.meta}); err != nil {
 		return err
 	}
@@ -126,14 +128,17 @@ func (s *Store) load() error {
 			return fmt.Errorf("%w: conf state: %v", ErrCorrupt, err)
 		}
 	}
+	if err := s.loadLog(fs, logDir); err != nil {
+		return err
+	}
 	s.logger.Info("opened",
 		"first_index", s.log.first(), "last_index", s.log.last,
 		"applied_index", s.meta.AppliedIndex, "commit", s.hs.Commit, "term", s.hs.Term)
 	return nil
 }
 
-// Close closes the database. Unsynced writes (apply batches) may be lost, as
-// in a crash; the Raft log and HardState are always synced.
+// Close closes the log and the database. Unsynced writes (apply batches)
+// may be lost, as in a crash; the Raft log and HardState are always synced.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -142,7 +147,11 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	return s.db.Close()
+	werr := s.wal.close()
+	if err := s.db.Close(); err != nil {
+		return err
+	}
+	return werr
 }
 
 // getProto reads key into m through the DB. It reports whether the key

@@ -1,0 +1,302 @@
+package storage
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"reflect"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+// smallSegments makes every append past 1 KiB start a new segment, for the
+// length of the test.
+func smallSegments(t *testing.T) {
+	old := walSegmentBytes
+	walSegmentBytes = 1 << 10
+	t.Cleanup(func() { walSegmentBytes = old })
+}
+
+func walSegments(t *testing.T, fs vfs.FS) []uint64 {
+	t.Helper()
+	seqs, err := listWAL(fs, "db/raftlog")
+	if err != nil {
+		t.Fatalf("listWAL: %v", err)
+	}
+	return seqs
+}
+
+// appendTo writes raw bytes at the end of segment seq, as a crash in the
+// middle of a write would leave them.
+func appendTo(t *testing.T, fs vfs.FS, seq uint64, b []byte) {
+	t.Helper()
+	name := "db/raftlog/" + walName(seq)
+	f, err := fs.OpenReadWrite(name, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatalf("open %s: %v", name, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(b, fi.Size()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWALTornTail: a record cut short by a crash ends the log; the entries
+// before it survive, and the log goes on after the restart.
+func TestWALTornTail(t *testing.T) {
+	fs := vfs.NewMem()
+	s := openStore(t, fs)
+	ents := logEntries(1, 11, stepTerms)
+	hs := raftpb.HardState{Term: 3, Vote: 1, Commit: 10}
+	mustAppend(t, s, hs, ents)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	seqs := walSegments(t, fs)
+	// Half of an entry record: its header promises more than follows.
+	torn := appendRecord(nil, walEntry, make([]byte, 40))[:20]
+	appendTo(t, fs, seqs[len(seqs)-1], torn)
+
+	s = openStore(t, fs)
+	checkBounds(t, s, 1, 10)
+	checkEntries(t, s, 1, 11, ents)
+	if got, _, _ := s.InitialState(); !reflect.DeepEqual(got, hs) {
+		t.Errorf("HardState = %v; want %v", got, hs)
+	}
+	more := logEntries(11, 14, stepTerms)
+	mustAppend(t, s, raftpb.HardState{}, more)
+	s = reopen(t, s, fs)
+	checkBounds(t, s, 1, 13)
+	checkEntries(t, s, 1, 14, append(append([]raftpb.Entry(nil), ents...), more...))
+}
+
+// TestWALBadChecksumEndsSegment: a record whose checksum fails is treated
+// like a torn write; a damaged record in the middle of the log, whose loss
+// leaves entries missing, makes Open fail instead of serving a log with a
+// hole.
+func TestWALBadChecksumEndsSegment(t *testing.T) {
+	smallSegments(t)
+	fs := vfs.NewMem()
+	s := openStore(t, fs)
+	for i := uint64(1); i <= 200; i += 4 {
+		mustAppend(t, s, raftpb.HardState{}, logEntries(i, i+4, constTerm(1)))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	seqs := walSegments(t, fs)
+	if len(seqs) < 3 {
+		t.Fatalf("%d segments; want several (segment size 1 KiB)", len(seqs))
+	}
+	// Flip a byte in the last entry record of the first segment that
+	// holds entries.
+	name := "db/raftlog/" + walName(seqs[0])
+	f, err := fs.OpenReadWrite(name, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := f.Stat()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, fi.Size()-3); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, fi.Size()-3); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.Close()
+	if s, err := Open(Config{Dir: "db", FS: fs}); !errors.Is(err, ErrCorrupt) {
+		if err == nil {
+			_ = s.Close()
+		}
+		t.Fatalf("Open with a damaged entry mid-log = %v; want ErrCorrupt", err)
+	}
+}
+
+// TestWALSegmentsDeletedByCompaction: compaction deletes the segments that
+// hold only compacted entries, and the log reopens from what is left.
+func TestWALSegmentsDeletedByCompaction(t *testing.T) {
+	smallSegments(t)
+	fs := vfs.NewMem()
+	s := openStore(t, fs)
+	ents := claimEntries(t, 1, 41, 2)
+	for i := 0; i < len(ents); i += 5 {
+		mustAppend(t, s, raftpb.HardState{Term: 2, Commit: uint64(i + 5)}, ents[i:i+5])
+	}
+	mustApply(t, s, ents, nil)
+	before := len(walSegments(t, fs))
+	if err := s.Compact(30); err != nil {
+		t.Fatalf("Compact(30): %v", err)
+	}
+	after := len(walSegments(t, fs))
+	if after >= before {
+		t.Errorf("segments after Compact(30) = %d; want fewer than %d", after, before)
+	}
+	s = reopen(t, s, fs)
+	checkBounds(t, s, 31, 40)
+	checkTerm(t, s, 30, 2, nil)
+	checkEntries(t, s, 31, 41, ents[30:])
+	if got := s.DiskUsage().RaftLog; got == 0 {
+		t.Error("DiskUsage().RaftLog = 0; want the segments' size")
+	}
+}
+
+// TestWALOverwriteAcrossSegments: a new leader's entries replace an old
+// tail written to an earlier segment, and replay keeps the new ones.
+func TestWALOverwriteAcrossSegments(t *testing.T) {
+	smallSegments(t)
+	fs := vfs.NewMem()
+	s := openStore(t, fs)
+	old := logEntries(1, 31, constTerm(1))
+	for i := 0; i < len(old); i += 3 {
+		mustAppend(t, s, raftpb.HardState{Term: 1}, old[i:i+3])
+	}
+	repl := logEntries(12, 16, constTerm(2))
+	mustAppend(t, s, raftpb.HardState{Term: 2}, repl)
+	s = reopen(t, s, fs)
+	checkBounds(t, s, 1, 15)
+	checkEntries(t, s, 1, 16, append(append([]raftpb.Entry(nil), old[:11]...), repl...))
+	checkTerm(t, s, 16, 0, raft.ErrUnavailable)
+}
+
+// TestWALCrashAfterCompaction: power loss right after a compaction that
+// deleted segments leaves a log that opens, with every entry not compacted.
+func TestWALCrashAfterCompaction(t *testing.T) {
+	smallSegments(t)
+	fs := vfs.NewCrashableMem()
+	s := openStore(t, fs)
+	ents := claimEntries(t, 1, 41, 2)
+	for i := 0; i < len(ents); i += 5 {
+		mustAppend(t, s, raftpb.HardState{Term: 2, Commit: uint64(i + 5)}, ents[i:i+5])
+	}
+	mustApply(t, s, ents, nil)
+	if err := s.Compact(30); err != nil {
+		t.Fatalf("Compact(30): %v", err)
+	}
+	c := openStore(t, fs.CrashClone(vfs.CrashCloneCfg{}))
+	first, _ := c.FirstIndex()
+	if first > 31 {
+		t.Fatalf("FirstIndex() after crash = %d; want at most 31", first)
+	}
+	checkEntries(t, c, 31, 41, ents[30:])
+	if got := c.AppliedIndex(); got < first-1 {
+		t.Errorf("AppliedIndex() after crash = %d; the log starts at %d: entries lost", got, first)
+	}
+}
+
+// TestWALStateAheadOfLogIsReconciled: a crash between a snapshot's state
+// (synced) and the log's reset leaves the log behind the state; Open resets
+// it to start after the snapshot. Applied entries past a commit index that
+// did not survive move the commit index up.
+func TestWALStateAheadOfLogIsReconciled(t *testing.T) {
+	t.Run("snapshot", func(t *testing.T) {
+		_, snap := snapshotSource(t)
+		fs := vfs.NewMem()
+		b := openStore(t, fs)
+		own := logEntries(1, 4, constTerm(1))
+		mustAppend(t, b, raftpb.HardState{Term: 1, Commit: 3}, own)
+		seqs := walSegments(t, fs)
+		if err := b.ApplySnapshot(snap); err != nil {
+			t.Fatalf("ApplySnapshot: %v", err)
+		}
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		// Undo the log's reset: back to the segments before it.
+		for _, seq := range walSegments(t, fs) {
+			if seq > seqs[len(seqs)-1] {
+				if err := fs.Remove("db/raftlog/" + walName(seq)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		// The old segments were deleted by the reset; put back a log
+		// that predates the snapshot.
+		if len(walSegments(t, fs)) == 0 {
+			w, _, err := openWAL(fs, "db/raftlog", walState{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w.append(own, &raftpb.HardState{Term: 1, Commit: 3}, true); err != nil {
+				t.Fatal(err)
+			}
+			_ = w.close()
+		}
+		b = openStore(t, fs)
+		checkBounds(t, b, 11, 10)
+		checkTerm(t, b, 10, 2, nil)
+		if hs, _, _ := b.InitialState(); hs.Commit < 10 {
+			t.Errorf("HardState commit = %d; want at least the snapshot's 10", hs.Commit)
+		}
+	})
+	t.Run("commit", func(t *testing.T) {
+		fs := vfs.NewMem()
+		s := openStore(t, fs)
+		ents := claimEntries(t, 1, 6, 1)
+		mustAppend(t, s, raftpb.HardState{Term: 1, Commit: 2}, ents)
+		mustApply(t, s, ents, nil)
+		s = reopen(t, s, fs)
+		if hs, _, _ := s.InitialState(); hs.Commit != 5 {
+			t.Errorf("HardState commit = %d; want 5 (applied)", hs.Commit)
+		}
+	})
+}
+
+// TestWALMigratesLogFromPebble: a store written when the log lived in
+// Pebble opens with its log, HardState and base moved to the WAL, and the
+// Pebble keys gone.
+func TestWALMigratesLogFromPebble(t *testing.T) {
+	fs := vfs.NewMem()
+	db, err := pebble.Open("db", &pebble.Options{FS: fs, Logger: pebbleLogger{slog.New(slog.DiscardHandler)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents := logEntries(6, 16, stepTerms)
+	b := db.NewBatch()
+	for _, e := range ents {
+		v, _ := e.Marshal()
+		_ = b.Set(entryKey(e.Index), v, nil)
+	}
+	hs := raftpb.HardState{Term: 3, Vote: 2, Commit: 12}
+	hv, _ := hs.Marshal()
+	_ = b.Set(hardStateKey, hv, nil)
+	base := make([]byte, 16)
+	base[7], base[15] = 5, 2 // index 5, term 2 (big-endian)
+	_ = b.Set(logBaseKey, base, nil)
+	if err := b.Commit(pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s := openStore(t, fs)
+	check := func(s *Store) {
+		t.Helper()
+		checkBounds(t, s, 6, 15)
+		checkTerm(t, s, 5, 2, nil)
+		checkEntries(t, s, 6, 16, ents)
+		if got, _, _ := s.InitialState(); !reflect.DeepEqual(got, hs) {
+			t.Errorf("HardState = %v; want %v", got, hs)
+		}
+	}
+	check(s)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRaft}, UpperBound: []byte{prefixRaft + 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for valid := it.First(); valid; valid = it.Next() {
+		t.Errorf("Pebble still holds raft key %x", it.Key())
+	}
+	_ = it.Close()
+	s = reopen(t, s, fs)
+	check(s)
+}
