@@ -91,7 +91,11 @@ func (s *Store) loadLog(fs vfs.FS, dir string) error {
 	if err != nil {
 		return err
 	}
-	migrate := inPebble && len(seqs) == 0
+	if inPebble && len(seqs) == 0 {
+		if err := s.migrateLog(fs, dir, fresh); err != nil {
+			return fmt.Errorf("storage: moving the raft log out of pebble: %w", err)
+		}
+	}
 	w, st, err := openWAL(fs, dir, fresh)
 	if err != nil {
 		return err
@@ -99,11 +103,6 @@ func (s *Store) loadLog(fs vfs.FS, dir string) error {
 	s.wal = w
 	s.hs = st.hs
 	s.log = logIndex{base: st.base, baseTerm: st.baseTerm, last: st.last, runs: st.runs}
-	if migrate {
-		if err := s.migrateLog(); err != nil {
-			return err
-		}
-	}
 	if inPebble {
 		// Whether just moved or moved before a crash cut the clean-up.
 		if err := s.dropPebbleLog(); err != nil {
@@ -152,52 +151,69 @@ func (s *Store) pebbleLog() (st walState, inPebble bool, err error) {
 	return st, inPebble, it.Close()
 }
 
-// migrateLog appends the entries Pebble holds to the (new) WAL, synced.
-func (s *Store) migrateLog() error {
+// migrateLog writes the log Pebble holds (its base and HardState are
+// fresh) as a WAL in a directory beside dir, synced, and renames it to dir:
+// a crash midway leaves no WAL at dir, and the next Open starts over (the
+// Pebble keys go only once dir holds the whole log).
+func (s *Store) migrateLog(fs vfs.FS, dir string, fresh walState) error {
+	tmp := dir + ".tmp"
+	if err := fs.RemoveAll(tmp); err != nil {
+		return err
+	}
+	w, _, err := openWAL(fs, tmp, fresh)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = w.close() }()
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: entryStart, UpperBound: entryEnd})
 	if err != nil {
 		return err
 	}
 	defer it.Close()
 	var batch []raftpb.Entry
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
-		if err := s.wal.append(batch, nil, true); err != nil {
-			return err
-		}
-		for _, e := range batch {
-			s.log.append(e.Index, e.Term)
-		}
-		batch = batch[:0]
-		return nil
-	}
+	last := fresh.base
 	for valid := it.First(); valid; valid = it.Next() {
 		var e raftpb.Entry
 		if err := e.Unmarshal(it.Value()); err != nil {
 			return fmt.Errorf("%w: entry: %v", ErrCorrupt, err)
 		}
-		if e.Index <= s.log.base {
+		if e.Index <= fresh.base {
 			continue
 		}
-		if e.Index != s.log.last+uint64(len(batch))+1 {
-			return fmt.Errorf("%w: log gap: entry %d after %d", ErrCorrupt, e.Index, s.log.last+uint64(len(batch)))
+		if e.Index != last+1 {
+			return fmt.Errorf("%w: log gap: entry %d after %d", ErrCorrupt, e.Index, last)
 		}
+		last = e.Index
 		batch = append(batch, e)
 		if len(batch) == 256 {
-			if err := flush(); err != nil {
+			if err := w.append(batch, nil, false); err != nil {
 				return err
 			}
+			batch = batch[:0]
 		}
 	}
 	if err := it.Error(); err != nil {
 		return err
 	}
-	if err := flush(); err != nil {
+	if err := w.append(batch, nil, true); err != nil {
 		return err
 	}
-	s.logger.Info("moved the raft log out of pebble", "first_index", s.log.first(), "last_index", s.log.last)
+	if err := w.sync(); err != nil {
+		return err
+	}
+	if err := w.close(); err != nil {
+		return err
+	}
+	if err := fs.RemoveAll(dir); err != nil { // an empty directory, if any
+		return err
+	}
+	if err := fs.Rename(tmp, dir); err != nil {
+		return err
+	}
+	if err := syncDir(fs, fs.PathDir(dir)); err != nil {
+		return err
+	}
+	s.logger.Info("moved the raft log out of pebble", "first_index", fresh.base+1, "last_index", last)
 	return nil
 }
 

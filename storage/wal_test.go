@@ -252,51 +252,69 @@ func TestWALStateAheadOfLogIsReconciled(t *testing.T) {
 
 // TestWALMigratesLogFromPebble: a store written when the log lived in
 // Pebble opens with its log, HardState and base moved to the WAL, and the
-// Pebble keys gone.
+// Pebble keys gone; a migration cut short by a crash (a partial WAL in the
+// temporary directory) is started over.
 func TestWALMigratesLogFromPebble(t *testing.T) {
-	fs := vfs.NewMem()
-	db, err := pebble.Open("db", &pebble.Options{FS: fs, Logger: pebbleLogger{slog.New(slog.DiscardHandler)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ents := logEntries(6, 16, stepTerms)
-	b := db.NewBatch()
-	for _, e := range ents {
-		v, _ := e.Marshal()
-		_ = b.Set(entryKey(e.Index), v, nil)
-	}
-	hs := raftpb.HardState{Term: 3, Vote: 2, Commit: 12}
-	hv, _ := hs.Marshal()
-	_ = b.Set(hardStateKey, hv, nil)
-	base := make([]byte, 16)
-	base[7], base[15] = 5, 2 // index 5, term 2 (big-endian)
-	_ = b.Set(logBaseKey, base, nil)
-	if err := b.Commit(pebble.Sync); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
+	for _, name := range []string{"clean", "after a crash midway"} {
+		t.Run(name, func(t *testing.T) {
+			fs := vfs.NewMem()
+			db, err := pebble.Open("db", &pebble.Options{FS: fs, Logger: pebbleLogger{slog.New(slog.DiscardHandler)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ents := logEntries(6, 16, stepTerms)
+			b := db.NewBatch()
+			for _, e := range ents {
+				v, _ := e.Marshal()
+				_ = b.Set(entryKey(e.Index), v, nil)
+			}
+			hs := raftpb.HardState{Term: 3, Vote: 2, Commit: 12}
+			hv, _ := hs.Marshal()
+			_ = b.Set(hardStateKey, hv, nil)
+			base := make([]byte, 16)
+			base[7], base[15] = 5, 2 // index 5, term 2 (big-endian)
+			_ = b.Set(logBaseKey, base, nil)
+			if err := b.Commit(pebble.Sync); err != nil {
+				t.Fatal(err)
+			}
+			if err := db.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if name != "clean" {
+				w, _, err := openWAL(fs, "db/raftlog.tmp", walState{base: 5, baseTerm: 2, last: 5})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := w.append(ents[:3], nil, true); err != nil {
+					t.Fatal(err)
+				}
+				_ = w.close()
+			}
 
-	s := openStore(t, fs)
-	check := func(s *Store) {
-		t.Helper()
-		checkBounds(t, s, 6, 15)
-		checkTerm(t, s, 5, 2, nil)
-		checkEntries(t, s, 6, 16, ents)
-		if got, _, _ := s.InitialState(); !reflect.DeepEqual(got, hs) {
-			t.Errorf("HardState = %v; want %v", got, hs)
-		}
+			s := openStore(t, fs)
+			check := func(s *Store) {
+				t.Helper()
+				checkBounds(t, s, 6, 15)
+				checkTerm(t, s, 5, 2, nil)
+				checkEntries(t, s, 6, 16, ents)
+				if got, _, _ := s.InitialState(); !reflect.DeepEqual(got, hs) {
+					t.Errorf("HardState = %v; want %v", got, hs)
+				}
+			}
+			check(s)
+			it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRaft}, UpperBound: []byte{prefixRaft + 1}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for valid := it.First(); valid; valid = it.Next() {
+				t.Errorf("Pebble still holds raft key %x", it.Key())
+			}
+			_ = it.Close()
+			if _, err := fs.Stat("db/raftlog.tmp"); err == nil {
+				t.Error("db/raftlog.tmp still exists after the migration")
+			}
+			s = reopen(t, s, fs)
+			check(s)
+		})
 	}
-	check(s)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRaft}, UpperBound: []byte{prefixRaft + 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for valid := it.First(); valid; valid = it.Next() {
-		t.Errorf("Pebble still holds raft key %x", it.Key())
-	}
-	_ = it.Close()
-	s = reopen(t, s, fs)
-	check(s)
 }
