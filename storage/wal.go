@@ -86,8 +86,9 @@ type wal struct {
 	fs  vfs.FS
 	dir string
 
-	// mu guards segs, pos and base against readers (entries); only the
-	// single writer changes them, under mu, doing its IO outside it.
+	// mu guards segs (their sizes too), pos and base against readers
+	// (entries, bytes); only the single writer changes them, under mu,
+	// doing its IO outside it.
 	mu   sync.RWMutex
 	segs []*walSegment // by seq; the last is the one appended to
 	// pos[i] is the record of entry base+1+i.
@@ -422,7 +423,6 @@ func (w *wal) append(ents []raftpb.Entry, hs *raftpb.HardState, sync bool) error
 	if _, err := seg.f.Write(buf); err != nil {
 		return err
 	}
-	seg.size += int64(len(buf))
 	if sync {
 		if err := w.sync(); err != nil {
 			return err
@@ -431,15 +431,16 @@ func (w *wal) append(ents []raftpb.Entry, hs *raftpb.HardState, sync bool) error
 	if hs != nil {
 		w.hs = *hs
 	}
+	w.mu.Lock()
+	seg.size += int64(len(buf))
 	if len(ents) > 0 {
-		w.mu.Lock()
 		w.pos = w.pos[:ents[0].Index-w.base-1]
 		for i := range ents {
 			w.pos = append(w.pos, walPos{seg: seg.seq, off: locs[i].off, n: locs[i].n})
 		}
 		seg.maxIndex = max(seg.maxIndex, ents[len(ents)-1].Index)
-		w.mu.Unlock()
 	}
+	w.mu.Unlock()
 	return nil
 }
 
@@ -510,8 +511,8 @@ func (w *wal) compact(index, term uint64) error {
 	if _, err := seg.f.Write(buf); err != nil {
 		return err
 	}
-	seg.size += int64(len(buf))
 	w.mu.Lock()
+	seg.size += int64(len(buf))
 	drop := min(int(index-w.base), len(w.pos))
 	w.pos = append(w.pos[:0], w.pos[drop:]...)
 	w.base = index

@@ -121,17 +121,25 @@ func TestWALBadChecksumEndsSegment(t *testing.T) {
 	}
 }
 
-// TestWALSegmentsDeletedByCompaction: compaction deletes the segments that
-// hold only compacted entries, and the log reopens from what is left.
-func TestWALSegmentsDeletedByCompaction(t *testing.T) {
-	smallSegments(t)
-	fs := vfs.NewMem()
+// appendAndApply40 opens a store on fs and appends and applies 40 claim
+// entries of term 2, five per Append.
+func appendAndApply40(t *testing.T, fs vfs.FS) (*Store, []raftpb.Entry) {
+	t.Helper()
 	s := openStore(t, fs)
 	ents := claimEntries(t, 1, 41, 2)
 	for i := 0; i < len(ents); i += 5 {
 		mustAppend(t, s, raftpb.HardState{Term: 2, Commit: uint64(i + 5)}, ents[i:i+5])
 	}
 	mustApply(t, s, ents, nil)
+	return s, ents
+}
+
+// TestWALSegmentsDeletedByCompaction: compaction deletes the segments that
+// hold only compacted entries, and the log reopens from what is left.
+func TestWALSegmentsDeletedByCompaction(t *testing.T) {
+	smallSegments(t)
+	fs := vfs.NewMem()
+	s, ents := appendAndApply40(t, fs)
 	before := len(walSegments(t, fs))
 	if err := s.Compact(30); err != nil {
 		t.Fatalf("Compact(30): %v", err)
@@ -172,12 +180,7 @@ func TestWALOverwriteAcrossSegments(t *testing.T) {
 func TestWALCrashAfterCompaction(t *testing.T) {
 	smallSegments(t)
 	fs := vfs.NewCrashableMem()
-	s := openStore(t, fs)
-	ents := claimEntries(t, 1, 41, 2)
-	for i := 0; i < len(ents); i += 5 {
-		mustAppend(t, s, raftpb.HardState{Term: 2, Commit: uint64(i + 5)}, ents[i:i+5])
-	}
-	mustApply(t, s, ents, nil)
+	s, ents := appendAndApply40(t, fs)
 	if err := s.Compact(30); err != nil {
 		t.Fatalf("Compact(30): %v", err)
 	}
@@ -317,4 +320,36 @@ func TestWALMigratesLogFromPebble(t *testing.T) {
 			check(s)
 		})
 	}
+}
+
+// TestWALConcurrentReaders: raft's reads of old entries and DiskUsage run
+// while the Ready goroutine appends, rotates and compacts (run with -race).
+func TestWALConcurrentReaders(t *testing.T) {
+	smallSegments(t)
+	fs := vfs.NewMem()
+	s := openStore(t, fs)
+	mustAppend(t, s, raftpb.HardState{Term: 1}, logEntries(1, 2, constTerm(1)))
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = s.DiskUsage()
+			first, _ := s.FirstIndex()
+			last, _ := s.LastIndex()
+			_, _ = s.wal.entries(first, last+1, 1<<20)
+		}
+	}()
+	for i := uint64(2); i <= 400; i += 4 {
+		mustAppend(t, s, raftpb.HardState{Term: 1, Commit: i + 3}, logEntries(i, i+4, constTerm(1)))
+	}
+	close(stop)
+	<-done
+	s = reopen(t, s, fs)
+	checkEntries(t, s, 1, 402, logEntries(1, 402, constTerm(1)))
 }
