@@ -51,12 +51,8 @@ const (
 	walReset
 )
 
-const (
-	walHeaderLen = 9
-	// walMaxRecord bounds a record's payload (a damaged length must not
-	// make replay allocate gigabytes).
-	walMaxRecord = 256 << 20
-)
+// walHeaderLen is a record's length, checksum and type.
+const walHeaderLen = 9
 
 // walSegmentBytes is the size past which appends start a new segment (a
 // variable for tests).
@@ -110,8 +106,6 @@ type walState struct {
 	// runs are the terms of the entries (base, last], as in logIndex.
 	runs []termRun
 }
-
-var errWALGap = errors.New("gap in the raft log")
 
 func walName(seq uint64) string { return fmt.Sprintf("%016x.wal", seq) }
 
@@ -249,7 +243,7 @@ func (w *wal) replay(seqs []uint64) (walState, error) {
 		seg.size = fi.Size()
 	}
 	if floating {
-		return st, fmt.Errorf("%w: %w: no entries before %d", ErrCorrupt, errWALGap, st.base+1)
+		return st, fmt.Errorf("%w: gap in the raft log: no entries before %d", ErrCorrupt, st.base+1)
 	}
 	st.last = st.base + uint64(len(terms))
 	for i, t := range terms {
@@ -278,7 +272,7 @@ func readRecords(f vfs.File, fn func(off int64, typ byte, payload []byte) error)
 		h := data[off : off+walHeaderLen]
 		n := binary.LittleEndian.Uint32(h)
 		sum := binary.LittleEndian.Uint32(h[4:])
-		if n > walMaxRecord || off+walHeaderLen+int64(n) > size {
+		if off+walHeaderLen+int64(n) > size {
 			return nil
 		}
 		rec := data[off+8 : off+walHeaderLen+int64(n)] // type + payload
