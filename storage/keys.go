@@ -6,10 +6,10 @@ import (
 	"math"
 )
 
-// Key layout. One Pebble database holds the Raft log and the state machine
-// under disjoint one-byte prefixes, so that the state machine is one
-// contiguous range ([stateStart, stateEnd)) that a snapshot copies and a
-// restore replaces.
+// Key layout of the Pebble database. The state machine is one contiguous
+// range ([stateStart, stateEnd)) that a snapshot copies and a restore
+// replaces. The 0x01 keys are the Raft log of stores written before it
+// moved to its own files (wal.go); Open moves them there and deletes them.
 //
 //	0x01 0x01 <index u64 BE>          Raft log entry (raftpb.Entry)
 //	0x01 0x02                         Raft HardState
@@ -60,14 +60,6 @@ func entryKey(index uint64) []byte {
 	k := make([]byte, 2, 10)
 	k[0], k[1] = prefixRaft, raftEntry
 	return binary.BigEndian.AppendUint64(k, index)
-}
-
-// entryIndex decodes the index from an entry key.
-func entryIndex(k []byte) (uint64, error) {
-	if len(k) != 10 || k[0] != prefixRaft || k[1] != raftEntry {
-		return 0, errBadKey
-	}
-	return binary.BigEndian.Uint64(k[2:]), nil
 }
 
 // recordKey returns the key of the record (namespace, key). The namespace

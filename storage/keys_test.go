@@ -36,38 +36,6 @@ func TestEntryKeysSortByIndex(t *testing.T) {
 	}
 }
 
-func TestEntryIndexRoundTrip(t *testing.T) {
-	for _, i := range []uint64{0, 1, 42, 1<<40 + 5, math.MaxUint64} {
-		got, err := entryIndex(entryKey(i))
-		if err != nil || got != i {
-			t.Errorf("entryIndex(entryKey(%d)) = %d, %v; want %d, nil", i, got, err, i)
-		}
-	}
-}
-
-func TestEntryIndexRejectsMalformedKeys(t *testing.T) {
-	tests := []struct {
-		name string
-		key  []byte
-	}{
-		{"nil", nil},
-		{"prefix only", []byte{0x01, 0x01}},
-		{"one byte short", entryKey(7)[:9]},
-		{"one byte long", append(entryKey(7), 0)},
-		{"hard state prefix", []byte{0x01, 0x02, 0, 0, 0, 0, 0, 0, 0, 7}},
-		{"record prefix", []byte{0x03, 0x01, 0, 0, 0, 0, 0, 0, 0, 7}},
-		{"record key", recordKey("payments", "order-1")},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := entryIndex(tt.key)
-			if !errors.Is(err, errBadKey) {
-				t.Errorf("entryIndex(%x) = %d, %v; want errBadKey", tt.key, got, err)
-			}
-		})
-	}
-}
-
 func TestRecordKeyGolden(t *testing.T) {
 	tests := []struct {
 		namespace, key string

@@ -2,7 +2,9 @@ package storage
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"os"
 	"sort"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -114,8 +116,10 @@ func (s *Store) loadLog(fs vfs.FS, dir string) error {
 
 // listWALIfExists lists dir's segments; none if dir does not exist.
 func listWALIfExists(fs vfs.FS, dir string) ([]uint64, error) {
-	if _, err := fs.Stat(dir); err != nil {
+	if _, err := fs.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil, nil
+	} else if err != nil {
+		return nil, err
 	}
 	return listWAL(fs, dir)
 }
@@ -195,7 +199,7 @@ func (s *Store) migrateLog(fs vfs.FS, dir string, fresh walState) error {
 	if err := it.Error(); err != nil {
 		return err
 	}
-	if err := w.append(batch, nil, true); err != nil {
+	if err := w.append(batch, nil, false); err != nil {
 		return err
 	}
 	if err := w.sync(); err != nil {

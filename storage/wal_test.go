@@ -221,18 +221,19 @@ func TestWALStateAheadOfLogIsReconciled(t *testing.T) {
 				}
 			}
 		}
-		// The old segments were deleted by the reset; put back a log
-		// that predates the snapshot.
-		if len(walSegments(t, fs)) == 0 {
-			w, _, err := openWAL(fs, "db/raftlog", walState{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := w.append(own, &raftpb.HardState{Term: 1, Commit: 3}, true); err != nil {
-				t.Fatal(err)
-			}
-			_ = w.close()
+		// The reset deleted the old segments too; put back a log that
+		// predates the snapshot.
+		if n := len(walSegments(t, fs)); n != 0 {
+			t.Fatalf("%d segments left after removing the reset's; want 0", n)
 		}
+		w, _, err := openWAL(fs, "db/raftlog", walState{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.append(own, &raftpb.HardState{Term: 1, Commit: 3}, true); err != nil {
+			t.Fatal(err)
+		}
+		_ = w.close()
 		b = openStore(t, fs)
 		checkBounds(t, b, 11, 10)
 		checkTerm(t, b, 10, 2, nil)
