@@ -12,21 +12,33 @@ import (
 // MaxBatchOperations bounds one BatchRequest.
 const MaxBatchOperations = 1024
 
-type batchService struct {
+// BatchService serves keystore.v1.BatchService.
+type BatchService struct {
 	keystorev1.UnimplementedBatchServiceServer
 	kv      keystorev1.KeyStoreServiceServer
 	workers *workers // run the operations of a batch
+
+	drainOnce sync.Once
+	draining  chan struct{} // closed by Drain
 }
 
 // NewBatchService returns the BatchService over kv: each operation of a
 // batch is a call of kv's method of the same name, all of them concurrent,
 // so a batch answers exactly what the operations sent one by one would.
-func NewBatchService(kv keystorev1.KeyStoreServiceServer) keystorev1.BatchServiceServer {
-	return batchService{kv: kv, workers: newWorkers()}
+func NewBatchService(kv keystorev1.KeyStoreServiceServer) *BatchService {
+	return &BatchService{kv: kv, workers: newWorkers(), draining: make(chan struct{})}
+}
+
+// Drain prepares for a stop: every Stream stops taking operations, answers
+// those it has, and ends with UNAVAILABLE (its caller sends the rest to
+// another node); a Stream opened later ends at once. gRPC's graceful stop
+// would otherwise wait for streams that never end.
+func (b *BatchService) Drain() {
+	b.drainOnce.Do(func() { close(b.draining) })
 }
 
 // Batch implements BatchService.Batch.
-func (b batchService) Batch(ctx context.Context, req *keystorev1.BatchRequest) (*keystorev1.BatchResponse, error) {
+func (b *BatchService) Batch(ctx context.Context, req *keystorev1.BatchRequest) (*keystorev1.BatchResponse, error) {
 	ops := req.GetOperations()
 	if len(ops) == 0 || len(ops) > MaxBatchOperations {
 		return nil, invalidArgument([]fieldError{{"operations", fmt.Sprintf("must hold 1-%d operations (got %d)", MaxBatchOperations, len(ops))}})
@@ -49,7 +61,7 @@ func (b batchService) Batch(ctx context.Context, req *keystorev1.BatchRequest) (
 }
 
 // run answers one operation.
-func (b batchService) run(ctx context.Context, op *keystorev1.BatchOperation) *keystorev1.BatchResult {
+func (b *BatchService) run(ctx context.Context, op *keystorev1.BatchOperation) *keystorev1.BatchResult {
 	out := &keystorev1.BatchResult{}
 	var err error
 	switch o := op.GetOperation().(type) {

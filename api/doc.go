@@ -6,5 +6,8 @@
 // key) is answered by a ReadIndex round instead of a log write
 // (claimByRead). NewBatchService serves keystore.v1.BatchService over the
 // same service: each operation of a batch is one call of the matching
-// method, run concurrently with the others.
+// method, run concurrently with the others. Its Stream (stream.go) runs the
+// same operations as they arrive on a long-lived stream and sends each
+// result as soon as it is ready, several to a message when they finish
+// together.
 package api

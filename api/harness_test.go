@@ -126,6 +126,7 @@ var t0 = time.Date(2026, 3, 14, 15, 9, 26, 535_000_000, time.UTC)
 type testEnv struct {
 	client keystorev1.KeyStoreServiceClient
 	batch  keystorev1.BatchServiceClient
+	bsvc   *api.BatchService
 	svc    keystorev1.KeyStoreServiceServer // for calls gRPC would mask
 	repl   *fakeReplicator
 	clock  *manualClock // nil when the fake stamps entries with time.Now
@@ -155,7 +156,8 @@ func newEnv(t *testing.T, cfg api.Config, realTime bool) *testEnv {
 	lis := bufconn.Listen(4 << 20)
 	srv := grpc.NewServer()
 	keystorev1.RegisterKeyStoreServiceServer(srv, svc)
-	keystorev1.RegisterBatchServiceServer(srv, api.NewBatchService(svc))
+	env.bsvc = api.NewBatchService(svc)
+	keystorev1.RegisterBatchServiceServer(srv, env.bsvc)
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
 	conn, err := grpc.NewClient("passthrough:///bufnet",

@@ -117,6 +117,7 @@ type Server struct {
 	health *health.Server
 
 	client, peer       *grpc.Server
+	batch              *api.BatchService // drained before client stops
 	clientLis, peerLis net.Listener
 	wg                 sync.WaitGroup
 	serving            atomic.Bool // what health reports
@@ -194,7 +195,8 @@ func New(cfg Config) (*Server, error) {
 		peer:   grpc.NewServer(grpc.MaxRecvMsgSize(raftnode.MaxMessageBytes), fixedWindows, fixedConnWindows),
 	}
 	keystorev1.RegisterKeyStoreServiceServer(s.client, svc)
-	keystorev1.RegisterBatchServiceServer(s.client, api.NewBatchService(svc))
+	s.batch = api.NewBatchService(svc)
+	keystorev1.RegisterBatchServiceServer(s.client, s.batch)
 	keystorev1.RegisterClusterServiceServer(s.client, clusterService{s: s})
 	healthpb.RegisterHealthServer(s.client, s.health)
 	reflection.Register(s.client)
@@ -255,6 +257,7 @@ func (s *Server) Stop(grace time.Duration) {
 			s.health.SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
 		}
 		close(s.stopHealth)
+		s.batch.Drain()
 		done := make(chan struct{})
 		go func() { s.client.GracefulStop(); close(done) }()
 		select {

@@ -10,6 +10,7 @@ import (
 	status "google.golang.org/genproto/googleapis/rpc/status"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -22,6 +23,214 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// StreamRequest holds 1 to 1024 operations.
+type StreamRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operations    []*StreamOperation     `protobuf:"bytes,1,rep,name=operations,proto3" json:"operations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamRequest) Reset() {
+	*x = StreamRequest{}
+	mi := &file_keystore_v1_batch_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamRequest) ProtoMessage() {}
+
+func (x *StreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_v1_batch_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamRequest.ProtoReflect.Descriptor instead.
+func (*StreamRequest) Descriptor() ([]byte, []int) {
+	return file_keystore_v1_batch_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *StreamRequest) GetOperations() []*StreamOperation {
+	if x != nil {
+		return x.Operations
+	}
+	return nil
+}
+
+// StreamOperation is one write on a stream.
+type StreamOperation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the caller to match the result; unique among the stream's
+	// unanswered operations.
+	Id        uint64          `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Operation *BatchOperation `protobuf:"bytes,2,opt,name=operation,proto3" json:"operation,omitempty"`
+	// How long the server may work on it, like a call's deadline (required,
+	// at most 24 hours).
+	Timeout       *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamOperation) Reset() {
+	*x = StreamOperation{}
+	mi := &file_keystore_v1_batch_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamOperation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamOperation) ProtoMessage() {}
+
+func (x *StreamOperation) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_v1_batch_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamOperation.ProtoReflect.Descriptor instead.
+func (*StreamOperation) Descriptor() ([]byte, []int) {
+	return file_keystore_v1_batch_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *StreamOperation) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *StreamOperation) GetOperation() *BatchOperation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+func (x *StreamOperation) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+// StreamResponse holds results of earlier operations, in any order.
+type StreamResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*StreamResult        `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamResponse) Reset() {
+	*x = StreamResponse{}
+	mi := &file_keystore_v1_batch_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamResponse) ProtoMessage() {}
+
+func (x *StreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_v1_batch_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamResponse.ProtoReflect.Descriptor instead.
+func (*StreamResponse) Descriptor() ([]byte, []int) {
+	return file_keystore_v1_batch_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *StreamResponse) GetResults() []*StreamResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// StreamResult answers the operation with the same id.
+type StreamResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Result        *BatchResult           `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamResult) Reset() {
+	*x = StreamResult{}
+	mi := &file_keystore_v1_batch_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamResult) ProtoMessage() {}
+
+func (x *StreamResult) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_v1_batch_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamResult.ProtoReflect.Descriptor instead.
+func (*StreamResult) Descriptor() ([]byte, []int) {
+	return file_keystore_v1_batch_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *StreamResult) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *StreamResult) GetResult() *BatchResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
 // BatchRequest holds 1 to 1024 operations.
 type BatchRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -32,7 +241,7 @@ type BatchRequest struct {
 
 func (x *BatchRequest) Reset() {
 	*x = BatchRequest{}
-	mi := &file_keystore_v1_batch_proto_msgTypes[0]
+	mi := &file_keystore_v1_batch_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -44,7 +253,7 @@ func (x *BatchRequest) String() string {
 func (*BatchRequest) ProtoMessage() {}
 
 func (x *BatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keystore_v1_batch_proto_msgTypes[0]
+	mi := &file_keystore_v1_batch_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -57,7 +266,7 @@ func (x *BatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchRequest.ProtoReflect.Descriptor instead.
 func (*BatchRequest) Descriptor() ([]byte, []int) {
-	return file_keystore_v1_batch_proto_rawDescGZIP(), []int{0}
+	return file_keystore_v1_batch_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *BatchRequest) GetOperations() []*BatchOperation {
@@ -83,7 +292,7 @@ type BatchOperation struct {
 
 func (x *BatchOperation) Reset() {
 	*x = BatchOperation{}
-	mi := &file_keystore_v1_batch_proto_msgTypes[1]
+	mi := &file_keystore_v1_batch_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -95,7 +304,7 @@ func (x *BatchOperation) String() string {
 func (*BatchOperation) ProtoMessage() {}
 
 func (x *BatchOperation) ProtoReflect() protoreflect.Message {
-	mi := &file_keystore_v1_batch_proto_msgTypes[1]
+	mi := &file_keystore_v1_batch_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -108,7 +317,7 @@ func (x *BatchOperation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchOperation.ProtoReflect.Descriptor instead.
 func (*BatchOperation) Descriptor() ([]byte, []int) {
-	return file_keystore_v1_batch_proto_rawDescGZIP(), []int{1}
+	return file_keystore_v1_batch_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *BatchOperation) GetOperation() isBatchOperation_Operation {
@@ -192,7 +401,7 @@ type BatchResponse struct {
 
 func (x *BatchResponse) Reset() {
 	*x = BatchResponse{}
-	mi := &file_keystore_v1_batch_proto_msgTypes[2]
+	mi := &file_keystore_v1_batch_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -204,7 +413,7 @@ func (x *BatchResponse) String() string {
 func (*BatchResponse) ProtoMessage() {}
 
 func (x *BatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keystore_v1_batch_proto_msgTypes[2]
+	mi := &file_keystore_v1_batch_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -217,7 +426,7 @@ func (x *BatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
 func (*BatchResponse) Descriptor() ([]byte, []int) {
-	return file_keystore_v1_batch_proto_rawDescGZIP(), []int{2}
+	return file_keystore_v1_batch_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *BatchResponse) GetResults() []*BatchResult {
@@ -248,7 +457,7 @@ type BatchResult struct {
 
 func (x *BatchResult) Reset() {
 	*x = BatchResult{}
-	mi := &file_keystore_v1_batch_proto_msgTypes[3]
+	mi := &file_keystore_v1_batch_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -260,7 +469,7 @@ func (x *BatchResult) String() string {
 func (*BatchResult) ProtoMessage() {}
 
 func (x *BatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keystore_v1_batch_proto_msgTypes[3]
+	mi := &file_keystore_v1_batch_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -273,7 +482,7 @@ func (x *BatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
 func (*BatchResult) Descriptor() ([]byte, []int) {
-	return file_keystore_v1_batch_proto_rawDescGZIP(), []int{3}
+	return file_keystore_v1_batch_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *BatchResult) GetStatus() *status.Status {
@@ -358,7 +567,20 @@ var File_keystore_v1_batch_proto protoreflect.FileDescriptor
 
 const file_keystore_v1_batch_proto_rawDesc = "" +
 	"\n" +
-	"\x17keystore/v1/batch.proto\x12\vkeystore.v1\x1a\x17google/rpc/status.proto\x1a\x1akeystore/v1/keystore.proto\"K\n" +
+	"\x17keystore/v1/batch.proto\x12\vkeystore.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\x1a\x1akeystore/v1/keystore.proto\"M\n" +
+	"\rStreamRequest\x12<\n" +
+	"\n" +
+	"operations\x18\x01 \x03(\v2\x1c.keystore.v1.StreamOperationR\n" +
+	"operations\"\x91\x01\n" +
+	"\x0fStreamOperation\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x129\n" +
+	"\toperation\x18\x02 \x01(\v2\x1b.keystore.v1.BatchOperationR\toperation\x123\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"E\n" +
+	"\x0eStreamResponse\x123\n" +
+	"\aresults\x18\x01 \x03(\v2\x19.keystore.v1.StreamResultR\aresults\"P\n" +
+	"\fStreamResult\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x120\n" +
+	"\x06result\x18\x02 \x01(\v2\x18.keystore.v1.BatchResultR\x06result\"K\n" +
 	"\fBatchRequest\x12;\n" +
 	"\n" +
 	"operations\x18\x01 \x03(\v2\x1b.keystore.v1.BatchOperationR\n" +
@@ -378,9 +600,10 @@ const file_keystore_v1_batch_proto_rawDesc = "" +
 	"\arelease\x18\x04 \x01(\v2\x1c.keystore.v1.ReleaseResponseH\x00R\arelease\x12>\n" +
 	"\theartbeat\x18\x05 \x01(\v2\x1e.keystore.v1.HeartbeatResponseH\x00R\theartbeatB\n" +
 	"\n" +
-	"\bresponse2N\n" +
+	"\bresponse2\x95\x01\n" +
 	"\fBatchService\x12>\n" +
-	"\x05Batch\x12\x19.keystore.v1.BatchRequest\x1a\x1a.keystore.v1.BatchResponseB?Z=github.com/keystore-dev/keystore/proto/keystore/v1;keystorev1b\x06proto3"
+	"\x05Batch\x12\x19.keystore.v1.BatchRequest\x1a\x1a.keystore.v1.BatchResponse\x12E\n" +
+	"\x06Stream\x12\x1a.keystore.v1.StreamRequest\x1a\x1b.keystore.v1.StreamResponse(\x010\x01B?Z=github.com/keystore-dev/keystore/proto/keystore/v1;keystorev1b\x06proto3"
 
 var (
 	file_keystore_v1_batch_proto_rawDescOnce sync.Once
@@ -394,41 +617,53 @@ func file_keystore_v1_batch_proto_rawDescGZIP() []byte {
 	return file_keystore_v1_batch_proto_rawDescData
 }
 
-var file_keystore_v1_batch_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_keystore_v1_batch_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_keystore_v1_batch_proto_goTypes = []any{
-	(*BatchRequest)(nil),      // 0: keystore.v1.BatchRequest
-	(*BatchOperation)(nil),    // 1: keystore.v1.BatchOperation
-	(*BatchResponse)(nil),     // 2: keystore.v1.BatchResponse
-	(*BatchResult)(nil),       // 3: keystore.v1.BatchResult
-	(*ClaimRequest)(nil),      // 4: keystore.v1.ClaimRequest
-	(*CompleteRequest)(nil),   // 5: keystore.v1.CompleteRequest
-	(*ReleaseRequest)(nil),    // 6: keystore.v1.ReleaseRequest
-	(*HeartbeatRequest)(nil),  // 7: keystore.v1.HeartbeatRequest
-	(*status.Status)(nil),     // 8: google.rpc.Status
-	(*ClaimResponse)(nil),     // 9: keystore.v1.ClaimResponse
-	(*CompleteResponse)(nil),  // 10: keystore.v1.CompleteResponse
-	(*ReleaseResponse)(nil),   // 11: keystore.v1.ReleaseResponse
-	(*HeartbeatResponse)(nil), // 12: keystore.v1.HeartbeatResponse
+	(*StreamRequest)(nil),       // 0: keystore.v1.StreamRequest
+	(*StreamOperation)(nil),     // 1: keystore.v1.StreamOperation
+	(*StreamResponse)(nil),      // 2: keystore.v1.StreamResponse
+	(*StreamResult)(nil),        // 3: keystore.v1.StreamResult
+	(*BatchRequest)(nil),        // 4: keystore.v1.BatchRequest
+	(*BatchOperation)(nil),      // 5: keystore.v1.BatchOperation
+	(*BatchResponse)(nil),       // 6: keystore.v1.BatchResponse
+	(*BatchResult)(nil),         // 7: keystore.v1.BatchResult
+	(*durationpb.Duration)(nil), // 8: google.protobuf.Duration
+	(*ClaimRequest)(nil),        // 9: keystore.v1.ClaimRequest
+	(*CompleteRequest)(nil),     // 10: keystore.v1.CompleteRequest
+	(*ReleaseRequest)(nil),      // 11: keystore.v1.ReleaseRequest
+	(*HeartbeatRequest)(nil),    // 12: keystore.v1.HeartbeatRequest
+	(*status.Status)(nil),       // 13: google.rpc.Status
+	(*ClaimResponse)(nil),       // 14: keystore.v1.ClaimResponse
+	(*CompleteResponse)(nil),    // 15: keystore.v1.CompleteResponse
+	(*ReleaseResponse)(nil),     // 16: keystore.v1.ReleaseResponse
+	(*HeartbeatResponse)(nil),   // 17: keystore.v1.HeartbeatResponse
 }
 var file_keystore_v1_batch_proto_depIdxs = []int32{
-	1,  // 0: keystore.v1.BatchRequest.operations:type_name -> keystore.v1.BatchOperation
-	4,  // 1: keystore.v1.BatchOperation.claim:type_name -> keystore.v1.ClaimRequest
-	5,  // 2: keystore.v1.BatchOperation.complete:type_name -> keystore.v1.CompleteRequest
-	6,  // 3: keystore.v1.BatchOperation.release:type_name -> keystore.v1.ReleaseRequest
-	7,  // 4: keystore.v1.BatchOperation.heartbeat:type_name -> keystore.v1.HeartbeatRequest
-	3,  // 5: keystore.v1.BatchResponse.results:type_name -> keystore.v1.BatchResult
-	8,  // 6: keystore.v1.BatchResult.status:type_name -> google.rpc.Status
-	9,  // 7: keystore.v1.BatchResult.claim:type_name -> keystore.v1.ClaimResponse
-	10, // 8: keystore.v1.BatchResult.complete:type_name -> keystore.v1.CompleteResponse
-	11, // 9: keystore.v1.BatchResult.release:type_name -> keystore.v1.ReleaseResponse
-	12, // 10: keystore.v1.BatchResult.heartbeat:type_name -> keystore.v1.HeartbeatResponse
-	0,  // 11: keystore.v1.BatchService.Batch:input_type -> keystore.v1.BatchRequest
-	2,  // 12: keystore.v1.BatchService.Batch:output_type -> keystore.v1.BatchResponse
-	12, // [12:13] is the sub-list for method output_type
-	11, // [11:12] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	1,  // 0: keystore.v1.StreamRequest.operations:type_name -> keystore.v1.StreamOperation
+	5,  // 1: keystore.v1.StreamOperation.operation:type_name -> keystore.v1.BatchOperation
+	8,  // 2: keystore.v1.StreamOperation.timeout:type_name -> google.protobuf.Duration
+	3,  // 3: keystore.v1.StreamResponse.results:type_name -> keystore.v1.StreamResult
+	7,  // 4: keystore.v1.StreamResult.result:type_name -> keystore.v1.BatchResult
+	5,  // 5: keystore.v1.BatchRequest.operations:type_name -> keystore.v1.BatchOperation
+	9,  // 6: keystore.v1.BatchOperation.claim:type_name -> keystore.v1.ClaimRequest
+	10, // 7: keystore.v1.BatchOperation.complete:type_name -> keystore.v1.CompleteRequest
+	11, // 8: keystore.v1.BatchOperation.release:type_name -> keystore.v1.ReleaseRequest
+	12, // 9: keystore.v1.BatchOperation.heartbeat:type_name -> keystore.v1.HeartbeatRequest
+	7,  // 10: keystore.v1.BatchResponse.results:type_name -> keystore.v1.BatchResult
+	13, // 11: keystore.v1.BatchResult.status:type_name -> google.rpc.Status
+	14, // 12: keystore.v1.BatchResult.claim:type_name -> keystore.v1.ClaimResponse
+	15, // 13: keystore.v1.BatchResult.complete:type_name -> keystore.v1.CompleteResponse
+	16, // 14: keystore.v1.BatchResult.release:type_name -> keystore.v1.ReleaseResponse
+	17, // 15: keystore.v1.BatchResult.heartbeat:type_name -> keystore.v1.HeartbeatResponse
+	4,  // 16: keystore.v1.BatchService.Batch:input_type -> keystore.v1.BatchRequest
+	0,  // 17: keystore.v1.BatchService.Stream:input_type -> keystore.v1.StreamRequest
+	6,  // 18: keystore.v1.BatchService.Batch:output_type -> keystore.v1.BatchResponse
+	2,  // 19: keystore.v1.BatchService.Stream:output_type -> keystore.v1.StreamResponse
+	18, // [18:20] is the sub-list for method output_type
+	16, // [16:18] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_keystore_v1_batch_proto_init() }
@@ -437,13 +672,13 @@ func file_keystore_v1_batch_proto_init() {
 		return
 	}
 	file_keystore_v1_keystore_proto_init()
-	file_keystore_v1_batch_proto_msgTypes[1].OneofWrappers = []any{
+	file_keystore_v1_batch_proto_msgTypes[5].OneofWrappers = []any{
 		(*BatchOperation_Claim)(nil),
 		(*BatchOperation_Complete)(nil),
 		(*BatchOperation_Release)(nil),
 		(*BatchOperation_Heartbeat)(nil),
 	}
-	file_keystore_v1_batch_proto_msgTypes[3].OneofWrappers = []any{
+	file_keystore_v1_batch_proto_msgTypes[7].OneofWrappers = []any{
 		(*BatchResult_Claim)(nil),
 		(*BatchResult_Complete)(nil),
 		(*BatchResult_Release)(nil),
@@ -455,7 +690,7 @@ func file_keystore_v1_batch_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keystore_v1_batch_proto_rawDesc), len(file_keystore_v1_batch_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	BatchService_Batch_FullMethodName = "/keystore.v1.BatchService/Batch"
+	BatchService_Batch_FullMethodName  = "/keystore.v1.BatchService/Batch"
+	BatchService_Stream_FullMethodName = "/keystore.v1.BatchService/Stream"
 )
 
 // BatchServiceClient is the client API for BatchService service.
@@ -37,6 +38,13 @@ const (
 type BatchServiceClient interface {
 	// Batch runs the operations and answers each one.
 	Batch(ctx context.Context, in *BatchRequest, opts ...grpc.CallOption) (*BatchResponse, error)
+	// Stream carries operations and their results over one long-lived
+	// stream, for a caller that always has writes in flight: each operation
+	// is answered as soon as it is done (results come back in any order,
+	// matched by id), and what the caller sends meanwhile needs no call of
+	// its own. Operations are as in Batch. A broken stream leaves the
+	// outcome of its unanswered operations unknown, as a failed call does.
+	Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamRequest, StreamResponse], error)
 }
 
 type batchServiceClient struct {
@@ -57,6 +65,19 @@ func (c *batchServiceClient) Batch(ctx context.Context, in *BatchRequest, opts .
 	return out, nil
 }
 
+func (c *batchServiceClient) Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamRequest, StreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &BatchService_ServiceDesc.Streams[0], BatchService_Stream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[StreamRequest, StreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BatchService_StreamClient = grpc.BidiStreamingClient[StreamRequest, StreamResponse]
+
 // BatchServiceServer is the server API for BatchService service.
 // All implementations must embed UnimplementedBatchServiceServer
 // for forward compatibility.
@@ -72,6 +93,13 @@ func (c *batchServiceClient) Batch(ctx context.Context, in *BatchRequest, opts .
 type BatchServiceServer interface {
 	// Batch runs the operations and answers each one.
 	Batch(context.Context, *BatchRequest) (*BatchResponse, error)
+	// Stream carries operations and their results over one long-lived
+	// stream, for a caller that always has writes in flight: each operation
+	// is answered as soon as it is done (results come back in any order,
+	// matched by id), and what the caller sends meanwhile needs no call of
+	// its own. Operations are as in Batch. A broken stream leaves the
+	// outcome of its unanswered operations unknown, as a failed call does.
+	Stream(grpc.BidiStreamingServer[StreamRequest, StreamResponse]) error
 	mustEmbedUnimplementedBatchServiceServer()
 }
 
@@ -84,6 +112,9 @@ type UnimplementedBatchServiceServer struct{}
 
 func (UnimplementedBatchServiceServer) Batch(context.Context, *BatchRequest) (*BatchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Batch not implemented")
+}
+func (UnimplementedBatchServiceServer) Stream(grpc.BidiStreamingServer[StreamRequest, StreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method Stream not implemented")
 }
 func (UnimplementedBatchServiceServer) mustEmbedUnimplementedBatchServiceServer() {}
 func (UnimplementedBatchServiceServer) testEmbeddedByValue()                      {}
@@ -124,6 +155,13 @@ func _BatchService_Batch_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BatchService_Stream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(BatchServiceServer).Stream(&grpc.GenericServerStream[StreamRequest, StreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BatchService_StreamServer = grpc.BidiStreamingServer[StreamRequest, StreamResponse]
+
 // BatchService_ServiceDesc is the grpc.ServiceDesc for BatchService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -136,6 +174,13 @@ var BatchService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _BatchService_Batch_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Stream",
+			Handler:       _BatchService_Stream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "keystore/v1/batch.proto",
 }

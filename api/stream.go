@@ -1,0 +1,163 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Stream limits.
+const (
+	// MaxStreamInflight bounds the operations of one stream that are
+	// received and not yet answered: past it the server stops reading the
+	// stream until some are answered (flow control pushes back on the
+	// sender).
+	MaxStreamInflight = 4096
+	// MaxStreamTimeout bounds StreamOperation.timeout.
+	MaxStreamTimeout = 24 * time.Hour
+	// maxStreamResults bounds the results one StreamResponse carries.
+	maxStreamResults = 1024
+)
+
+// Stream implements BatchService.Stream. A reader goroutine takes
+// operations off the stream and hands each to a worker; a worker with a
+// result sends it, together with any others that are ready, unless another
+// worker is sending (which then takes its result along): results that
+// finish together travel together and none waits for a slower one. The
+// handler itself waits for the reader to end (the stream broke or the
+// caller closed its side) or for Drain, then for the operations in flight.
+func (b *BatchService) Stream(st keystorev1.BatchService_StreamServer) error {
+	r := &streamReader{b: b, st: st, send: &streamSender{st: st}, slots: make(chan struct{}, MaxStreamInflight)}
+	ended := make(chan error, 1)
+	go func() { ended <- r.read() }()
+	var err error
+	select {
+	case err = <-ended:
+	case <-b.draining:
+		err = status.Error(codes.Unavailable, "keystore: the node is shutting down")
+	}
+	r.mu.Lock()
+	r.closed = true // the reader starts nothing more
+	r.mu.Unlock()
+	r.inflight.Wait()
+	if err == nil && r.send.broken() {
+		err = status.Error(codes.Unavailable, "keystore: stream send failed")
+	}
+	return err
+}
+
+// streamReader reads one stream's operations and starts them.
+type streamReader struct {
+	b        *BatchService
+	st       keystorev1.BatchService_StreamServer
+	send     *streamSender
+	slots    chan struct{} // one per operation in flight
+	inflight sync.WaitGroup
+
+	mu     sync.Mutex
+	closed bool // the handler is ending: start nothing more
+}
+
+// read starts operations until the stream ends (nil) or a message breaks
+// the limits (INVALID_ARGUMENT).
+func (r *streamReader) read() error {
+	ctx := r.st.Context()
+	for {
+		req, err := r.st.Recv()
+		if err != nil {
+			// io.EOF: the caller sent all it will; what is in flight is
+			// still answered. Anything else: the stream is gone.
+			return nil
+		}
+		ops := req.GetOperations()
+		if len(ops) == 0 || len(ops) > MaxBatchOperations {
+			return invalidArgument([]fieldError{{"operations", fmt.Sprintf("must hold 1-%d operations (got %d)", MaxBatchOperations, len(ops))}})
+		}
+		for _, op := range ops {
+			select {
+			case r.slots <- struct{}{}:
+			case <-ctx.Done():
+				return nil
+			}
+			r.mu.Lock()
+			if r.closed {
+				r.mu.Unlock()
+				return nil
+			}
+			r.inflight.Add(1)
+			r.mu.Unlock()
+			r.b.workers.run(func() {
+				defer r.inflight.Done()
+				r.send.add(&keystorev1.StreamResult{Id: op.GetId(), Result: r.b.runTimed(ctx, op)})
+				<-r.slots
+			})
+		}
+	}
+}
+
+// runTimed runs one stream operation under its own timeout.
+func (b *BatchService) runTimed(ctx context.Context, op *keystorev1.StreamOperation) *keystorev1.BatchResult {
+	d := op.GetTimeout()
+	if d == nil || d.CheckValid() != nil || d.AsDuration() <= 0 || d.AsDuration() > MaxStreamTimeout {
+		err := invalidArgument([]fieldError{{"timeout", fmt.Sprintf("must be set, positive and at most %s", MaxStreamTimeout)}})
+		return &keystorev1.BatchResult{Status: status.Convert(err).Proto()}
+	}
+	octx, cancel := context.WithTimeout(ctx, d.AsDuration())
+	defer cancel()
+	return b.run(octx, op.GetOperation())
+}
+
+// broken reports whether a send failed.
+func (s *streamSender) broken() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failed
+}
+
+// streamSender sends results as workers add them. It is a combiner: the
+// worker that finds no one sending sends what is queued, its own result
+// and whatever others add meanwhile; the others only queue.
+type streamSender struct {
+	st      keystorev1.BatchService_StreamServer
+	mu      sync.Mutex
+	q       []*keystorev1.StreamResult
+	sending bool
+	// failed is set once a send failed: the stream is gone, results are
+	// dropped.
+	failed bool
+}
+
+func (s *streamSender) add(r *keystorev1.StreamResult) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed {
+		return
+	}
+	s.q = append(s.q, r)
+	if s.sending {
+		return
+	}
+	s.sending = true
+	for len(s.q) > 0 && !s.failed {
+		q := s.q
+		if len(q) > maxStreamResults {
+			q = q[:maxStreamResults]
+			s.q = s.q[maxStreamResults:]
+		} else {
+			s.q = nil
+		}
+		s.mu.Unlock()
+		err := s.st.Send(&keystorev1.StreamResponse{Results: q})
+		s.mu.Lock()
+		if err != nil {
+			s.failed = true
+			s.q = nil
+		}
+	}
+	s.sending = false
+}
