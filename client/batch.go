@@ -28,6 +28,9 @@ const (
 
 // batcher coalesces the writes to one node.
 type batcher struct {
+	// stream carries the writes, unless nil (batching off) or the node
+	// does not serve it.
+	stream      *opStream
 	kv          keystorev1.KeyStoreServiceClient
 	bs          keystorev1.BatchServiceClient
 	maxInflight int
@@ -49,11 +52,18 @@ type batchCall struct {
 	res  *keystorev1.BatchResult
 	err  error
 	done chan struct{}
+	// unsupported: the node does not serve Stream; send it another way.
+	unsupported bool
 }
 
 // do sends op to the node and returns its result, or the error the plain RPC
 // would have returned.
 func (b *batcher) do(ctx context.Context, op *keystorev1.BatchOperation) (*keystorev1.BatchResult, error) {
+	if b.stream != nil {
+		if res, err, ok := b.stream.do(ctx, op); ok {
+			return res, err
+		}
+	}
 	b.mu.Lock()
 	if b.inflight < b.maxInflight || b.maxInflight <= 0 || b.unsupported {
 		b.inflight++

@@ -16,16 +16,55 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-const batchMethod = "/keystore.v1.BatchService/Batch"
+const (
+	batchMethod  = "/keystore.v1.BatchService/Batch"
+	streamMethod = "/keystore.v1.BatchService/Stream"
+)
 
-// rpcCounter counts the unary calls a client makes, by method, and the
-// operations its Batch calls carry; with refuseBatch it answers Batch
-// itself with UNIMPLEMENTED, as a server without BatchService would.
+// rpcCounter counts the unary calls a client makes, by method, the
+// operations its Batch calls carry, and the messages and operations it
+// sends on streams; with refuseStream (refuseBatch) it answers Stream
+// (Batch) itself with UNIMPLEMENTED, as a server without them would.
 type rpcCounter struct {
-	mu          sync.Mutex
-	calls       map[string]int
-	batchedOps  int
-	refuseBatch bool
+	mu           sync.Mutex
+	calls        map[string]int
+	batchedOps   int
+	streamMsgs   int
+	streamedOps  int
+	refuseBatch  bool
+	refuseStream bool
+}
+
+func (r *rpcCounter) interceptStream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	r.mu.Lock()
+	refuse := r.refuseStream && method == streamMethod
+	r.mu.Unlock()
+	if refuse {
+		return nil, status.Error(codes.Unimplemented, "unknown method Stream for service keystore.v1.BatchService")
+	}
+	cs, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return sendCounter{cs, func(n int) {
+		r.mu.Lock()
+		r.streamMsgs++
+		r.streamedOps += n
+		r.mu.Unlock()
+	}}, nil
+}
+
+// sendCounter reports the operations of every StreamRequest sent.
+type sendCounter struct {
+	grpc.ClientStream
+	sent func(ops int)
+}
+
+func (s sendCounter) SendMsg(m any) error {
+	if req, ok := m.(*keystorev1.StreamRequest); ok {
+		s.sent(len(req.GetOperations()))
+	}
+	return s.ClientStream.SendMsg(m)
 }
 
 func (r *rpcCounter) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
@@ -97,7 +136,10 @@ func countingClient(t *testing.T, tc *testcluster.Cluster, maxInflight int, rc *
 	c, err := client.New(context.Background(), client.Config{
 		Endpoints:   tc.Endpoints(),
 		MaxInflight: maxInflight,
-		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(rc.intercept)},
+		DialOptions: []grpc.DialOption{
+			grpc.WithChainUnaryInterceptor(rc.intercept),
+			grpc.WithChainStreamInterceptor(rc.interceptStream),
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -106,12 +148,34 @@ func countingClient(t *testing.T, tc *testcluster.Cluster, maxInflight int, rc *
 	return c
 }
 
-// TestConcurrentWritesShareBatches: with one call slot per node, concurrent
-// writes travel together in Batch calls, each still getting its own answer
-// and error.
-func TestConcurrentWritesShareBatches(t *testing.T) {
+// TestConcurrentWritesShareStreamMessages: concurrent writes to a node
+// travel over one stream, several to a message, each still getting its own
+// answer and error.
+func TestConcurrentWritesShareStreamMessages(t *testing.T) {
 	tc := testcluster.Start(t, testcluster.Options{})
 	rc := &rpcCounter{}
+	c := countingClient(t, tc, 0, rc)
+	const callers = 64
+	lifecycles(t, c, "order", callers)
+	rc.mu.Lock()
+	msgs, ops := rc.streamMsgs, rc.streamedOps
+	rc.mu.Unlock()
+	writes := 3 * callers // a retried Claim of a completed key is a read
+	if ops < writes || msgs == 0 || msgs >= ops {
+		t.Fatalf("%d stream messages carried %d writes; want all %d writes, several to a message", msgs, ops, writes)
+	}
+	if n := rc.get(batchMethod) + rc.get("/keystore.v1.KeyStoreService/Claim") + rc.get("/keystore.v1.KeyStoreService/Complete"); n != 0 {
+		t.Errorf("%d unary write calls beside the stream; want 0", n)
+	}
+	t.Logf("%d writes in %d stream messages", ops, msgs)
+}
+
+// TestConcurrentWritesShareBatches: against a node without Stream, with one
+// call slot per node, concurrent writes travel together in Batch calls, each
+// still getting its own answer and error.
+func TestConcurrentWritesShareBatches(t *testing.T) {
+	tc := testcluster.Start(t, testcluster.Options{})
+	rc := &rpcCounter{refuseStream: true}
 	c := countingClient(t, tc, 1, rc)
 	const callers = 64
 	lifecycles(t, c, "order", callers)
@@ -132,17 +196,20 @@ func TestBatchingOff(t *testing.T) {
 	rc := &rpcCounter{}
 	c := countingClient(t, tc, -1, rc)
 	lifecycles(t, c, "order", 32)
-	if n := rc.get(batchMethod); n != 0 {
-		t.Errorf("%d Batch calls with batching off; want 0", n)
+	rc.mu.Lock()
+	streamed := rc.streamMsgs
+	rc.mu.Unlock()
+	if n := rc.get(batchMethod); n != 0 || streamed != 0 {
+		t.Errorf("%d Batch calls and %d stream messages with batching off; want 0", n, streamed)
 	}
 }
 
 // TestBatchUnimplementedFallsBack: against a server without BatchService
-// the client learns so from the first refused batch and sends writes one
-// by one, and no write fails for it.
+// the client learns so from the refused stream and the first refused batch
+// and sends writes one by one, and no write fails for it.
 func TestBatchUnimplementedFallsBack(t *testing.T) {
 	tc := testcluster.Start(t, testcluster.Options{})
-	rc := &rpcCounter{refuseBatch: true}
+	rc := &rpcCounter{refuseBatch: true, refuseStream: true}
 	const maxInflight = 2
 	c := countingClient(t, tc, maxInflight, rc)
 	lifecycles(t, c, "first", 64)
@@ -154,9 +221,10 @@ func TestBatchUnimplementedFallsBack(t *testing.T) {
 	}
 }
 
-// TestQueuedWriteRetriesElsewhere: a write queued behind a stuck node, whose
-// attempt times out before its batch goes out, is retried on the next node
-// like a plain RPC that timed out, and succeeds there.
+// TestQueuedWriteRetriesElsewhere: against nodes without Stream, a write
+// queued behind a stuck node, whose attempt times out before its batch goes
+// out, is retried on the next node like a plain RPC that timed out, and
+// succeeds there.
 func TestQueuedWriteRetriesElsewhere(t *testing.T) {
 	tc := testcluster.Start(t, testcluster.Options{})
 	stuck := tc.Endpoints()[0]
@@ -172,7 +240,10 @@ func TestQueuedWriteRetriesElsewhere(t *testing.T) {
 		LeaderRefresh:  -1,
 		MaxInflight:    1,
 		AttemptTimeout: 300 * time.Millisecond,
-		DialOptions:    []grpc.DialOption{grpc.WithChainUnaryInterceptor(hang)},
+		DialOptions: []grpc.DialOption{
+			grpc.WithChainUnaryInterceptor(hang),
+			grpc.WithChainStreamInterceptor((&rpcCounter{refuseStream: true}).interceptStream),
+		},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -38,12 +38,14 @@ type Config struct {
 	// a follower forwards writes, one more hop (default 2s; negative: never
 	// ask, start at the first endpoint and stay where calls succeed).
 	LeaderRefresh time.Duration
-	// MaxInflight bounds the writes in flight to one node as separate
-	// RPCs; writes issued while that many are out wait and go out
-	// together, in one BatchService call, as soon as one comes back
-	// (default 8; negative: every write is its own RPC). A lone caller is
-	// never delayed: batching only gathers what would otherwise queue in
-	// the connection.
+	// MaxInflight matters only against a server without
+	// BatchService.Stream, over which writes travel otherwise: it bounds
+	// the writes in flight to one node as separate RPCs; writes issued
+	// while that many are out wait and go out together, in one
+	// BatchService.Batch call, as soon as one comes back (default 8). A
+	// lone caller is never delayed: batching only gathers what would
+	// otherwise queue in the connection. Negative: no stream and no
+	// batches, every write is its own RPC.
 	MaxInflight int
 }
 
@@ -108,9 +110,15 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		c.conns = append(c.conns, conn)
 		kv := keystorev1.NewKeyStoreServiceClient(conn)
 		c.kv = append(c.kv, kv)
+		bs := keystorev1.NewBatchServiceClient(conn)
+		var stream *opStream
+		if cfg.MaxInflight >= 0 {
+			stream = &opStream{bs: bs, timeout: cfg.AttemptTimeout}
+		}
 		c.batch = append(c.batch, &batcher{
+			stream:      stream,
 			kv:          kv,
-			bs:          keystorev1.NewBatchServiceClient(conn),
+			bs:          bs,
 			maxInflight: cfg.MaxInflight,
 			timeout:     cfg.AttemptTimeout,
 		})

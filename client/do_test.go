@@ -344,7 +344,20 @@ func TestClientFollowsLeader(t *testing.T) {
 	eps = append(eps, tc.Endpoint(lead))
 	c, err := client.New(context.Background(), client.Config{
 		Endpoints: eps, LeaderRefresh: 200 * time.Millisecond,
-		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(record)},
+		DialOptions: []grpc.DialOption{
+			grpc.WithUnaryInterceptor(record),
+			grpc.WithStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+				cs, err := streamer(ctx, desc, cc, method, opts...)
+				if err != nil {
+					return nil, err
+				}
+				return sendCounter{cs, func(ops int) {
+					mu.Lock()
+					calls[cc.Target()] += ops
+					mu.Unlock()
+				}}, nil
+			}),
+		},
 	})
 	if err != nil {
 		t.Fatal(err)

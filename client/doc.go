@@ -8,8 +8,11 @@
 // Errors come back as sentinels for errors.Is (ErrFingerprintMismatch,
 // ErrClaimLost, ErrInProgress, ErrAlreadyCompleted, ErrNotFound, ...).
 //
-// Writes issued concurrently to one node beyond Config.MaxInflight travel
-// together in BatchService calls; each keeps its own result and retries.
+// Writes to one node travel over one BatchService.Stream: writes issued
+// together share its messages, and each result comes back as soon as the
+// node has it; each write keeps its own result, deadline and retries.
+// Against older servers writes beyond Config.MaxInflight travel together in
+// BatchService.Batch calls instead.
 //
 // Do makes an operation effectively-once in one call: it claims the key,
 // runs the operation only when the claim is acquired, keeps the lease alive
