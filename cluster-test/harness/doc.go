@@ -4,6 +4,7 @@
 // injects faults — SIGKILL and restart, SIGSTOP/SIGCONT, full, partial and
 // one-way partitions, slow links — while a workload records a history
 // (cluster-test/history) for the checkers. Every third client sends its
-// writes through BatchService, each beside a filler operation, so that the
-// checkers judge the batch path too.
+// writes through BatchService.Batch, each beside a filler operation, and
+// every third through a long-lived BatchService.Stream per node, so that
+// the checkers judge the batch and stream paths too.
 package harness

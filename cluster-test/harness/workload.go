@@ -75,7 +75,13 @@ func RunWorkload(ctx context.Context, c *Cluster, w Workload, log *history.Log) 
 				cl.pinned = c.Names[id%len(c.Names)]
 			}
 			cl.batched = id%3 == 2
+			if id%3 == 1 {
+				cl.streams = map[string]*kvStream{}
+			}
 			cl.run(ctx)
+			for _, s := range cl.streams {
+				s.close()
+			}
 		}(i)
 	}
 	wg.Wait()
@@ -89,8 +95,11 @@ type workClient struct {
 	rng    *rand.Rand
 	pinned string
 	held   map[string]uint64 // keys this client holds a claim on → token
-	// batched clients send their writes through BatchService.
+	// batched clients send their writes through BatchService.Batch,
+	// streaming ones (streams not nil) through a BatchService.Stream per
+	// node.
 	batched bool
+	streams map[string]*kvStream
 	seq     int
 }
 
@@ -154,8 +163,16 @@ func (cl *workClient) call(ctx context.Context, op history.Op, fn func(ctx conte
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cl.w.OpTimeout)
 	op.Call = time.Now().UnixNano()
 	kv := cl.c.KV(node)
-	if cl.batched {
+	switch {
+	case cl.batched:
 		kv = batchKV{KeyStoreServiceClient: kv, bs: cl.c.Batch(node), filler: cl.w.Namespace + "-filler"}
+	case cl.streams != nil:
+		s := cl.streams[node]
+		if s == nil {
+			s = &kvStream{bs: cl.c.Batch(node)}
+			cl.streams[node] = s
+		}
+		kv = streamKV{KeyStoreServiceClient: kv, s: s}
 	}
 	rec, outcome, err := fn(actx, kv)
 	op.Return = time.Now().UnixNano()
