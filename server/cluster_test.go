@@ -268,17 +268,22 @@ func TestClusterNoQuorumIsUnavailable(t *testing.T) {
 	lifecycle(t, c.Client("n1"), "k")
 	c.StopNode("n2")
 	c.StopNode("n3")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	_, err := c.Client("n1").Claim(ctx, &keystorev1.ClaimRequest{Namespace: "test", Key: "lonely"})
+	// Each call has its own deadline: a Claim answered just before its
+	// deadline must not leave the Get too little time to answer.
+	ctx := func() context.Context {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		t.Cleanup(cancel)
+		return ctx
+	}
+	_, err := c.Client("n1").Claim(ctx(), &keystorev1.ClaimRequest{Namespace: "test", Key: "lonely"})
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("claim without quorum: got %v; want UNAVAILABLE", err)
 	}
-	_, err = c.Client("n1").Get(ctx, &keystorev1.GetRequest{Namespace: "test", Key: "k"})
+	_, err = c.Client("n1").Get(ctx(), &keystorev1.GetRequest{Namespace: "test", Key: "k"})
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("linearizable get without quorum: got %v; want UNAVAILABLE", err)
 	}
-	got, err := c.Client("n1").Get(ctx, &keystorev1.GetRequest{Namespace: "test", Key: "k", Consistency: keystorev1.Consistency_CONSISTENCY_STALE})
+	got, err := c.Client("n1").Get(ctx(), &keystorev1.GetRequest{Namespace: "test", Key: "k", Consistency: keystorev1.Consistency_CONSISTENCY_STALE})
 	if err != nil || got.Record.State != keystorev1.RecordState_RECORD_STATE_COMPLETED {
 		t.Fatalf("stale get without quorum: got %v, %v; want the COMPLETED record", got, err)
 	}
