@@ -9,6 +9,7 @@ import (
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // Stream limits.
@@ -20,8 +21,12 @@ const (
 	MaxStreamInflight = 4096
 	// MaxStreamTimeout bounds StreamOperation.timeout.
 	MaxStreamTimeout = 24 * time.Hour
-	// maxStreamResults bounds the results one StreamResponse carries.
+	// maxStreamResults and maxStreamBytes bound one StreamResponse (a
+	// result larger than maxStreamBytes travels alone): a response holding
+	// stored bodies (1 MiB each at most) stays within what a gRPC client
+	// accepts by default (4 MiB).
 	maxStreamResults = 1024
+	maxStreamBytes   = 1 << 20
 )
 
 // Stream implements BatchService.Stream. A reader goroutine takes
@@ -126,6 +131,7 @@ type streamSender struct {
 	st      keystorev1.BatchService_StreamServer
 	mu      sync.Mutex
 	q       []*keystorev1.StreamResult
+	sizes   []int // of q's results, encoded
 	sending bool
 	// failed is set once a send failed: the stream is gone, results are
 	// dropped.
@@ -139,24 +145,28 @@ func (s *streamSender) add(r *keystorev1.StreamResult) {
 		return
 	}
 	s.q = append(s.q, r)
+	s.sizes = append(s.sizes, proto.Size(r))
 	if s.sending {
 		return
 	}
 	s.sending = true
 	for len(s.q) > 0 && !s.failed {
-		q := s.q
-		if len(q) > maxStreamResults {
-			q = q[:maxStreamResults]
-			s.q = s.q[maxStreamResults:]
-		} else {
-			s.q = nil
+		n, size := 0, 0
+		for n < len(s.q) && n < maxStreamResults && (n == 0 || size+s.sizes[n] <= maxStreamBytes) {
+			size += s.sizes[n]
+			n++
+		}
+		q := s.q[:n:n]
+		s.q, s.sizes = s.q[n:], s.sizes[n:]
+		if len(s.q) == 0 {
+			s.q, s.sizes = nil, nil
 		}
 		s.mu.Unlock()
 		err := s.st.Send(&keystorev1.StreamResponse{Results: q})
 		s.mu.Lock()
 		if err != nil {
 			s.failed = true
-			s.q = nil
+			s.q, s.sizes = nil, nil
 		}
 	}
 	s.sending = false
