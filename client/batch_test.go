@@ -33,10 +33,20 @@ type rpcCounter struct {
 	streamedOps  int
 	refuseBatch  bool
 	refuseStream bool
+	// refuseStreamLate: Stream opens, and its first Recv fails with
+	// UNIMPLEMENTED, as gRPC reports a method the server lacks.
+	refuseStreamLate bool
+	// slowFirstSend holds each stream's first message this long, so that
+	// writes issued meanwhile queue behind it.
+	slowFirstSend time.Duration
 }
 
 func (r *rpcCounter) interceptStream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	r.mu.Lock()
+	if r.calls == nil {
+		r.calls = make(map[string]int)
+	}
+	r.calls[method]++
 	refuse := r.refuseStream && method == streamMethod
 	r.mu.Unlock()
 	if refuse {
@@ -46,12 +56,29 @@ func (r *rpcCounter) interceptStream(ctx context.Context, desc *grpc.StreamDesc,
 	if err != nil {
 		return nil, err
 	}
+	if r.refuseStreamLate && method == streamMethod {
+		return lateRefusal{cs}, nil
+	}
+	first := true
 	return sendCounter{cs, func(n int) {
 		r.mu.Lock()
 		r.streamMsgs++
 		r.streamedOps += n
+		slow := first && method == streamMethod
+		first = false
 		r.mu.Unlock()
+		if slow {
+			time.Sleep(r.slowFirstSend)
+		}
 	}}, nil
+}
+
+// lateRefusal is a stream the server turns out not to serve.
+type lateRefusal struct{ grpc.ClientStream }
+
+func (lateRefusal) SendMsg(any) error { return nil }
+func (lateRefusal) RecvMsg(any) error {
+	return status.Error(codes.Unimplemented, "unknown method Stream for service keystore.v1.BatchService")
 }
 
 // sendCounter reports the operations of every StreamRequest sent.
@@ -149,11 +176,11 @@ func countingClient(t *testing.T, tc *testcluster.Cluster, maxInflight int, rc *
 }
 
 // TestConcurrentWritesShareStreamMessages: concurrent writes to a node
-// travel over one stream, several to a message, each still getting its own
-// answer and error.
+// travel over one stream, those issued while a message is being sent
+// together in the next, each still getting its own answer and error.
 func TestConcurrentWritesShareStreamMessages(t *testing.T) {
 	tc := testcluster.Start(t, testcluster.Options{})
-	rc := &rpcCounter{}
+	rc := &rpcCounter{slowFirstSend: 100 * time.Millisecond}
 	c := countingClient(t, tc, 0, rc)
 	const callers = 64
 	lifecycles(t, c, "order", callers)
@@ -218,6 +245,25 @@ func TestBatchUnimplementedFallsBack(t *testing.T) {
 	// it learnt; no more than that.
 	if n := rc.get(batchMethod); n == 0 || n > maxInflight*len(tc.Names) {
 		t.Errorf("%d Batch calls; want 1-%d before the client stops trying", n, maxInflight*len(tc.Names))
+	}
+}
+
+// TestStreamRefusedLateFallsBack: when the server reports UNIMPLEMENTED on
+// the stream itself (what an older server does), the writes sent on it go
+// out again through Batch, none fails for it, and later writes do not try
+// the stream again.
+func TestStreamRefusedLateFallsBack(t *testing.T) {
+	tc := testcluster.Start(t, testcluster.Options{})
+	rc := &rpcCounter{refuseStreamLate: true}
+	c := countingClient(t, tc, 0, rc)
+	lifecycles(t, c, "first", 32)
+	opened := rc.get(streamMethod)
+	lifecycles(t, c, "second", 32)
+	if n := rc.get(batchMethod); n == 0 {
+		t.Error("no Batch calls after the stream was refused")
+	}
+	if n := rc.get(streamMethod); n != opened {
+		t.Errorf("%d streams opened after the client learnt the node lacks Stream; want none", n-opened)
 	}
 }
 
