@@ -17,9 +17,8 @@ import (
 // batchKV sends the workload's writes through BatchService, each beside a
 // filler Claim of a key outside the checked namespace, so that the batch
 // path (operations run concurrently in one call) is what the checker judges
-// for these clients. Get goes through KeyStoreService.
+// for these clients (through opKV; Get goes through KeyStoreService).
 type batchKV struct {
-	keystorev1.KeyStoreServiceClient
 	bs     keystorev1.BatchServiceClient
 	filler string // namespace of the filler claims
 }
@@ -29,11 +28,11 @@ var fillerSeq atomic.Uint64
 // retentionFiller keeps filler records briefly.
 const retentionFiller = 5 * time.Second
 
-func (b batchKV) do(ctx context.Context, op *keystorev1.BatchOperation, opts ...grpc.CallOption) (*keystorev1.BatchResult, error) {
+func (b batchKV) do(ctx context.Context, op *keystorev1.BatchOperation) (*keystorev1.BatchResult, error) {
 	filler := &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Claim{Claim: &keystorev1.ClaimRequest{
 		Namespace: b.filler, Key: fmt.Sprintf("filler-%d", fillerSeq.Add(1)), Retention: durationpb.New(retentionFiller),
 	}}}
-	resp, err := b.bs.Batch(ctx, &keystorev1.BatchRequest{Operations: []*keystorev1.BatchOperation{filler, op}}, opts...)
+	resp, err := b.bs.Batch(ctx, &keystorev1.BatchRequest{Operations: []*keystorev1.BatchOperation{filler, op}})
 	if err != nil {
 		return nil, err
 	}
@@ -47,22 +46,29 @@ func (b batchKV) do(ctx context.Context, op *keystorev1.BatchOperation, opts ...
 	return r, nil
 }
 
-func (b batchKV) Claim(ctx context.Context, in *keystorev1.ClaimRequest, opts ...grpc.CallOption) (*keystorev1.ClaimResponse, error) {
-	r, err := b.do(ctx, &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Claim{Claim: in}}, opts...)
+// opKV serves KeyStoreService's writes through do, Get through the
+// embedded client: what batchKV and streamKV share.
+type opKV struct {
+	keystorev1.KeyStoreServiceClient
+	do func(ctx context.Context, op *keystorev1.BatchOperation) (*keystorev1.BatchResult, error)
+}
+
+func (k opKV) Claim(ctx context.Context, in *keystorev1.ClaimRequest, _ ...grpc.CallOption) (*keystorev1.ClaimResponse, error) {
+	r, err := k.do(ctx, &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Claim{Claim: in}})
 	return r.GetClaim(), err
 }
 
-func (b batchKV) Complete(ctx context.Context, in *keystorev1.CompleteRequest, opts ...grpc.CallOption) (*keystorev1.CompleteResponse, error) {
-	r, err := b.do(ctx, &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Complete{Complete: in}}, opts...)
+func (k opKV) Complete(ctx context.Context, in *keystorev1.CompleteRequest, _ ...grpc.CallOption) (*keystorev1.CompleteResponse, error) {
+	r, err := k.do(ctx, &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Complete{Complete: in}})
 	return r.GetComplete(), err
 }
 
-func (b batchKV) Release(ctx context.Context, in *keystorev1.ReleaseRequest, opts ...grpc.CallOption) (*keystorev1.ReleaseResponse, error) {
-	r, err := b.do(ctx, &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Release{Release: in}}, opts...)
+func (k opKV) Release(ctx context.Context, in *keystorev1.ReleaseRequest, _ ...grpc.CallOption) (*keystorev1.ReleaseResponse, error) {
+	r, err := k.do(ctx, &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Release{Release: in}})
 	return r.GetRelease(), err
 }
 
-func (b batchKV) Heartbeat(ctx context.Context, in *keystorev1.HeartbeatRequest, opts ...grpc.CallOption) (*keystorev1.HeartbeatResponse, error) {
-	r, err := b.do(ctx, &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Heartbeat{Heartbeat: in}}, opts...)
+func (k opKV) Heartbeat(ctx context.Context, in *keystorev1.HeartbeatRequest, _ ...grpc.CallOption) (*keystorev1.HeartbeatResponse, error) {
+	r, err := k.do(ctx, &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Heartbeat{Heartbeat: in}})
 	return r.GetHeartbeat(), err
 }

@@ -8,25 +8,18 @@ import (
 
 	"github.com/keystore-dev/keystore/client"
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
-// streamKV sends the workload's writes through BatchService.Stream, over a
-// long-lived stream per client and node (kvStream), so that the stream path
+// kvStream sends the workload's writes through BatchService.Stream, over a
+// long-lived stream per client and node, so that the stream path
 // (operations read off a stream, answered by id as each is done, streams
 // broken by kills and partitions) is what the checker judges for these
-// clients. Get goes through KeyStoreService.
-type streamKV struct {
-	keystorev1.KeyStoreServiceClient
-	s *kvStream
-}
-
-// kvStream is one client's stream to one node; the client is sequential, so
-// it has at most one operation waiting (and maybe late answers to ones it
-// gave up on).
+// clients (through opKV; Get goes through KeyStoreService). The client is
+// sequential, so a stream has at most one operation waiting (and maybe late
+// answers to ones it gave up on).
 type kvStream struct {
 	bs     keystorev1.BatchServiceClient
 	st     keystorev1.BatchService_StreamClient
@@ -117,24 +110,4 @@ func (s *kvStream) do(ctx context.Context, op *keystorev1.BatchOperation) (*keys
 			return nil, status.FromContextError(ctx.Err()).Err()
 		}
 	}
-}
-
-func (k streamKV) Claim(ctx context.Context, in *keystorev1.ClaimRequest, _ ...grpc.CallOption) (*keystorev1.ClaimResponse, error) {
-	r, err := k.s.do(ctx, &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Claim{Claim: in}})
-	return r.GetClaim(), err
-}
-
-func (k streamKV) Complete(ctx context.Context, in *keystorev1.CompleteRequest, _ ...grpc.CallOption) (*keystorev1.CompleteResponse, error) {
-	r, err := k.s.do(ctx, &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Complete{Complete: in}})
-	return r.GetComplete(), err
-}
-
-func (k streamKV) Release(ctx context.Context, in *keystorev1.ReleaseRequest, _ ...grpc.CallOption) (*keystorev1.ReleaseResponse, error) {
-	r, err := k.s.do(ctx, &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Release{Release: in}})
-	return r.GetRelease(), err
-}
-
-func (k streamKV) Heartbeat(ctx context.Context, in *keystorev1.HeartbeatRequest, _ ...grpc.CallOption) (*keystorev1.HeartbeatResponse, error) {
-	r, err := k.s.do(ctx, &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Heartbeat{Heartbeat: in}})
-	return r.GetHeartbeat(), err
 }

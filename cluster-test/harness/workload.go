@@ -165,14 +165,14 @@ func (cl *workClient) call(ctx context.Context, op history.Op, fn func(ctx conte
 	kv := cl.c.KV(node)
 	switch {
 	case cl.batched:
-		kv = batchKV{KeyStoreServiceClient: kv, bs: cl.c.Batch(node), filler: cl.w.Namespace + "-filler"}
+		kv = opKV{kv, batchKV{bs: cl.c.Batch(node), filler: cl.w.Namespace + "-filler"}.do}
 	case cl.streams != nil:
 		s := cl.streams[node]
 		if s == nil {
 			s = &kvStream{bs: cl.c.Batch(node)}
 			cl.streams[node] = s
 		}
-		kv = streamKV{KeyStoreServiceClient: kv, s: s}
+		kv = opKV{kv, s.do}
 	}
 	rec, outcome, err := fn(actx, kv)
 	op.Return = time.Now().UnixNano()
