@@ -138,8 +138,3 @@ func ClusterIDFor(token string, names []string) uint64 {
 	}
 	return 1
 }
-
-// electionTimeout is how long a follower waits before campaigning.
-func (c Config) electionTimeout() time.Duration {
-	return time.Duration(c.ElectionTicks) * c.TickInterval
-}

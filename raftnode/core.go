@@ -11,7 +11,9 @@ import (
 // raftCore is what Node asks of raft. core implements it over raft.RawNode;
 // tests stand in for parts of it.
 type raftCore interface {
-	Propose(ctx context.Context, data []byte) error
+	// Propose appends data to the leader's log, or fails at once: it
+	// never waits (raft.ErrProposalDropped when this node does not lead).
+	Propose(data []byte) error
 	Step(ctx context.Context, m raftpb.Message) error
 	ReadIndex(ctx context.Context, rctx []byte) error
 	ReportUnreachable(id uint64)
@@ -94,7 +96,7 @@ func (c *core) Pump() {
 // Propose appends data to the log if this node leads; raft.ErrProposalDropped
 // otherwise. It never blocks on raft. The caller pumps once it has proposed
 // what it had.
-func (c *core) Propose(_ context.Context, data []byte) error {
+func (c *core) Propose(data []byte) error {
 	c.mu.Lock()
 	if c.stopped {
 		c.mu.Unlock()

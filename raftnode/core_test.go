@@ -1,7 +1,6 @@
 package raftnode
 
 import (
-	"context"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -75,7 +74,7 @@ func TestCorePumpHandlesReadiesOneAtATime(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range each {
-				if err := c.Propose(context.Background(), []byte("x")); err != nil {
+				if err := c.Propose([]byte("x")); err != nil {
 					t.Errorf("Propose: %v", err)
 					return
 				}
@@ -92,7 +91,7 @@ func TestCorePumpHandlesReadiesOneAtATime(t *testing.T) {
 		t.Errorf("up to %d goroutines handled a Ready at once; want 1", m)
 	}
 	c.stop()
-	if err := c.Propose(context.Background(), []byte("x")); err != raft.ErrStopped {
+	if err := c.Propose([]byte("x")); err != raft.ErrStopped {
 		t.Errorf("Propose after stop: %v; want raft.ErrStopped", err)
 	}
 }

@@ -1,7 +1,6 @@
 package raftnode
 
 import (
-	"context"
 	"errors"
 	"sync"
 
@@ -126,11 +125,7 @@ func (n *Node) proposeEntry(ps []*pending) {
 	}
 	data, err := proto.Marshal(env)
 	if err == nil {
-		// Raft takes a proposal at once unless it has no leader (then it
-		// waits): do not wait longer than an election.
-		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.electionTimeout())
-		err = n.rn.Propose(ctx, data)
-		cancel()
+		err = n.rn.Propose(data)
 	}
 	if err == nil {
 		return
@@ -138,8 +133,8 @@ func (n *Node) proposeEntry(ps []*pending) {
 	if errors.Is(err, raft.ErrStopped) {
 		err = ErrStopped
 	} else {
-		// Dropped (this node is no longer leader), or not taken in time:
-		// either way it may be proposed again under the same request id.
+		// Dropped (this node is no longer leader): it may be proposed
+		// again under the same request id.
 		err = errRetry
 	}
 	for _, p := range ps {

@@ -1,7 +1,6 @@
 package raftnode
 
 import (
-	"context"
 	"fmt"
 	"sync"
 	"testing"
@@ -25,7 +24,7 @@ type recordingRaft struct {
 
 func (r *recordingRaft) Pump() {}
 
-func (r *recordingRaft) Propose(_ context.Context, data []byte) error {
+func (r *recordingRaft) Propose(data []byte) error {
 	time.Sleep(r.delay)
 	if r.err != nil {
 		return r.err

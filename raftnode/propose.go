@@ -132,11 +132,9 @@ func (n *Node) idleTickLoop() {
 			continue
 		}
 		data, _ := proto.Marshal(&statev1.Entry{Time: n.clock.stamp()})
-		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.IdleTickInterval)
-		if n.rn.Propose(ctx, data) == nil { // best effort: the next interval tries again
+		if n.rn.Propose(data) == nil { // best effort: the next interval tries again
 			n.rn.Pump()
 		}
-		cancel()
 	}
 }
 
