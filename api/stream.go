@@ -117,13 +117,6 @@ func (b *BatchService) runTimed(ctx context.Context, op *keystorev1.StreamOperat
 	return b.run(octx, op.GetOperation())
 }
 
-// broken reports whether a send failed.
-func (s *streamSender) broken() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.failed
-}
-
 // streamSender sends results as workers add them. It is a combiner: the
 // worker that finds no one sending sends what is queued, its own result
 // and whatever others add meanwhile; the others only queue.
@@ -170,4 +163,11 @@ func (s *streamSender) add(r *keystorev1.StreamResult) {
 		}
 	}
 	s.sending = false
+}
+
+// broken reports whether a send failed.
+func (s *streamSender) broken() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failed
 }

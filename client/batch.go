@@ -11,8 +11,9 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// Batching. Writes that callers issue concurrently to one node share
-// BatchService calls: while MaxInflight calls to the node are out, new
+// Batching, for a node that does not serve BatchService.Stream (stream.go
+// carries the writes otherwise). Writes that callers issue concurrently to
+// one node share BatchService.Batch calls: while MaxInflight calls to the node are out, new
 // writes queue, and the next call to go out carries everything queued. A
 // write that finds a call slot free goes out at once, alone, as the plain
 // RPC, so a lone caller waits for nothing and many callers pay one gRPC

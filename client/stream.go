@@ -85,7 +85,7 @@ func (o *opStream) do(ctx context.Context, op *keystorev1.BatchOperation) (res *
 	// o.mu is held.
 	sc.nextID++
 	id := sc.nextID
-	c := &batchCall{ctx: ctx, op: op, done: make(chan struct{})}
+	c := &batchCall{done: make(chan struct{})} // only its answer fields are used here
 	sc.pending[id] = c
 	sop := &keystorev1.StreamOperation{Id: id, Operation: op, Timeout: durationpb.New(timeout)}
 	sc.queue = append(sc.queue, queuedOp{sop, proto.Size(sop)})
