@@ -14,11 +14,12 @@ import (
 )
 
 // smallSegments makes every append past 1 KiB start a new segment, for the
-// length of the test.
+// length of the test. Segments are not preallocated: these tests damage
+// and extend segments at their ends.
 func smallSegments(t *testing.T) {
-	old := walSegmentBytes
-	walSegmentBytes = 1 << 10
-	t.Cleanup(func() { walSegmentBytes = old })
+	oldSize, oldPrealloc := walSegmentBytes, walPrealloc
+	walSegmentBytes, walPrealloc = 1<<10, false
+	t.Cleanup(func() { walSegmentBytes, walPrealloc = oldSize, oldPrealloc })
 }
 
 func walSegments(t *testing.T, fs vfs.FS) []uint64 {
