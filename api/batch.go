@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
 	"google.golang.org/grpc/status"
@@ -17,6 +18,10 @@ type BatchService struct {
 	keystorev1.UnimplementedBatchServiceServer
 	kv      keystorev1.KeyStoreServiceServer
 	workers *workers // run the operations of a batch
+	// ownTimers: kv ends every wait at its context's deadline by itself
+	// (see deadlineKeeper), so a streamed operation's timeout needs no
+	// timer here.
+	ownTimers bool
 
 	drainOnce sync.Once
 	draining  chan struct{} // closed by Drain
@@ -26,8 +31,31 @@ type BatchService struct {
 // batch is a call of kv's method of the same name, all of them concurrent,
 // so a batch answers exactly what the operations sent one by one would.
 func NewBatchService(kv keystorev1.KeyStoreServiceServer) *BatchService {
-	return &BatchService{kv: kv, workers: newWorkers(), draining: make(chan struct{})}
+	_, own := kv.(deadlineKeeper)
+	return &BatchService{kv: kv, workers: newWorkers(), draining: make(chan struct{}), ownTimers: own}
 }
+
+// deadlineKeeper is implemented by a KeyStoreServiceServer none of whose
+// methods waits past its context's deadline (as reported by Deadline),
+// whether or not the context's Done fires then: every wait of service is
+// under opContext's timer, or ends before the deadline by its own timer (a
+// Claim's wait). A Stream's operation then gets a context that only reports
+// its timeout (withDeadline), which saves one timer per operation: the
+// service makes its own anyway, a little before the deadline.
+type deadlineKeeper interface{ keepsDeadlines() }
+
+// withDeadline returns a context like parent that reports the deadline d,
+// without a timer: its Done and Err are parent's.
+func withDeadline(parent context.Context, d time.Time) context.Context {
+	return deadlineCtx{parent, d}
+}
+
+type deadlineCtx struct {
+	context.Context
+	d time.Time
+}
+
+func (c deadlineCtx) Deadline() (time.Time, bool) { return c.d, true }
 
 // Drain prepares for a stop: every Stream stops taking operations, answers
 // those it has, and ends with UNAVAILABLE (its caller sends the rest to

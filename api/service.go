@@ -301,6 +301,10 @@ func (s *service) callError(ctx context.Context, err error) error {
 	return errorStatus(s.logger, err)
 }
 
+// keepsDeadlines: every wait of service ends by its context's deadline,
+// even a context whose Done does not fire then (see deadlineKeeper).
+func (s *service) keepsDeadlines() {}
+
 // opContext bounds one replication round by RequestTimeout and ends it a
 // little before the caller's deadline, so that the caller hears UNAVAILABLE
 // from the server rather than its own DEADLINE_EXCEEDED.

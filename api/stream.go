@@ -112,6 +112,9 @@ func (b *BatchService) runTimed(ctx context.Context, op *keystorev1.StreamOperat
 		err := invalidArgument([]fieldError{{"timeout", fmt.Sprintf("must be set, positive and at most %s", MaxStreamTimeout)}})
 		return &keystorev1.BatchResult{Status: status.Convert(err).Proto()}
 	}
+	if b.ownTimers {
+		return b.run(withDeadline(ctx, time.Now().Add(d.AsDuration())), op.GetOperation())
+	}
 	octx, cancel := context.WithTimeout(ctx, d.AsDuration())
 	defer cancel()
 	return b.run(octx, op.GetOperation())

@@ -194,3 +194,45 @@ func TestStreamDrain(t *testing.T) {
 	_, err = recvAll(t, later)
 	checkStatus(t, err, codes.Unavailable, "")
 }
+
+// TestStreamOperationTimeout: an operation that cannot finish (no quorum)
+// is answered with an error by its timeout, a little before it in fact, so
+// its caller hears the answer; the stream goes on serving.
+func TestStreamOperationTimeout(t *testing.T) {
+	env := newEnv(t, api.Config{}, false)
+	env.repl.set(func(f *fakeReplicator) { f.block = true })
+	st, err := env.batch.Stream(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := streamOp(7, claimOp("stuck"))
+	op.Timeout = durationpb.New(400 * time.Millisecond)
+	start := time.Now()
+	if err := st.Send(&keystorev1.StreamRequest{Operations: []*keystorev1.StreamOperation{op}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	res := resp.GetResults()
+	if len(res) != 1 || res[0].GetId() != 7 || client.BatchResultError(res[0].GetResult()) == nil {
+		t.Fatalf("got %v; want an error for operation 7", res)
+	}
+	if took > 400*time.Millisecond || took < 200*time.Millisecond {
+		t.Errorf("answered after %v; want within the 400ms timeout, and not long before it", took)
+	}
+
+	env.repl.set(func(f *fakeReplicator) { f.block = false })
+	if err := st.Send(&keystorev1.StreamRequest{Operations: []*keystorev1.StreamOperation{streamOp(8, claimOp("free"))}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err = st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := resp.GetResults(); len(res) != 1 || res[0].GetId() != 8 || client.BatchResultError(res[0].GetResult()) != nil {
+		t.Errorf("got %v; want operation 8 acquired", res)
+	}
+}

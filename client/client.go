@@ -187,9 +187,7 @@ func (c *Client) invoke(ctx context.Context, extra time.Duration, call func(ctx 
 			}
 		}
 		node := (start + attempt) % n
-		actx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout+extra)
-		err = call(actx, node)
-		cancel()
+		err = c.attempt(ctx, extra, node, call)
 		if err == nil {
 			// Move the preference only if this call had to fail over and
 			// nobody moved it meanwhile: a call that merely finished late
@@ -207,6 +205,18 @@ func (c *Client) invoke(ctx context.Context, extra time.Duration, call func(ctx 
 		return ctx.Err()
 	}
 	return fromStatus(err)
+}
+
+// attempt runs call on node within the attempt timeout; under the
+// caller's own context when its deadline comes first (no timer to make).
+func (c *Client) attempt(ctx context.Context, extra time.Duration, node int, call func(ctx context.Context, node int) error) error {
+	limit := time.Now().Add(c.cfg.AttemptTimeout + extra)
+	if dl, ok := ctx.Deadline(); ok && !dl.After(limit) {
+		return call(ctx, node)
+	}
+	actx, cancel := context.WithDeadline(ctx, limit)
+	defer cancel()
+	return call(actx, node)
 }
 
 // backoff sleeps an exponential, capped, fully jittered pause.
