@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -84,6 +85,7 @@ func runCmd(ctx context.Context, args []string) error {
 		serverPids = fs.String("server-pids", "", "comma-separated pids of the server processes whose CPU time is measured")
 		serverComm = fs.String("server-comm", "", "regexp matched against the whole comm of every process; the matches' CPU time is measured (e.g. etcd, redis-server, postgres)")
 		out        = fs.String("out", "", "append one JSON line of results to this file")
+		cpuProfile = fs.String("cpuprofile", "", "write this process's CPU profile (warm-up included) to this file")
 	)
 	bf.register(fs)
 	fs.IntVar(&cfg.Concurrency, "concurrency", 16, "workers, each running one lifecycle at a time")
@@ -120,6 +122,17 @@ func runCmd(ctx context.Context, args []string) error {
 	meter, err := newCPUMeter(*serverPids, *serverComm)
 	if err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 
 	var res *result
