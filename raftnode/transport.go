@@ -119,6 +119,7 @@ func (t *transport) sendLoop(p *peer) {
 	var (
 		ps      peerStream
 		backoff = 50 * time.Millisecond
+		batch   []raftpb.Message // reused: encodeBatch copies the messages
 	)
 	defer ps.close()
 	for {
@@ -128,7 +129,8 @@ func (t *transport) sendLoop(p *peer) {
 			return
 		case first = <-p.queue:
 		}
-		batch := []raftpb.Message{first}
+		clear(batch) // let go of the last batch's entries
+		batch = append(batch[:0], first)
 		size := first.Size()
 	drain:
 		for size < maxBatchBytes {
@@ -140,15 +142,13 @@ func (t *transport) sendLoop(p *peer) {
 				break drain
 			}
 		}
-		req := &peerv1.StreamRequest{From: t.self, ClusterId: t.node.cfg.ClusterID, Messages: make([][]byte, 0, len(batch))}
-		for i := range batch {
-			b, err := batch[i].Marshal()
-			if err != nil {
-				continue
-			}
-			req.Messages = append(req.Messages, b)
+		wb, err := encodeBatch(t.self, t.node.cfg.ClusterID, batch)
+		if err != nil {
+			// Not the stream's fault (and never seen): raft resends.
+			t.failed(p, batch, err)
+			continue
 		}
-		err := ps.send(p.client, req)
+		err = ps.send(p.client, wb)
 		if err != nil {
 			ps.close()
 			t.failed(p, batch, err)
@@ -175,17 +175,17 @@ type peerStream struct {
 	cancel context.CancelFunc
 }
 
-func (ps *peerStream) send(c peerv1.PeerServiceClient, req *peerv1.StreamRequest) error {
+func (ps *peerStream) send(c peerv1.PeerServiceClient, wb *wireBatch) error {
 	if ps.s == nil {
 		ctx, cancel := context.WithCancel(context.Background())
-		s, err := c.Stream(ctx)
+		s, err := c.Stream(ctx, grpc.ForceCodecV2(peerCodec{}))
 		if err != nil {
 			cancel()
 			return err
 		}
 		ps.s, ps.cancel = s, cancel
 	}
-	return ps.s.Send(req)
+	return ps.s.SendMsg(wb)
 }
 
 func (ps *peerStream) close() {
