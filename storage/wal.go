@@ -667,7 +667,7 @@ func (w *wal) bytes() uint64 {
 // spareReady reports whether a spare has been prepared (successfully or
 // not) and is waiting to be used.
 func (w *wal) spareReady() bool {
-	return w.spare != nil && len(w.spare) > 0
+	return len(w.spare) > 0 // len of a nil channel is 0
 }
 
 func (w *wal) close() error {
