@@ -30,7 +30,7 @@ type raftCore interface {
 // if no goroutine is handling a Ready, it handles them itself until raft
 // has none left; otherwise it leaves, and the goroutine handling one sees
 // its step, because it checks for a Ready under the lock before it lets go.
-// Proposers, the ticker and read rounds pump themselves; a peer stream only
+// Proposers, the ticker and read rounds pump themselves; a peer connection only
 // steps and wakes the run loop to pump, so that it keeps reading while a
 // Ready is being persisted. So Readies are handled one at a time, in order,
 // as by a single goroutine, but mostly without waking one. A Ready is
@@ -118,7 +118,7 @@ func (c *core) Step(_ context.Context, m raftpb.Message) error {
 	}
 	_ = c.rn.Step(m)
 	c.mu.Unlock()
-	// The run loop pumps: a peer stream that handled the Ready itself
+	// The run loop pumps: a peer connection that handled the Ready itself
 	// would not read its next messages meanwhile, and those would miss
 	// this Ready's fsync.
 	c.signal()

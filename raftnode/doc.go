@@ -1,13 +1,15 @@
 // Package raftnode drives one member of keystore's Raft group
 // (go.etcd.io/raft/v3). raft.RawNode sits behind a mutex: proposers and
-// peer streams step it directly, and Readies are handled one at a time, by
+// peer connections step it directly, and Readies are handled one at a time, by
 // whichever goroutine pumps (a proposer, the ticker, the run loop woken by a
-// peer stream), in the order persist → send → apply → Advance (a leader
+// peer connection), in the order persist → send → apply → Advance (a leader
 // sends first). Concurrent proposals on different records are packed into one
 // entry. The package talks to
 // the rest of the server through narrow seams: LogStore and StateMachine
-// (implemented by storage), Propose and ReadIndex (used by the API), and the
-// peer gRPC service (PeerServer). It never imports the store or the API.
+// (implemented by storage), Propose and ReadIndex (used by the API), the
+// peer gRPC service (PeerServer, for Forward) and SplitPeerListener, which
+// takes raft's own plain-TCP connections off the peer port. It never
+// imports the store or the API.
 //
 // Entries carry an envelope (statev1.Entry) with a request id (or several
 // packed proposals) and the leader's clock; commands are opaque here, except

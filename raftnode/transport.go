@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -20,21 +20,21 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// MaxMessageBytes is the largest peer message: a snapshot travels in one.
-// The peer gRPC server must accept messages this large.
+// MaxMessageBytes is the largest frame of raft messages: a snapshot travels
+// in one message.
 const MaxMessageBytes = 512 << 20
 
 const (
 	// peerQueue is how many messages wait for one peer before new ones are
 	// dropped (raft retransmits what matters).
 	peerQueue = 4096
-	// maxBatchBytes bounds one StreamRequest (snapshots excepted).
+	// maxBatchBytes bounds one frame (snapshots excepted).
 	maxBatchBytes = 4 << 20
 )
 
-// transport carries Raft messages to peers: one long-lived client stream per
-// peer, fed by a queue; whatever queued while a batch was sent goes out in
-// the next batch.
+// transport carries Raft messages to peers: one long-lived TCP connection
+// per peer (rawpeer.go), fed by a queue; whatever queued while a frame was
+// written goes out in the next frame. Forward goes over gRPC.
 type transport struct {
 	self   uint64
 	node   *Node
@@ -42,18 +42,29 @@ type transport struct {
 	peers  map[uint64]*peer
 	wg     sync.WaitGroup
 	stopc  chan struct{}
+
+	// Inbound raft connections, closed by stop.
+	mu        sync.Mutex
+	stopped   bool
+	inbound   map[net.Conn]struct{}
+	inboundWG sync.WaitGroup
 }
 
 type peer struct {
 	id     uint64
 	addr   string
-	conn   *grpc.ClientConn
+	conn   *grpc.ClientConn // for Forward
 	client peerv1.PeerServiceClient
 	queue  chan raftpb.Message
+
+	// raft is the outbound raft connection while one is open; stop closes
+	// it to end a blocked write.
+	mu   sync.Mutex
+	raft net.Conn
 }
 
 func newTransport(self uint64, addrs map[uint64]string, n *Node, logger *slog.Logger) *transport {
-	t := &transport{self: self, node: n, logger: logger, peers: make(map[uint64]*peer), stopc: make(chan struct{})}
+	t := &transport{self: self, node: n, logger: logger, peers: make(map[uint64]*peer), stopc: make(chan struct{}), inbound: make(map[net.Conn]struct{})}
 	for id, addr := range addrs {
 		if id == self {
 			continue
@@ -86,12 +97,26 @@ func (t *transport) start() {
 
 func (t *transport) stop() {
 	close(t.stopc)
+	for _, p := range t.peers {
+		p.mu.Lock()
+		if p.raft != nil {
+			_ = p.raft.Close()
+		}
+		p.mu.Unlock()
+	}
 	t.wg.Wait()
 	for _, p := range t.peers {
 		if p.conn != nil {
 			_ = p.conn.Close()
 		}
 	}
+	t.mu.Lock()
+	t.stopped = true
+	for c := range t.inbound {
+		_ = c.Close()
+	}
+	t.mu.Unlock()
+	t.inboundWG.Wait()
 }
 
 // send queues messages for their peers without blocking the Ready loop.
@@ -112,16 +137,26 @@ func (t *transport) send(msgs []raftpb.Message) {
 	}
 }
 
-// sendLoop owns p's stream: it batches queued messages into StreamRequests
-// and reopens the stream (with backoff) when it breaks.
+// sendLoop owns p's raft connection: it writes queued messages in frames
+// and reconnects (with backoff) when the connection breaks.
 func (t *transport) sendLoop(p *peer) {
 	defer t.wg.Done()
 	var (
-		ps      peerStream
+		conn    net.Conn
 		backoff = 50 * time.Millisecond
-		batch   []raftpb.Message // reused: encodeBatch copies the messages
+		batch   []raftpb.Message // reused: the frame is a copy
+		buf     []byte
 	)
-	defer ps.close()
+	closeConn := func() {
+		if conn != nil {
+			_ = conn.Close()
+			conn = nil
+			p.mu.Lock()
+			p.raft = nil
+			p.mu.Unlock()
+		}
+	}
+	defer closeConn()
 	for {
 		var first raftpb.Message
 		select {
@@ -142,15 +177,34 @@ func (t *transport) sendLoop(p *peer) {
 				break drain
 			}
 		}
-		wb, err := encodeBatch(t.self, t.node.cfg.ClusterID, batch)
+		var err error
+		buf, err = appendFrame(buf[:0], batch)
 		if err != nil {
-			// Not the stream's fault (and never seen): raft resends.
+			// Not the connection's fault (and never seen): raft resends.
 			t.failed(p, batch, err)
 			continue
 		}
-		err = ps.send(p.client, wb)
+		if conn == nil {
+			if conn, err = t.dialPeer(p); err == nil {
+				p.mu.Lock()
+				p.raft = conn
+				p.mu.Unlock()
+				select {
+				case <-t.stopc: // stop may have looked before p.raft was set
+					return
+				default:
+				}
+			}
+		}
+		if err == nil {
+			_ = conn.SetWriteDeadline(time.Now().Add(writeTimeout(len(buf))))
+			_, err = conn.Write(buf)
+		}
+		if cap(buf) > 4<<20 {
+			buf = nil // do not keep a snapshot's buffer
+		}
 		if err != nil {
-			ps.close()
+			closeConn()
 			t.failed(p, batch, err)
 			select {
 			case <-t.stopc:
@@ -167,32 +221,6 @@ func (t *transport) sendLoop(p *peer) {
 			}
 		}
 	}
-}
-
-// peerStream is the open stream to one peer, if any.
-type peerStream struct {
-	s      grpc.ClientStreamingClient[peerv1.StreamRequest, peerv1.StreamResponse]
-	cancel context.CancelFunc
-}
-
-func (ps *peerStream) send(c peerv1.PeerServiceClient, wb *wireBatch) error {
-	if ps.s == nil {
-		ctx, cancel := context.WithCancel(context.Background())
-		s, err := c.Stream(ctx, grpc.ForceCodecV2(peerCodec{}))
-		if err != nil {
-			cancel()
-			return err
-		}
-		ps.s, ps.cancel = s, cancel
-	}
-	return ps.s.SendMsg(wb)
-}
-
-func (ps *peerStream) close() {
-	if ps.cancel != nil {
-		ps.cancel()
-	}
-	ps.s, ps.cancel = nil, nil
 }
 
 func (t *transport) failed(p *peer, batch []raftpb.Message, err error) {
@@ -237,45 +265,16 @@ type peerService struct {
 	n *Node
 }
 
-// Stream steps every received message into raft.
-func (s peerService) Stream(stream grpc.ClientStreamingServer[peerv1.StreamRequest, peerv1.StreamResponse]) error {
-	ctx := stream.Context()
-	for {
-		req, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return stream.SendAndClose(&peerv1.StreamResponse{})
-		}
-		if err != nil {
-			return err
-		}
-		if err := s.checkSender(req.GetClusterId(), req.GetFrom()); err != nil {
-			return err
-		}
-		for _, b := range req.GetMessages() {
-			var m raftpb.Message
-			if err := m.Unmarshal(b); err != nil {
-				return status.Error(codes.InvalidArgument, "undecodable raft message")
-			}
-			if m.To != s.n.cfg.ID || m.From != req.GetFrom() {
-				return status.Error(codes.FailedPrecondition, "message for another node")
-			}
-			if err := s.n.rn.Step(ctx, m); err != nil {
-				return status.Error(codes.Unavailable, "node stopped")
-			}
-		}
-	}
-}
-
 // checkSender refuses a peer of another cluster, or one that is not a
 // member.
-func (s peerService) checkSender(clusterID, from uint64) error {
-	if clusterID != s.n.cfg.ClusterID {
-		s.n.logger.Warn("refused a peer of another cluster (check --initial-cluster and --cluster-token)",
+func (n *Node) checkSender(clusterID, from uint64) error {
+	if clusterID != n.cfg.ClusterID {
+		n.logger.Warn("refused a peer of another cluster (check --initial-cluster and --cluster-token)",
 			"cluster_id", fmt.Sprintf("%x", clusterID), "from", fmt.Sprintf("%x", from))
 		return status.Error(codes.FailedPrecondition, "cluster id mismatch")
 	}
-	if _, ok := s.n.cfg.Peers[from]; !ok || from == s.n.cfg.ID {
-		s.n.logger.Warn("refused a peer that is not a member", "from", fmt.Sprintf("%x", from))
+	if _, ok := n.cfg.Peers[from]; !ok || from == n.cfg.ID {
+		n.logger.Warn("refused a peer that is not a member", "from", fmt.Sprintf("%x", from))
 		return status.Error(codes.FailedPrecondition, "not a member")
 	}
 	return nil

@@ -192,7 +192,7 @@ func New(cfg Config) (*Server, error) {
 		// windows turn off gRPC's bandwidth-delay probe (a PING and its
 		// ACK for nearly every message; raftnode/DESIGN.md, Transport).
 		client: grpc.NewServer(grpc.MaxRecvMsgSize(apiCfg.MaxBodyBytes+apiCfg.MaxMetadataBytes+1<<20), fixedWindows, fixedConnWindows),
-		peer:   grpc.NewServer(grpc.MaxRecvMsgSize(raftnode.MaxMessageBytes), fixedWindows, fixedConnWindows),
+		peer:   grpc.NewServer(fixedWindows, fixedConnWindows),
 	}
 	keystorev1.RegisterKeyStoreServiceServer(s.client, svc)
 	s.batch = api.NewBatchService(svc)
@@ -233,7 +233,10 @@ func (s *Server) Start() error {
 	}
 	s.sweep.Start()
 	s.wg.Add(3)
-	go func() { defer s.wg.Done(); _ = s.peer.Serve(s.peerLis) }()
+	// Raft's own connections are split off the peer port (raftnode's
+	// rawpeer.go); the peer gRPC server gets the rest (Forward).
+	peerGRPC := s.node.SplitPeerListener(s.peerLis)
+	go func() { defer s.wg.Done(); _ = s.peer.Serve(peerGRPC) }()
 	go func() { defer s.wg.Done(); _ = s.client.Serve(s.clientLis) }()
 	go func() { defer s.wg.Done(); s.healthLoop() }()
 	s.logger.Info("serving", "client_addr", s.clientLis.Addr().String(), "peer_addr", s.peerLis.Addr().String())

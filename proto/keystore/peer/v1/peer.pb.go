@@ -4,8 +4,9 @@
 // 	protoc        (unknown)
 // source: keystore/peer/v1/peer.proto
 
-// Package keystore.peer.v1 is the node-to-node protocol: Raft messages and
-// proposals forwarded from followers to the leader. Internal.
+// Package keystore.peer.v1 is the node-to-node gRPC protocol: proposals
+// forwarded from followers to the leader. Internal. (Raft messages travel
+// over plain TCP connections on the same port: raftnode/rawpeer.go.)
 
 package peerv1
 
@@ -24,107 +25,6 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// StreamRequest is one batch of Raft messages.
-type StreamRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// The sending node's Raft id.
-	From uint64 `protobuf:"varint,1,opt,name=from,proto3" json:"from,omitempty"`
-	// raftpb.Message values, encoded.
-	Messages [][]byte `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
-	// The sender's cluster id: a node refuses messages of another cluster.
-	ClusterId     uint64 `protobuf:"varint,3,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *StreamRequest) Reset() {
-	*x = StreamRequest{}
-	mi := &file_keystore_peer_v1_peer_proto_msgTypes[0]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *StreamRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*StreamRequest) ProtoMessage() {}
-
-func (x *StreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keystore_peer_v1_peer_proto_msgTypes[0]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use StreamRequest.ProtoReflect.Descriptor instead.
-func (*StreamRequest) Descriptor() ([]byte, []int) {
-	return file_keystore_peer_v1_peer_proto_rawDescGZIP(), []int{0}
-}
-
-func (x *StreamRequest) GetFrom() uint64 {
-	if x != nil {
-		return x.From
-	}
-	return 0
-}
-
-func (x *StreamRequest) GetMessages() [][]byte {
-	if x != nil {
-		return x.Messages
-	}
-	return nil
-}
-
-func (x *StreamRequest) GetClusterId() uint64 {
-	if x != nil {
-		return x.ClusterId
-	}
-	return 0
-}
-
-// StreamResponse ends a stream.
-type StreamResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *StreamResponse) Reset() {
-	*x = StreamResponse{}
-	mi := &file_keystore_peer_v1_peer_proto_msgTypes[1]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *StreamResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*StreamResponse) ProtoMessage() {}
-
-func (x *StreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keystore_peer_v1_peer_proto_msgTypes[1]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use StreamResponse.ProtoReflect.Descriptor instead.
-func (*StreamResponse) Descriptor() ([]byte, []int) {
-	return file_keystore_peer_v1_peer_proto_rawDescGZIP(), []int{1}
-}
-
 // ForwardRequest is a proposal forwarded to the leader.
 type ForwardRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -139,7 +39,7 @@ type ForwardRequest struct {
 
 func (x *ForwardRequest) Reset() {
 	*x = ForwardRequest{}
-	mi := &file_keystore_peer_v1_peer_proto_msgTypes[2]
+	mi := &file_keystore_peer_v1_peer_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -151,7 +51,7 @@ func (x *ForwardRequest) String() string {
 func (*ForwardRequest) ProtoMessage() {}
 
 func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keystore_peer_v1_peer_proto_msgTypes[2]
+	mi := &file_keystore_peer_v1_peer_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -164,7 +64,7 @@ func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardRequest.ProtoReflect.Descriptor instead.
 func (*ForwardRequest) Descriptor() ([]byte, []int) {
-	return file_keystore_peer_v1_peer_proto_rawDescGZIP(), []int{2}
+	return file_keystore_peer_v1_peer_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *ForwardRequest) GetRequestId() uint64 {
@@ -198,7 +98,7 @@ type ForwardResponse struct {
 
 func (x *ForwardResponse) Reset() {
 	*x = ForwardResponse{}
-	mi := &file_keystore_peer_v1_peer_proto_msgTypes[3]
+	mi := &file_keystore_peer_v1_peer_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -210,7 +110,7 @@ func (x *ForwardResponse) String() string {
 func (*ForwardResponse) ProtoMessage() {}
 
 func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keystore_peer_v1_peer_proto_msgTypes[3]
+	mi := &file_keystore_peer_v1_peer_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -223,7 +123,7 @@ func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResponse.ProtoReflect.Descriptor instead.
 func (*ForwardResponse) Descriptor() ([]byte, []int) {
-	return file_keystore_peer_v1_peer_proto_rawDescGZIP(), []int{3}
+	return file_keystore_peer_v1_peer_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *ForwardResponse) GetResult() []byte {
@@ -237,13 +137,7 @@ var File_keystore_peer_v1_peer_proto protoreflect.FileDescriptor
 
 const file_keystore_peer_v1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x1bkeystore/peer/v1/peer.proto\x12\x10keystore.peer.v1\"^\n" +
-	"\rStreamRequest\x12\x12\n" +
-	"\x04from\x18\x01 \x01(\x04R\x04from\x12\x1a\n" +
-	"\bmessages\x18\x02 \x03(\fR\bmessages\x12\x1d\n" +
-	"\n" +
-	"cluster_id\x18\x03 \x01(\x04R\tclusterId\"\x10\n" +
-	"\x0eStreamResponse\"h\n" +
+	"\x1bkeystore/peer/v1/peer.proto\x12\x10keystore.peer.v1\"h\n" +
 	"\x0eForwardRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x18\n" +
@@ -251,9 +145,8 @@ const file_keystore_peer_v1_peer_proto_rawDesc = "" +
 	"\n" +
 	"cluster_id\x18\x03 \x01(\x04R\tclusterId\")\n" +
 	"\x0fForwardResponse\x12\x16\n" +
-	"\x06result\x18\x01 \x01(\fR\x06result2\xac\x01\n" +
-	"\vPeerService\x12M\n" +
-	"\x06Stream\x12\x1f.keystore.peer.v1.StreamRequest\x1a .keystore.peer.v1.StreamResponse(\x01\x12N\n" +
+	"\x06result\x18\x01 \x01(\fR\x06result2]\n" +
+	"\vPeerService\x12N\n" +
 	"\aForward\x12 .keystore.peer.v1.ForwardRequest\x1a!.keystore.peer.v1.ForwardResponseB@Z>github.com/keystore-dev/keystore/proto/keystore/peer/v1;peerv1b\x06proto3"
 
 var (
@@ -268,20 +161,16 @@ func file_keystore_peer_v1_peer_proto_rawDescGZIP() []byte {
 	return file_keystore_peer_v1_peer_proto_rawDescData
 }
 
-var file_keystore_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_keystore_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_keystore_peer_v1_peer_proto_goTypes = []any{
-	(*StreamRequest)(nil),   // 0: keystore.peer.v1.StreamRequest
-	(*StreamResponse)(nil),  // 1: keystore.peer.v1.StreamResponse
-	(*ForwardRequest)(nil),  // 2: keystore.peer.v1.ForwardRequest
-	(*ForwardResponse)(nil), // 3: keystore.peer.v1.ForwardResponse
+	(*ForwardRequest)(nil),  // 0: keystore.peer.v1.ForwardRequest
+	(*ForwardResponse)(nil), // 1: keystore.peer.v1.ForwardResponse
 }
 var file_keystore_peer_v1_peer_proto_depIdxs = []int32{
-	0, // 0: keystore.peer.v1.PeerService.Stream:input_type -> keystore.peer.v1.StreamRequest
-	2, // 1: keystore.peer.v1.PeerService.Forward:input_type -> keystore.peer.v1.ForwardRequest
-	1, // 2: keystore.peer.v1.PeerService.Stream:output_type -> keystore.peer.v1.StreamResponse
-	3, // 3: keystore.peer.v1.PeerService.Forward:output_type -> keystore.peer.v1.ForwardResponse
-	2, // [2:4] is the sub-list for method output_type
-	0, // [0:2] is the sub-list for method input_type
+	0, // 0: keystore.peer.v1.PeerService.Forward:input_type -> keystore.peer.v1.ForwardRequest
+	1, // 1: keystore.peer.v1.PeerService.Forward:output_type -> keystore.peer.v1.ForwardResponse
+	1, // [1:2] is the sub-list for method output_type
+	0, // [0:1] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -298,7 +187,7 @@ func file_keystore_peer_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keystore_peer_v1_peer_proto_rawDesc), len(file_keystore_peer_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

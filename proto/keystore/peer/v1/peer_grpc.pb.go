@@ -4,8 +4,9 @@
 // - protoc             (unknown)
 // source: keystore/peer/v1/peer.proto
 
-// Package keystore.peer.v1 is the node-to-node protocol: Raft messages and
-// proposals forwarded from followers to the leader. Internal.
+// Package keystore.peer.v1 is the node-to-node gRPC protocol: proposals
+// forwarded from followers to the leader. Internal. (Raft messages travel
+// over plain TCP connections on the same port: raftnode/rawpeer.go.)
 
 package peerv1
 
@@ -22,7 +23,6 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	PeerService_Stream_FullMethodName  = "/keystore.peer.v1.PeerService/Stream"
 	PeerService_Forward_FullMethodName = "/keystore.peer.v1.PeerService/Forward"
 )
 
@@ -32,8 +32,6 @@ const (
 //
 // PeerService is served on the peer address of every node.
 type PeerServiceClient interface {
-	// Stream carries batches of Raft messages from one node to another.
-	Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[StreamRequest, StreamResponse], error)
 	// Forward proposes a payload on the leader and returns its apply result.
 	Forward(ctx context.Context, in *ForwardRequest, opts ...grpc.CallOption) (*ForwardResponse, error)
 }
@@ -45,19 +43,6 @@ type peerServiceClient struct {
 func NewPeerServiceClient(cc grpc.ClientConnInterface) PeerServiceClient {
 	return &peerServiceClient{cc}
 }
-
-func (c *peerServiceClient) Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[StreamRequest, StreamResponse], error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &PeerService_ServiceDesc.Streams[0], PeerService_Stream_FullMethodName, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	x := &grpc.GenericClientStream[StreamRequest, StreamResponse]{ClientStream: stream}
-	return x, nil
-}
-
-// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type PeerService_StreamClient = grpc.ClientStreamingClient[StreamRequest, StreamResponse]
 
 func (c *peerServiceClient) Forward(ctx context.Context, in *ForwardRequest, opts ...grpc.CallOption) (*ForwardResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -75,8 +60,6 @@ func (c *peerServiceClient) Forward(ctx context.Context, in *ForwardRequest, opt
 //
 // PeerService is served on the peer address of every node.
 type PeerServiceServer interface {
-	// Stream carries batches of Raft messages from one node to another.
-	Stream(grpc.ClientStreamingServer[StreamRequest, StreamResponse]) error
 	// Forward proposes a payload on the leader and returns its apply result.
 	Forward(context.Context, *ForwardRequest) (*ForwardResponse, error)
 	mustEmbedUnimplementedPeerServiceServer()
@@ -89,9 +72,6 @@ type PeerServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedPeerServiceServer struct{}
 
-func (UnimplementedPeerServiceServer) Stream(grpc.ClientStreamingServer[StreamRequest, StreamResponse]) error {
-	return status.Error(codes.Unimplemented, "method Stream not implemented")
-}
 func (UnimplementedPeerServiceServer) Forward(context.Context, *ForwardRequest) (*ForwardResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Forward not implemented")
 }
@@ -115,13 +95,6 @@ func RegisterPeerServiceServer(s grpc.ServiceRegistrar, srv PeerServiceServer) {
 	}
 	s.RegisterService(&PeerService_ServiceDesc, srv)
 }
-
-func _PeerService_Stream_Handler(srv interface{}, stream grpc.ServerStream) error {
-	return srv.(PeerServiceServer).Stream(&grpc.GenericServerStream[StreamRequest, StreamResponse]{ServerStream: stream})
-}
-
-// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type PeerService_StreamServer = grpc.ClientStreamingServer[StreamRequest, StreamResponse]
 
 func _PeerService_Forward_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ForwardRequest)
@@ -153,12 +126,6 @@ var PeerService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _PeerService_Forward_Handler,
 		},
 	},
-	Streams: []grpc.StreamDesc{
-		{
-			StreamName:    "Stream",
-			Handler:       _PeerService_Stream_Handler,
-			ClientStreams: true,
-		},
-	},
+	Streams:  []grpc.StreamDesc{},
 	Metadata: "keystore/peer/v1/peer.proto",
 }
