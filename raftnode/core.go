@@ -14,7 +14,9 @@ type raftCore interface {
 	// Propose appends data to the leader's log, or fails at once: it
 	// never waits (raft.ErrProposalDropped when this node does not lead).
 	Propose(data []byte) error
-	Step(ctx context.Context, m raftpb.Message) error
+	// StepFrame steps msgs (one frame from a peer) under one lock and
+	// wakes the run loop to pump.
+	StepFrame(msgs []raftpb.Message) error
 	ReadIndex(ctx context.Context, rctx []byte) error
 	ReportUnreachable(id uint64)
 	ReportSnapshot(id uint64, status raft.SnapshotStatus)
@@ -30,9 +32,9 @@ type raftCore interface {
 // if no goroutine is handling a Ready, it handles them itself until raft
 // has none left; otherwise it leaves, and the goroutine handling one sees
 // its step, because it checks for a Ready under the lock before it lets go.
-// Proposers, the ticker and read rounds pump themselves; a peer connection only
-// steps and wakes the run loop to pump, so that it keeps reading while a
-// Ready is being persisted. So Readies are handled one at a time, in order,
+// Proposers, the ticker and read rounds pump themselves; a peer connection
+// only steps and wakes the run loop to pump, so that it keeps reading while
+// a Ready is being persisted. So Readies are handled one at a time, in order,
 // as by a single goroutine, but mostly without waking one. A Ready is
 // handled with the lock released: raft may be stepped meanwhile, as
 // raft.Node allows between Ready and Advance.
@@ -107,20 +109,24 @@ func (c *core) Propose(data []byte) error {
 	return err
 }
 
-// Step hands raft a message from a peer. Like raft.Node.Step, it reports
-// only a stopped node: raft's refusal of a message (a local type from the
-// network, a response from a non-member) is not the sender's problem.
-func (c *core) Step(_ context.Context, m raftpb.Message) error {
+// StepFrame steps a peer's frame and wakes the run loop to pump: a peer
+// connection that handled the Ready itself would not read its next frames
+// meanwhile, and those would miss this Ready's fsync. (A leader's reader
+// pumping itself, its Readies being mostly acknowledgements that need no
+// fsync, measured no better at one client: p50 0.60 against 0.55 ms.) Like
+// raft.Node.Step, it reports only a stopped node: raft's refusal of a
+// message (a local type from the network, a response from a non-member) is
+// not the sender's problem.
+func (c *core) StepFrame(msgs []raftpb.Message) error {
 	c.mu.Lock()
 	if c.stopped {
 		c.mu.Unlock()
 		return raft.ErrStopped
 	}
-	_ = c.rn.Step(m)
+	for i := range msgs {
+		_ = c.rn.Step(msgs[i])
+	}
 	c.mu.Unlock()
-	// The run loop pumps: a peer connection that handled the Ready itself
-	// would not read its next messages meanwhile, and those would miss
-	// this Ready's fsync.
 	c.signal()
 	return nil
 }

@@ -2,7 +2,6 @@ package raftnode
 
 import (
 	"bufio"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -205,6 +204,7 @@ func (t *transport) serveRaft(c net.Conn, preamble []byte) {
 	var (
 		head [4]byte
 		buf  []byte
+		msgs []raftpb.Message
 	)
 	for {
 		if _, err := io.ReadFull(r, head[:]); err != nil {
@@ -222,7 +222,8 @@ func (t *transport) serveRaft(c net.Conn, preamble []byte) {
 		if _, err := io.ReadFull(r, buf); err != nil {
 			return
 		}
-		if err := t.stepFrame(buf, from); err != nil {
+		var err error
+		if msgs, err = t.stepFrame(buf, from, msgs); err != nil {
 			t.logger.Warn("bad raft frame; closing the connection", "from", fmt.Sprintf("%x", from), "err", err)
 			return
 		}
@@ -233,27 +234,30 @@ func (t *transport) serveRaft(c net.Conn, preamble []byte) {
 var errPeerStopped = errors.New("raftnode: stopped")
 
 // stepFrame decodes the messages of one frame from node from and steps
-// them into raft. Nothing of a frame with a bad message reaches raft past
-// that message.
-func (t *transport) stepFrame(b []byte, from uint64) error {
+// them into raft, all or (if one is bad) none. msgs is scratch space,
+// returned for the next frame.
+func (t *transport) stepFrame(b []byte, from uint64, msgs []raftpb.Message) ([]raftpb.Message, error) {
+	clear(msgs)
+	msgs = msgs[:0]
 	for len(b) > 0 {
 		n, k := binary.Uvarint(b)
 		if k <= 0 || n > uint64(len(b)-k) {
-			return errors.New("cut message")
+			return msgs, errors.New("cut message")
 		}
 		var m raftpb.Message
 		if err := m.Unmarshal(b[k : k+int(n)]); err != nil {
-			return errors.New("undecodable message")
+			return msgs, errors.New("undecodable message")
 		}
 		b = b[k+int(n):]
 		if m.To != t.self || m.From != from {
-			return fmt.Errorf("message from %x to %x on a connection from %x", m.From, m.To, from)
+			return msgs, fmt.Errorf("message from %x to %x on a connection from %x", m.From, m.To, from)
 		}
-		if err := t.node.rn.Step(context.Background(), m); err != nil {
-			return errPeerStopped
-		}
+		msgs = append(msgs, m)
 	}
-	return nil
+	if err := t.node.rn.StepFrame(msgs); err != nil {
+		return msgs, errPeerStopped
+	}
+	return msgs, nil
 }
 
 // track registers an inbound connection, so stop can close it; false once

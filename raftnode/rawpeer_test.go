@@ -26,10 +26,10 @@ type recordingCore struct {
 }
 
 func (r *recordingCore) Propose([]byte) error { return raft.ErrProposalDropped }
-func (r *recordingCore) Step(_ context.Context, m raftpb.Message) error {
+func (r *recordingCore) StepFrame(msgs []raftpb.Message) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.stepped = append(r.stepped, m)
+	r.stepped = append(r.stepped, msgs...)
 	return nil
 }
 func (r *recordingCore) ReadIndex(context.Context, []byte) error { return nil }
@@ -226,8 +226,8 @@ func TestRawPeerStopUnblocksWrite(t *testing.T) {
 }
 
 // TestStepFrameRefusesForgedSender: a frame whose message names another
-// sender (or addressee) than its connection is refused, and nothing after
-// that message reaches raft.
+// sender (or addressee) than its connection is refused, and nothing of it
+// reaches raft.
 func TestStepFrameRefusesForgedSender(t *testing.T) {
 	n, rc := testNode(t, 2, map[uint64]string{1: "a", 2: "b", 3: "c"})
 	ok := raftpb.Message{Type: raftpb.MsgHeartbeat, From: 1, To: 2, Term: 1}
@@ -238,16 +238,24 @@ func TestStepFrameRefusesForgedSender(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := n.trans.stepFrame(frame[4:], 1); err == nil {
+		if _, err := n.trans.stepFrame(frame[4:], 1, nil); err == nil {
 			t.Errorf("frame with %v: accepted; want refused", bad)
 		}
 	}
-	if got := rc.messages(); len(got) != 2 {
-		t.Errorf("raft got %d messages; want 2 (the one before each bad message)", len(got))
-	}
 	// A cut message is refused too.
 	frame, _ := PeerFrame(ok)
-	if err := n.trans.stepFrame(frame[4:len(frame)-1], 1); err == nil {
+	if _, err := n.trans.stepFrame(frame[4:len(frame)-1], 1, nil); err == nil {
 		t.Error("cut frame accepted; want refused")
+	}
+	if got := rc.messages(); len(got) != 0 {
+		t.Errorf("raft got %d messages; want none", len(got))
+	}
+	// And a good frame is stepped whole.
+	frame, _ = PeerFrame(ok, ok)
+	if _, err := n.trans.stepFrame(frame[4:], 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := rc.messages(); len(got) != 2 {
+		t.Errorf("raft got %d messages; want 2", len(got))
 	}
 }
