@@ -91,8 +91,9 @@ type walSegment struct {
 	seq  uint64
 	f    vfs.File
 	size int64
-	// prealloc: the file was filled with zeros to walSegmentBytes first.
+	// prealloc: the file was filled with zeros first, to alloc bytes.
 	prealloc bool
+	alloc    int64
 	// maxIndex is the largest entry index written to the segment (0 if
 	// none): once the log's base reaches it, the segment holds nothing
 	// the log needs.
@@ -122,8 +123,10 @@ type wal struct {
 	buf      []byte
 
 	// spare receives the outcome of preparing the next segment's file
-	// (nil, or an error) while preparing; nil otherwise.
-	spare chan error
+	// (nil, or an error) while preparing; nil otherwise. spareBytes (under
+	// mu) is its size on disk, for bytes.
+	spare      chan error
+	spareBytes int64
 }
 
 // walState is the log as replay recovered it (or as a new log starts).
@@ -270,6 +273,10 @@ func (w *wal) replay(seqs []uint64) (walState, error) {
 		if err != nil {
 			return st, err
 		}
+		// A preallocated segment holds more than its records on disk.
+		if fi, err := f.Stat(); err == nil {
+			seg.alloc = fi.Size()
+		}
 	}
 	if floating {
 		return st, fmt.Errorf("%w: gap in the raft log: no entries before %d", ErrCorrupt, st.base+1)
@@ -367,10 +374,20 @@ func (w *wal) rotate(marker byte, index, term uint64, seq uint64) error {
 	if err != nil {
 		_ = f.Close()
 		_ = w.fs.Remove(name)
+		if prealloc {
+			w.mu.Lock()
+			w.spareBytes = 0
+			w.mu.Unlock()
+		}
 		return err
 	}
 	w.mu.Lock()
-	w.segs = append(w.segs, &walSegment{seq: seq, f: f, size: int64(len(buf)), prealloc: prealloc})
+	seg := &walSegment{seq: seq, f: f, size: int64(len(buf)), prealloc: prealloc}
+	if prealloc {
+		seg.alloc = w.spareBytes
+		w.spareBytes = 0
+	}
+	w.segs = append(w.segs, seg)
 	w.mu.Unlock()
 	return nil
 }
@@ -396,6 +413,9 @@ func (w *wal) newSegmentFile(name string) (f vfs.File, prealloc bool, err error)
 			// made as without one.
 			_ = w.fs.Remove(spare)
 			_ = w.fs.Remove(name)
+			w.mu.Lock()
+			w.spareBytes = 0
+			w.mu.Unlock()
 		default:
 		}
 	}
@@ -412,6 +432,9 @@ func (w *wal) prepareSpare() {
 	done := make(chan error, 1)
 	w.spare = done
 	fs, name, size := w.fs, w.fs.PathJoin(w.dir, walSpareName), walSegmentBytes
+	w.mu.Lock()
+	w.spareBytes = size
+	w.mu.Unlock()
 	go func() { done <- fillZeros(fs, name, size) }()
 }
 
@@ -653,13 +676,14 @@ func (w *wal) dropSegments(unneeded func(*walSegment) bool) error {
 	return nil
 }
 
-// bytes is the size of every segment.
+// bytes is what the log occupies on disk: every segment (a preallocated
+// one at least its preallocated size) and the spare.
 func (w *wal) bytes() uint64 {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
-	var n int64
+	n := w.spareBytes
 	for _, s := range w.segs {
-		n += s.size
+		n += max(s.size, s.alloc)
 	}
 	return uint64(n)
 }
@@ -675,6 +699,9 @@ func (w *wal) close() error {
 		<-w.spare
 		w.spare = nil
 		_ = w.fs.Remove(w.fs.PathJoin(w.dir, walSpareName))
+		w.mu.Lock()
+		w.spareBytes = 0
+		w.mu.Unlock()
 	}
 	var err error
 	for _, s := range w.segs {

@@ -62,6 +62,9 @@ func TestWALPreallocatedSegments(t *testing.T) {
 	if fi.Size() != walSegmentBytes {
 		t.Errorf("preallocated segment is %d bytes; want %d", fi.Size(), walSegmentBytes)
 	}
+	if got := s.wal.bytes(); got < uint64(walSegmentBytes) {
+		t.Errorf("the log reports %d bytes on disk; want at least the preallocated segment's %d", got, walSegmentBytes)
+	}
 	if seg.size >= walSegmentBytes/2 {
 		t.Errorf("segment %d holds %d bytes right after the switch; want its header and a batch", seg.seq, seg.size)
 	}
@@ -77,6 +80,9 @@ func TestWALPreallocatedSegments(t *testing.T) {
 	s = reopen(t, s, fs)
 	checkBounds(t, s, 1, uint64(len(ents)))
 	checkEntries(t, s, 1, uint64(len(ents))+1, ents)
+	if got := s.wal.bytes(); got < 2*uint64(walSegmentBytes) {
+		t.Errorf("after reopening, the log reports %d bytes on disk; want at least two preallocated segments' %d", got, 2*walSegmentBytes)
+	}
 	if hs, _, _ := s.InitialState(); hs.Commit != uint64(len(ents)) {
 		t.Errorf("HardState.Commit = %d after reopen; want %d", hs.Commit, len(ents))
 	}
