@@ -3,6 +3,7 @@ package raftnode
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -257,5 +258,69 @@ func TestStepFrameRefusesForgedSender(t *testing.T) {
 	}
 	if got := rc.messages(); len(got) != 2 {
 		t.Errorf("raft got %d messages; want 2", len(got))
+	}
+}
+
+// TestRawPeerSlowReaderKeepsFramesWhole: while the receiver reads nothing,
+// the socket fills and the sender's writes wait; once it reads, every
+// message arrives whole and in order.
+func TestRawPeerSlowReaderKeepsFramesWhole(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	peers := map[uint64]string{1: "127.0.0.1:1", 2: lis.Addr().String()}
+	a, _ := testNode(t, 1, peers)
+	b, brc := testNode(t, 2, peers)
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				head := make([]byte, preambleLen)
+				if _, err := io.ReadFull(c, head); err != nil {
+					_ = c.Close()
+					return
+				}
+				time.Sleep(500 * time.Millisecond) // read nothing for a while
+				b.trans.serveRaft(c, head)
+			}()
+		}
+	}()
+	a.trans.start()
+	defer a.trans.stop()
+	defer b.trans.stop()
+
+	a.trans.send([]raftpb.Message{{Type: raftpb.MsgHeartbeat, From: 1, To: 2, Term: 1}}) // dials
+	body := bytes.Repeat([]byte("z"), 64<<10)
+	sent := []raftpb.Message{{Type: raftpb.MsgHeartbeat, From: 1, To: 2, Term: 1}}
+	deadline := time.Now().Add(5 * time.Second)
+	for i := uint64(1); i <= 400; i++ {
+		m := raftpb.Message{Type: raftpb.MsgApp, From: 1, To: 2, Term: 1, Index: i,
+			Entries: []raftpb.Entry{{Term: 1, Index: i + 1, Data: append([]byte{byte(i), byte(i >> 8)}, body...)}}}
+		sent = append(sent, m)
+		a.trans.send([]raftpb.Message{m})
+		if i == 1 {
+			for { // let the connection open
+				a.trans.peers[2].mu.Lock()
+				open := a.trans.peers[2].raft != nil
+				a.trans.peers[2].mu.Unlock()
+				if open || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
+	got := waitMessages(t, brc, len(sent))
+	for i := range sent {
+		w, _ := sent[i].Marshal()
+		g, _ := got[i].Marshal()
+		if !bytes.Equal(w, g) {
+			t.Fatalf("message %d differs: got index %d, want %d", i, got[i].Index, sent[i].Index)
+		}
 	}
 }
