@@ -308,18 +308,22 @@ func (s *service) keepsDeadlines() {}
 // opContext bounds one replication round by RequestTimeout and ends it a
 // little before the caller's deadline, so that the caller hears UNAVAILABLE
 // from the server rather than its own DEADLINE_EXCEEDED.
+//
+// The end is computed as a time never after ctx's deadline: were it after,
+// context.WithDeadline would hand back ctx itself, and a Stream
+// operation's context (withDeadline) never fires on its own.
 func (s *service) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	d := s.cfg.RequestTimeout
+	end := time.Now().Add(s.cfg.RequestTimeout)
 	if dl, ok := ctx.Deadline(); ok {
-		rem := time.Until(dl)
-		d = min(d, rem-margin(rem))
+		end = earliest(end, dl.Add(-margin(time.Until(dl))))
 	}
-	return context.WithTimeout(ctx, d)
+	return context.WithDeadline(ctx, end)
 }
 
 // margin is how long before a caller's deadline the server gives up.
+// None once the deadline has passed.
 func margin(remaining time.Duration) time.Duration {
-	return min(remaining/10, 250*time.Millisecond)
+	return max(min(remaining/10, 250*time.Millisecond), 0)
 }
 
 func earliest(a, b time.Time) time.Time {

@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -234,5 +235,52 @@ func TestStreamOperationTimeout(t *testing.T) {
 	}
 	if res := resp.GetResults(); len(res) != 1 || res[0].GetId() != 8 || client.BatchResultError(res[0].GetResult()) != nil {
 		t.Errorf("got %v; want operation 8 acquired", res)
+	}
+}
+
+// TestStreamOperationPastItsDeadline: an operation whose timeout has run
+// out before it reaches the replicator (a tiny timeout, a busy server) is
+// answered at once with an error, not left waiting for a quorum.
+func TestStreamOperationPastItsDeadline(t *testing.T) {
+	env := newEnv(t, api.Config{}, false)
+	env.repl.set(func(f *fakeReplicator) { f.block = true })
+	st, err := env.batch.Stream(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ops []*keystorev1.StreamOperation
+	for i := uint64(1); i <= 20; i++ {
+		op := streamOp(i, claimOp(fmt.Sprintf("late-%d", i)))
+		op.Timeout = durationpb.New(time.Duration(i) * time.Microsecond)
+		ops = append(ops, op)
+	}
+	if err := st.Send(&keystorev1.StreamRequest{Operations: ops}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		for n := 0; n < len(ops); {
+			resp, err := st.Recv()
+			if err != nil {
+				done <- err
+				return
+			}
+			for _, r := range resp.GetResults() {
+				if client.BatchResultError(r.GetResult()) == nil {
+					done <- fmt.Errorf("operation %d succeeded against a stuck replicator", r.GetId())
+					return
+				}
+				n++
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("operations past their deadline still unanswered after 3 s")
 	}
 }
