@@ -69,6 +69,25 @@ func serveSplit(t *testing.T, n *Node, lis net.Listener) {
 	t.Cleanup(srv.Stop)
 }
 
+// pairOverTCP starts node 1's transport, sending to node 2, which serves
+// raft and the peer gRPC service on a loopback port (addr); both stop when
+// the test ends.
+func pairOverTCP(t *testing.T) (a *Node, arc *recordingCore, b *Node, brc *recordingCore, addr string) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peers := map[uint64]string{1: "127.0.0.1:1", 2: lis.Addr().String()}
+	a, arc = testNode(t, 1, peers)
+	b, brc = testNode(t, 2, peers)
+	serveSplit(t, b, lis)
+	a.trans.start()
+	t.Cleanup(b.trans.stop)
+	t.Cleanup(a.trans.stop)
+	return a, arc, b, brc, lis.Addr().String()
+}
+
 func waitMessages(t *testing.T, rc *recordingCore, n int) []raftpb.Message {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -88,17 +107,7 @@ func waitMessages(t *testing.T, rc *recordingCore, n int) []raftpb.Message {
 // intact, a large one among them, while the same port still serves the
 // peer gRPC service.
 func TestRawPeerDeliversInOrder(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	peers := map[uint64]string{1: "127.0.0.1:1", 2: lis.Addr().String()}
-	a, _ := testNode(t, 1, peers)
-	b, brc := testNode(t, 2, peers)
-	serveSplit(t, b, lis)
-	a.trans.start()
-	defer a.trans.stop()
-	defer b.trans.stop()
+	a, _, _, brc, addr := pairOverTCP(t)
 
 	big := bytes.Repeat([]byte("x"), 3<<20)
 	var sent []raftpb.Message
@@ -125,7 +134,7 @@ func TestRawPeerDeliversInOrder(t *testing.T) {
 
 	// gRPC on the same port: a Forward of another cluster is refused by
 	// the peer service itself.
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,17 +150,7 @@ func TestRawPeerDeliversInOrder(t *testing.T) {
 // TestRawPeerReconnects: when the connection breaks, the sender reports the
 // peer unreachable, dials again, and later messages arrive.
 func TestRawPeerReconnects(t *testing.T) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	peers := map[uint64]string{1: "127.0.0.1:1", 2: lis.Addr().String()}
-	a, arc := testNode(t, 1, peers)
-	b, brc := testNode(t, 2, peers)
-	serveSplit(t, b, lis)
-	a.trans.start()
-	defer a.trans.stop()
-	defer b.trans.stop()
+	a, arc, b, brc, _ := pairOverTCP(t)
 
 	hb := func(term uint64) raftpb.Message {
 		return raftpb.Message{Type: raftpb.MsgHeartbeat, From: 1, To: 2, Term: term}
