@@ -192,7 +192,9 @@ func New(cfg Config) (*Server, error) {
 		// windows turn off gRPC's bandwidth-delay probe (a PING and its
 		// ACK for nearly every message; raftnode/DESIGN.md, Transport).
 		client: grpc.NewServer(grpc.MaxRecvMsgSize(apiCfg.MaxBodyBytes+apiCfg.MaxMetadataBytes+1<<20), fixedWindows, fixedConnWindows),
-		peer:   grpc.NewServer(fixedWindows, fixedConnWindows),
+		// Forward carries a client's command, as large as the client
+		// server admits.
+		peer: grpc.NewServer(grpc.MaxRecvMsgSize(raftnode.MaxMessageBytes), fixedWindows, fixedConnWindows),
 	}
 	keystorev1.RegisterKeyStoreServiceServer(s.client, svc)
 	s.batch = api.NewBatchService(svc)
