@@ -99,6 +99,8 @@ func Open(cfg Config) (*Store, error) {
 	}
 	for i := range opts.Levels {
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+		// Fewer, larger writes when compactions write tables (see DESIGN.md).
+		opts.Levels[i].BlockSize = 32 << 10
 	}
 	db, err := pebble.Open(cfg.Dir, opts)
 	if err != nil {
