@@ -1,7 +1,9 @@
 package storage
 
 import (
+	"context"
 	"fmt"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -231,5 +233,70 @@ func TestExpireSameOnReplicasAndThroughSnapshot(t *testing.T) {
 	}
 	if n := a.StoredRecords(); n != 0 {
 		t.Fatalf("StoredRecords after the last sweep = %d; want 0", n)
+	}
+}
+
+// TestExpiryIndexThroughCompactions drives a few keys through many lives
+// (claims, heartbeats, completions, releases, takeovers, sweeps, with
+// expiry times that repeat) and flushes and compacts Pebble in between.
+// An index entry that moves is removed with a SingleDelete, which is
+// correct only while no entry is ever set twice without a delete between:
+// a second Set would come back once a compaction pairs the SingleDelete
+// with the newer one, and checkIndex would find an entry without its
+// record.
+func TestExpiryIndexThroughCompactions(t *testing.T) {
+	for seed := range int64(8) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(uint64(seed), 7))
+			s := openStore(t, vfs.NewMem())
+			l := newLog()
+			at := int64(1_000_000)
+			keys := []string{"a", "b", "c", "d"}
+			pick := func(xs ...int64) int64 { return xs[rng.IntN(len(xs))] }
+			for step := range 1500 {
+				at += int64(rng.IntN(3))
+				key := keys[rng.IntN(len(keys))]
+				token := uint64(0)
+				if rec, _, err := s.Get("ns", key); err == nil && rec != nil {
+					token = rec.Token
+				}
+				var cmd *statev1.Command
+				switch r := rng.IntN(10); {
+				case r < 3:
+					cmd = cmdClaim(key, pick(2, 5), pick(3, 6, 10))
+				case r < 5:
+					cmd = cmdComplete(key, token, pick(3, 6, 10))
+				case r < 6:
+					cmd = &statev1.Command{Op: &statev1.Command_Heartbeat{Heartbeat: &statev1.Heartbeat{Namespace: "ns", Key: key, Token: token, Lease: pick(2, 5)}}}
+				case r < 7:
+					cmd = &statev1.Command{Op: &statev1.Command_Release{Release: &statev1.Release{Namespace: "ns", Key: key, Token: token}}}
+				case r < 8:
+					cmd = cmdExpire(at, uint32(1+rng.IntN(3)))
+				default:
+					cmd = nil // a tick
+				}
+				apply1(t, s, l.cmd(at, cmd))
+				switch rng.IntN(20) {
+				case 0:
+					if err := s.db.Flush(); err != nil {
+						t.Fatal(err)
+					}
+				case 1:
+					if err := s.db.Flush(); err != nil {
+						t.Fatal(err)
+					}
+					if err := s.db.Compact(context.Background(), []byte{0}, []byte{0xff}, false); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if step%50 == 0 {
+					checkIndex(t, s)
+				}
+			}
+			if err := s.db.Compact(context.Background(), []byte{0}, []byte{0xff}, false); err != nil {
+				t.Fatal(err)
+			}
+			checkIndex(t, s)
+		})
 	}
 }

@@ -298,8 +298,11 @@ func (s *Store) applyCommand(b *applyBatch, cmd *statev1.Command, requestID, ind
 // same batch.
 func putRecord(b *applyBatch, ns, key string, stored, next *statev1.Record, meta *statev1.Meta) error {
 	k := recordKey(ns, key)
+	// An index entry is set once per expires_at and removed once, so a
+	// SingleDelete removes it: it and the Set vanish together at the
+	// first compaction that meets both (see DESIGN.md).
 	if stored != nil && (next == nil || stored.ExpiresAt != next.ExpiresAt) {
-		if err := b.b.Delete(expiryKey(stored.ExpiresAt, ns, key), nil); err != nil {
+		if err := b.b.SingleDelete(expiryKey(stored.ExpiresAt, ns, key), nil); err != nil {
 			return err
 		}
 	}
