@@ -7,6 +7,9 @@
 // contract's rules over committed entries, and PackKey, which tells the
 // driver the record a command names, so that commands on different records
 // can share an entry. The rules themselves are the pure
-// function transition in apply.go. See DESIGN.md for the log's files, the
-// key layout, the batches and what is synced when.
+// function transition in apply.go. An in-memory Bloom filter of the record
+// keys (keyfilter.go) spares apply the Pebble lookup of a key that has no
+// record, which is what nearly every Claim names. See DESIGN.md for the
+// log's files, the key layout, the batches, the filter and what is synced
+// when.
 package storage

@@ -134,6 +134,13 @@ func decodeSnapshot(data []byte, fn func(k, v []byte) error) error {
 // ApplySnapshot replaces the state machine with the snapshot's, in one
 // synced batch, then resets the log to start after it.
 func (s *Store) ApplySnapshot(snap raftpb.Snapshot) error {
+	// The filters describe the state being replaced: drop them (lookups go
+	// to Pebble) and build anew from the snapshot's records.
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	s.filter.Store(nil)
+	s.nextFilter.Store(nil)
+	defer s.startFilterBuild()
 	b := s.db.NewBatch()
 	defer b.Close()
 	if err := b.DeleteRange(stateStart, stateEnd, nil); err != nil {

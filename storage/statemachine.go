@@ -27,6 +27,9 @@ import (
 // log, and a crash that loses the batch loses its applied index with it, so
 // the entries are applied again on restart.
 func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.Result, error) {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	fs := filters{s.filter.Load(), s.nextFilter.Load()}
 	s.mu.RLock()
 	meta := proto.Clone(s.meta).(*statev1.Meta)
 	closed := s.closed
@@ -67,7 +70,7 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 			sweeps = true
 		}
 	}
-	b := newApplyBatch(s.db, sweeps)
+	b := newApplyBatch(s.db, sweeps, fs)
 	defer b.Close()
 	results := make([]*statev1.Result, len(entries))
 	var touched [][]byte
@@ -134,6 +137,9 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 		s.confState = *cs
 	}
 	s.mu.Unlock()
+	if fs.next == nil && (fs.cur == nil || fs.cur.full()) {
+		s.startFilterBuild() // none yet (a build failed), or too full
+	}
 	for _, k := range touched {
 		s.watch.notify(string(k))
 	}
@@ -209,13 +215,16 @@ type applyBatch struct {
 	b       *pebble.Batch
 	db      *pebble.DB
 	overlay map[string]*statev1.Record // nil when b is indexed; a nil record: deleted
+	// fs tells keys that certainly have no record (no lookup then), and
+	// learns every key a record is created at.
+	fs filters
 }
 
-func newApplyBatch(db *pebble.DB, indexed bool) *applyBatch {
+func newApplyBatch(db *pebble.DB, indexed bool, fs filters) *applyBatch {
 	if indexed {
-		return &applyBatch{b: db.NewIndexedBatch(), db: db}
+		return &applyBatch{b: db.NewIndexedBatch(), db: db, fs: fs}
 	}
-	return &applyBatch{b: db.NewBatch(), db: db, overlay: make(map[string]*statev1.Record)}
+	return &applyBatch{b: db.NewBatch(), db: db, overlay: make(map[string]*statev1.Record), fs: fs}
 }
 
 func (a *applyBatch) Close() { _ = a.b.Close() }
@@ -231,6 +240,12 @@ func (a *applyBatch) getRecord(k []byte) (*statev1.Record, error) {
 		if rec, ok := a.overlay[string(k)]; ok {
 			return rec, nil
 		}
+	}
+	// A record this batch created was added to the filter as it was.
+	if a.fs.absent(k) {
+		return nil, nil
+	}
+	if a.overlay != nil {
 		v, closer, err = a.db.Get(k)
 	} else {
 		v, closer, err = a.b.Get(k)
@@ -319,6 +334,7 @@ func putRecord(b *applyBatch, ns, key string, stored, next *statev1.Record, meta
 	}
 	if stored == nil {
 		meta.StoredRecords++
+		b.fs.add(k) // before any later lookup of k can consult the filter
 	}
 	return b.setRecord(k, next)
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -58,6 +59,16 @@ type Store struct {
 	closed    bool
 
 	watch watchHub
+
+	// applyMu is held by Apply and ApplySnapshot for their whole duration,
+	// and by a filter build while it starts and ends (see buildFilter).
+	applyMu sync.Mutex
+	// filter holds every record key (nil until built); nextFilter is the
+	// one being built. See keyfilter.go.
+	filter, nextFilter atomic.Pointer[keyFilter]
+	filterKick         chan struct{} // asks filterBuilder for a build
+	filterStop         chan struct{} // closed by Close
+	filterDone         chan struct{} // closed when filterBuilder returned
 }
 
 var marshal = proto.MarshalOptions{Deterministic: true}
@@ -106,7 +117,10 @@ func Open(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %s: %w", cfg.Dir, err)
 	}
-	s := &Store{db: db, logger: logger, meta: &statev1.Meta{}}
+	s := &Store{
+		db: db, logger: logger, meta: &statev1.Meta{},
+		filterKick: make(chan struct{}, 1), filterStop: make(chan struct{}), filterDone: make(chan struct{}),
+	}
 	fs := cfg.FS
 	if fs == nil {
 		fs = vfs.Default
@@ -118,6 +132,8 @@ func Open(cfg Config) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	go s.filterBuilder()
+	s.startFilterBuild()
 	return s, nil
 }
 
@@ -149,6 +165,8 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	close(s.filterStop)
+	<-s.filterDone
 	werr := s.wal.close()
 	if err := s.db.Close(); err != nil {
 		return err
