@@ -132,7 +132,8 @@ func (s *Store) filterBuilder() {
 		if err == nil || errors.Is(err, errFilterStopped) {
 			continue
 		}
-		// Lookups go to Pebble meanwhile, as before a first build.
+		// Meanwhile the current filter, if any, stays in use (still a
+		// superset, only fuller); without one, lookups go to Pebble.
 		s.logger.Warn("building the record key filter failed; retrying in a minute", "err", err)
 		select {
 		case <-s.filterStop:
