@@ -60,7 +60,7 @@ func newKeyFilter(records uint64) *keyFilter {
 
 // locate returns k's block (its first word) and the hash whose 9-bit
 // slices are its bits in the block.
-func (f *keyFilter) locate(k []byte) (block uint64, bits uint64) {
+func (f *keyFilter) locate(k []byte) (block, slices uint64) {
 	h := maphash.Bytes(f.seed, k)
 	return (h & (f.blocks - 1)) * filterBlockWords, (h >> 32) * 0x9e3779b97f4a7c15
 }

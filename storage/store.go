@@ -93,8 +93,6 @@ func Open(cfg Config) (*Store, error) {
 	opts := &pebble.Options{
 		FS:     cfg.FS,
 		Logger: pebbleLogger{logger},
-		// Almost every Claim reads a key that does not exist yet: without
-		// filters each such read walks the index blocks of every level.
 		CacheSize: cacheSize,
 		// What an operator needs to see when latency jumps.
 		EventListener: &pebble.EventListener{
@@ -109,6 +107,9 @@ func Open(cfg Config) (*Store, error) {
 		},
 	}
 	for i := range opts.Levels {
+		// Lookups of absent keys that the record key filter does not
+		// answer (before its first build, deleted keys still in it) would
+		// otherwise walk the index blocks of every level.
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 		// Fewer, larger writes when compactions write tables (see DESIGN.md).
 		opts.Levels[i].BlockSize = 32 << 10
