@@ -91,8 +91,8 @@ func Open(cfg Config) (*Store, error) {
 	}
 	logger = logger.With("component", "storage")
 	opts := &pebble.Options{
-		FS:     cfg.FS,
-		Logger: pebbleLogger{logger},
+		FS:        cfg.FS,
+		Logger:    pebbleLogger{logger},
 		CacheSize: cacheSize,
 		// What an operator needs to see when latency jumps.
 		EventListener: &pebble.EventListener{
