@@ -30,6 +30,9 @@ const (
 	peerQueue = 4096
 	// maxBatchBytes bounds one frame (snapshots excepted).
 	maxBatchBytes = 4 << 20
+	// commitHold is how long an append without entries waits for a later
+	// append to the same peer, which replaces it (see send).
+	commitHold = 2 * time.Millisecond
 )
 
 // transport carries Raft messages to peers: one long-lived TCP connection
@@ -57,6 +60,13 @@ type peer struct {
 	client peerv1.PeerServiceClient
 	queue  chan raftpb.Message
 
+	// An append without entries waiting out commitHold (see send): held
+	// is valid while holding; the timer releases it.
+	hmu     sync.Mutex
+	held    raftpb.Message
+	holding bool
+	hold    *time.Timer
+
 	// raft is the outbound raft connection while one is open; stop closes
 	// it to end a blocked write.
 	mu   sync.Mutex
@@ -69,7 +79,10 @@ func newTransport(self uint64, addrs map[uint64]string, n *Node, logger *slog.Lo
 		if id == self {
 			continue
 		}
-		t.peers[id] = &peer{id: id, addr: addr, queue: make(chan raftpb.Message, peerQueue)}
+		p := &peer{id: id, addr: addr, queue: make(chan raftpb.Message, peerQueue)}
+		p.hold = time.AfterFunc(time.Hour, func() { t.release(p) })
+		p.hold.Stop()
+		t.peers[id] = p
 	}
 	return t
 }
@@ -98,6 +111,7 @@ func (t *transport) start() {
 func (t *transport) stop() {
 	close(t.stopc)
 	for _, p := range t.peers {
+		p.hold.Stop()
 		p.mu.Lock()
 		if p.raft != nil {
 			_ = p.raft.Close()
@@ -120,20 +134,82 @@ func (t *transport) stop() {
 }
 
 // send queues messages for their peers without blocking the Ready loop.
+//
+// An append without entries is held back for up to commitHold. A leader
+// sends one to each follower whenever its commit index moves (and as a
+// probe); the follower answers it, so each costs a frame, a wake-up and a
+// Ready on both sides, and at one client it doubled the messages of a
+// write. The leader's next append to that peer carries the commit index
+// too and replaces the held one; if none comes within commitHold, the held
+// one goes out. Holding or dropping a message is safe in Raft (messages may
+// be late or lost); what it delays is only when a follower learns of a
+// commit, which heartbeats and ReadIndex rounds also carry.
 func (t *transport) send(msgs []raftpb.Message) {
 	for _, m := range msgs {
 		p, ok := t.peers[m.To]
 		if !ok {
 			continue
 		}
-		select {
-		case p.queue <- m:
-		default:
-			t.node.rn.ReportUnreachable(m.To)
-			if m.Type == raftpb.MsgSnap {
-				t.node.rn.ReportSnapshot(m.To, raft.SnapshotFailure)
-			}
+		if m.Type != raftpb.MsgApp {
+			t.enqueue(p, m)
+			continue
 		}
+		p.hmu.Lock()
+		if len(m.Entries) == 0 {
+			if !p.holding {
+				p.hold.Reset(commitHold)
+			}
+			p.held, p.holding = m, true
+			p.hmu.Unlock()
+			continue
+		}
+		p.held, p.holding = raftpb.Message{}, false
+		queued := p.offer(m)
+		p.hmu.Unlock()
+		if !queued {
+			t.dropped(m)
+		}
+	}
+}
+
+// release sends p's held append, if it is still held, when commitHold has
+// passed.
+func (t *transport) release(p *peer) {
+	p.hmu.Lock()
+	if !p.holding {
+		p.hmu.Unlock()
+		return
+	}
+	m := p.held
+	p.held, p.holding = raftpb.Message{}, false
+	queued := p.offer(m) // under hmu: no later append overtakes it
+	p.hmu.Unlock()
+	if !queued {
+		t.dropped(m)
+	}
+}
+
+func (t *transport) enqueue(p *peer, m raftpb.Message) {
+	if !p.offer(m) {
+		t.dropped(m)
+	}
+}
+
+// offer queues m unless p's queue is full.
+func (p *peer) offer(m raftpb.Message) bool {
+	select {
+	case p.queue <- m:
+		return true
+	default:
+		return false
+	}
+}
+
+// dropped tells raft that m did not go out (a full queue).
+func (t *transport) dropped(m raftpb.Message) {
+	t.node.rn.ReportUnreachable(m.To)
+	if m.Type == raftpb.MsgSnap {
+		t.node.rn.ReportSnapshot(m.To, raft.SnapshotFailure)
 	}
 }
 
