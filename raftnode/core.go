@@ -11,9 +11,10 @@ import (
 // raftCore is what Node asks of raft. core implements it over raft.RawNode;
 // tests stand in for parts of it.
 type raftCore interface {
-	// Propose appends data to the leader's log, or fails at once: it
-	// never waits (raft.ErrProposalDropped when this node does not lead).
-	Propose(data []byte) error
+	// Propose appends one entry per data to the leader's log, all or
+	// none, or fails at once: it never waits (raft.ErrProposalDropped when
+	// this node does not lead).
+	Propose(data ...[]byte) error
 	// StepFrame steps msgs (one frame from a peer) under one lock and
 	// wakes the run loop to pump.
 	StepFrame(msgs []raftpb.Message) error
@@ -95,16 +96,26 @@ func (c *core) Pump() {
 	c.mu.Unlock()
 }
 
-// Propose appends data to the log if this node leads; raft.ErrProposalDropped
-// otherwise. It never blocks on raft. The caller pumps once it has proposed
-// what it had.
-func (c *core) Propose(data []byte) error {
+// Propose appends an entry per data to the log if this node leads;
+// raft.ErrProposalDropped otherwise. It never blocks on raft. The caller
+// pumps once it has proposed what it had.
+//
+// The entries go to raft in one step (raft.Node.Propose's message with all
+// of them), so the leader sends each follower one append for all of them,
+// the follower answers once, and the commit index moves once: proposed one
+// by one, each entry took its own append per follower, acknowledgement
+// and commit broadcast.
+func (c *core) Propose(data ...[]byte) error {
+	ents := make([]raftpb.Entry, len(data))
+	for i := range data {
+		ents[i].Data = data[i]
+	}
 	c.mu.Lock()
 	if c.stopped {
 		c.mu.Unlock()
 		return raft.ErrStopped
 	}
-	err := c.rn.Propose(data)
+	err := c.rn.Step(raftpb.Message{Type: raftpb.MsgProp, Entries: ents})
 	c.mu.Unlock()
 	return err
 }

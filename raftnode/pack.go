@@ -82,22 +82,34 @@ func (n *Node) drain(rounds int) bool {
 	return true
 }
 
-// proposePacked cuts q, in order, into entries and proposes them. A token
-// is the index of the entry that granted it, so an entry never holds two
-// proposals naming the same record, nor two that may grant a token: every
-// token stays unique.
+// proposePacked cuts q, in order, into entries and proposes them together.
+// A token is the index of the entry that granted it, so an entry never
+// holds two proposals naming the same record, nor two that may grant a
+// token: every token stays unique.
 func (n *Node) proposePacked(q []*pending) {
+	var (
+		data [][]byte
+		cuts [][]*pending // the proposals of each entry in data
+	)
+	add := func(ps []*pending) {
+		d, err := n.encodeEntry(ps)
+		if err != nil {
+			fail(ps, errRetry)
+			return
+		}
+		data, cuts = append(data, d), append(cuts, ps)
+	}
 	seen := make(map[string]struct{}, len(q))
 	start, size, grants := 0, 0, false
 	for i, p := range q {
 		_, dup := seen[p.key]
 		if i > start && (p.key == "" || dup || (p.grants && grants) || i-start == maxPackProposals || size+len(p.cmd) > maxPackBytes) {
-			n.proposeEntry(q[start:i])
+			add(q[start:i])
 			clear(seen)
 			start, size, grants = i, 0, false
 		}
 		if p.key == "" {
-			n.proposeEntry(q[i : i+1])
+			add(q[i : i+1])
 			start = i + 1
 			continue
 		}
@@ -106,14 +118,28 @@ func (n *Node) proposePacked(q []*pending) {
 		grants = grants || p.grants
 	}
 	if start < len(q) {
-		n.proposeEntry(q[start:])
+		add(q[start:])
+	}
+	if len(data) > 0 {
+		if err := n.rn.Propose(data...); err != nil {
+			if errors.Is(err, raft.ErrStopped) {
+				err = ErrStopped
+			} else {
+				// Dropped (this node is no longer leader): they may be
+				// proposed again under the same request ids.
+				err = errRetry
+			}
+			for _, ps := range cuts {
+				fail(ps, err)
+			}
+		}
 	}
 	n.rn.Pump()
 }
 
-// proposeEntry proposes one entry holding ps (the single-proposal form for
-// one) and tells each proposer if it did not make it into the log.
-func (n *Node) proposeEntry(ps []*pending) {
+// encodeEntry encodes the entry holding ps (the single-proposal form for
+// one).
+func (n *Node) encodeEntry(ps []*pending) ([]byte, error) {
 	env := &statev1.Entry{Time: n.clock.stamp()}
 	if len(ps) == 1 {
 		env.RequestId, env.Command = ps[0].id, ps[0].cmd
@@ -123,20 +149,12 @@ func (n *Node) proposeEntry(ps []*pending) {
 			env.Proposals[i] = &statev1.Proposal{RequestId: p.id, Command: p.cmd}
 		}
 	}
-	data, err := proto.Marshal(env)
-	if err == nil {
-		err = n.rn.Propose(data)
-	}
-	if err == nil {
-		return
-	}
-	if errors.Is(err, raft.ErrStopped) {
-		err = ErrStopped
-	} else {
-		// Dropped (this node is no longer leader): it may be proposed
-		// again under the same request id.
-		err = errRetry
-	}
+	return proto.Marshal(env)
+}
+
+// fail tells each proposer in ps that its proposal did not make it into
+// the log.
+func fail(ps []*pending, err error) {
 	for _, p := range ps {
 		select {
 		case p.ch <- outcome{err: err}:

@@ -24,17 +24,21 @@ type recordingRaft struct {
 
 func (r *recordingRaft) Pump() {}
 
-func (r *recordingRaft) Propose(data []byte) error {
+func (r *recordingRaft) Propose(data ...[]byte) error {
 	time.Sleep(r.delay)
 	if r.err != nil {
 		return r.err
 	}
-	e := &statev1.Entry{}
-	if err := proto.Unmarshal(data, e); err != nil {
-		return err
+	var es []*statev1.Entry
+	for _, d := range data {
+		e := &statev1.Entry{}
+		if err := proto.Unmarshal(d, e); err != nil {
+			return err
+		}
+		es = append(es, e)
 	}
 	r.mu.Lock()
-	r.entries = append(r.entries, e)
+	r.entries = append(r.entries, es...)
 	r.mu.Unlock()
 	return nil
 }

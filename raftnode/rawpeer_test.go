@@ -26,7 +26,7 @@ type recordingCore struct {
 	unreachable int
 }
 
-func (r *recordingCore) Propose([]byte) error { return raft.ErrProposalDropped }
+func (r *recordingCore) Propose(...[]byte) error { return raft.ErrProposalDropped }
 func (r *recordingCore) StepFrame(msgs []raftpb.Message) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
