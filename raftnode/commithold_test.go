@@ -71,3 +71,55 @@ func TestTransportReleasesLoneCommit(t *testing.T) {
 		t.Fatalf("second release carried commit %d; want 8", got[1].Commit)
 	}
 }
+
+// TestMergeAppend: an append that continues the previous one (same term,
+// its previous index the last one's final entry) folds into it, with the
+// later commit index; anything else stays a message of its own; raft's
+// entry slices are never written.
+func TestMergeAppend(t *testing.T) {
+	raftEnts := make([]raftpb.Entry, 1, 8) // room to grow: a merge must not use it
+	raftEnts[0] = raftpb.Entry{Term: 3, Index: 6, Data: []byte("a")}
+	last := raftpb.Message{Type: raftpb.MsgApp, Term: 3, Index: 5, LogTerm: 3, Commit: 4, Entries: raftEnts}
+
+	next := appendMsg(6, 5, 2) // entries 7, 8
+	ok, owned := mergeAppend(&last, &next, false)
+	if !ok || !owned {
+		t.Fatalf("contiguous append not merged (ok %v, owned %v)", ok, owned)
+	}
+	if raftEnts[:2][1].Index != 0 {
+		t.Fatal("merge wrote into raft's entry slice")
+	}
+	commitOnly := appendMsg(8, 8, 0)
+	if ok, owned = mergeAppend(&last, &commitOnly, owned); !ok || !owned {
+		t.Fatalf("commit-only continuation not merged (ok %v, owned %v)", ok, owned)
+	}
+	more := appendMsg(8, 8, 1) // entry 9
+	if ok, _ = mergeAppend(&last, &more, owned); !ok {
+		t.Fatal("second contiguous append not merged")
+	}
+	if last.Index != 5 || last.LogTerm != 3 || last.Commit != 8 || len(last.Entries) != 4 {
+		t.Fatalf("merged append: index %d logterm %d commit %d, %d entries; want 5, 3, 8, 4", last.Index, last.LogTerm, last.Commit, len(last.Entries))
+	}
+	for i, e := range last.Entries {
+		if e.Index != uint64(6+i) {
+			t.Fatalf("entry %d has index %d; want %d", i, e.Index, 6+i)
+		}
+	}
+
+	for name, m := range map[string]raftpb.Message{
+		"gap":           appendMsg(10, 8, 1),
+		"overlap":       appendMsg(7, 8, 1),
+		"other term":    func() raftpb.Message { m := appendMsg(9, 8, 1); m.Term = 4; return m }(),
+		"other logterm": func() raftpb.Message { m := appendMsg(9, 8, 1); m.LogTerm = 2; return m }(),
+		"heartbeat":     {Type: raftpb.MsgHeartbeat, Term: 3, Commit: 8},
+	} {
+		before := len(last.Entries)
+		if ok, _ := mergeAppend(&last, &m, true); ok || len(last.Entries) != before {
+			t.Errorf("%s: merged; want a message of its own", name)
+		}
+	}
+	hb := raftpb.Message{Type: raftpb.MsgHeartbeat, Term: 3}
+	if ok, _ := mergeAppend(&hb, &more, false); ok {
+		t.Error("append merged into a heartbeat")
+	}
+}

@@ -243,11 +243,15 @@ func (t *transport) sendLoop(p *peer) {
 		clear(batch) // let go of the last batch's entries
 		batch = append(batch[:0], first)
 		size := first.Size()
+		owned := false // the last message's entries are a slice of our own
 	drain:
 		for size < maxBatchBytes {
 			select {
 			case m := <-p.queue:
-				batch = append(batch, m)
+				var ok bool
+				if ok, owned = mergeAppend(&batch[len(batch)-1], &m, owned); !ok {
+					batch, owned = append(batch, m), false
+				}
 				size += m.Size()
 			default:
 				break drain
@@ -297,6 +301,35 @@ func (t *transport) sendLoop(p *peer) {
 			}
 		}
 	}
+}
+
+// mergeAppend folds m into last when both are appends of one term and m
+// continues where last ends: the result is the append raft would have sent
+// had both sets of entries been proposed at once, with m's (later) commit
+// index. A leader proposes entries as they come, a few at a time, and sends
+// an append per proposal; the follower answers each and each answer moves
+// the commit index and sends more. Merged, a frame carries one append and
+// gets one answer. owned says whether last's entries are a slice of the
+// caller's, which may grow in place, rather than raft's; so does the
+// second result, for the merged message.
+func mergeAppend(last, m *raftpb.Message, owned bool) (ok, nowOwned bool) {
+	if last.Type != raftpb.MsgApp || m.Type != raftpb.MsgApp || last.Term != m.Term || len(last.Entries) == 0 {
+		return false, owned
+	}
+	tail := last.Entries[len(last.Entries)-1]
+	if m.Index != tail.Index || m.LogTerm != tail.Term || m.Commit < last.Commit {
+		return false, owned
+	}
+	if len(m.Entries) > 0 {
+		if !owned {
+			// A new slice: the entries belong to raft's log.
+			last.Entries = append(make([]raftpb.Entry, 0, 2*(len(last.Entries)+len(m.Entries))), last.Entries...)
+			owned = true
+		}
+		last.Entries = append(last.Entries, m.Entries...)
+	}
+	last.Commit = m.Commit
+	return true, owned
 }
 
 func (t *transport) failed(p *peer, batch []raftpb.Message, err error) {
