@@ -4,7 +4,9 @@
 // whichever goroutine pumps (a proposer, the ticker, the run loop woken by a
 // peer connection), in the order persist → send → apply → Advance (a leader
 // sends first). Concurrent proposals on different records are packed into one
-// entry. The package talks to
+// entry, and a round's entries go to raft in one step; the peer sender merges
+// appends that continue one another and holds a commit-only append briefly
+// for the next append to carry. The package talks to
 // the rest of the server through narrow seams: LogStore and StateMachine
 // (implemented by storage), Propose and ReadIndex (used by the API), the
 // peer gRPC service (PeerServer, for Forward) and SplitPeerListener, which
