@@ -28,9 +28,9 @@ func TestTransportReplacesHeldCommitByNextAppend(t *testing.T) {
 		appendMsg(5, 5, 2),
 		{Type: raftpb.MsgHeartbeat, From: 1, To: 2, Term: 3, Commit: 5},
 	})
-	got := waitMessages(t, brc, 3)
+	waitMessages(t, brc, 3)
 	time.Sleep(20 * commitHold) // a held append, had one stayed, is out by now
-	got = brc.messages()
+	got := brc.messages()
 	want := []struct {
 		typ     raftpb.MessageType
 		entries int
@@ -54,12 +54,12 @@ func TestTransportReleasesLoneCommit(t *testing.T) {
 	start := time.Now()
 	a.trans.send([]raftpb.Message{appendMsg(7, 6, 0)})
 	a.trans.send([]raftpb.Message{appendMsg(7, 7, 0)})
-	got := waitMessages(t, brc, 1)
+	waitMessages(t, brc, 1)
 	if waited := time.Since(start); waited < commitHold {
 		t.Errorf("held append arrived after %v; want at least %v", waited, commitHold)
 	}
 	time.Sleep(20 * commitHold)
-	got = brc.messages()
+	got := brc.messages()
 	if len(got) != 1 || got[0].Type != raftpb.MsgApp || got[0].Commit != 7 {
 		t.Fatalf("peer received %v; want the one append with commit 7", got)
 	}
