@@ -53,18 +53,22 @@ type batchCall struct {
 	res  *keystorev1.BatchResult
 	err  error
 	done chan struct{}
+	// limit: when the stream's watch gives up on the call (zero: never).
+	limit time.Time
 	// unsupported: the node does not serve Stream; send it another way.
 	unsupported bool
 }
 
 // do sends op to the node and returns its result, or the error the plain RPC
 // would have returned.
-func (b *batcher) do(ctx context.Context, op *keystorev1.BatchOperation) (*keystorev1.BatchResult, error) {
+func (b *batcher) do(ctx context.Context, op *keystorev1.BatchOperation, limit time.Time) (*keystorev1.BatchResult, error) {
 	if b.stream != nil {
-		if res, err, ok := b.stream.do(ctx, op); ok {
+		if res, err, ok := b.stream.do(ctx, op, limit); ok {
 			return res, err
 		}
 	}
+	ctx, cancel := bounded(ctx, limit)
+	defer cancel()
 	b.mu.Lock()
 	if b.inflight < b.maxInflight || b.maxInflight <= 0 || b.unsupported {
 		b.inflight++

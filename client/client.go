@@ -176,7 +176,7 @@ func (c *Client) Close() error {
 // invoke runs call on one node after another until it succeeds, fails for
 // a reason another node would not change, or the attempts or the caller's
 // deadline run out. extra lengthens the attempt timeout (a Claim's wait).
-func (c *Client) invoke(ctx context.Context, extra time.Duration, call func(ctx context.Context, node int) error) error {
+func (c *Client) invoke(ctx context.Context, extra time.Duration, call func(ctx context.Context, node int, limit time.Time) error) error {
 	n := len(c.kv)
 	start := int(c.preferred.Load())
 	var err error
@@ -207,17 +207,28 @@ func (c *Client) invoke(ctx context.Context, extra time.Duration, call func(ctx 
 	return fromStatus(err)
 }
 
-// attempt runs call on node within the attempt timeout; under the
-// caller's own context when its deadline comes first (no timer to make).
-func (c *Client) attempt(ctx context.Context, extra time.Duration, node int, call func(ctx context.Context, node int) error) error {
+// attempt runs call on node within the attempt timeout: call gets the
+// time the attempt must end by, or zero when the caller's own deadline
+// comes first. A call over the write stream hands the limit to the stream,
+// which enforces it without a timer of its own; any other call bounds its
+// context with it (bounded).
+func (c *Client) attempt(ctx context.Context, extra time.Duration, node int, call func(ctx context.Context, node int, limit time.Time) error) error {
 	limit := time.Now().Add(c.cfg.AttemptTimeout + extra)
 	if dl, ok := ctx.Deadline(); ok && !dl.After(limit) {
-		return call(ctx, node)
+		limit = time.Time{}
 	}
-	actx, cancel := context.WithDeadline(ctx, limit)
-	defer cancel()
-	return call(actx, node)
+	return call(ctx, node, limit)
 }
+
+// bounded returns ctx ended at limit as well; ctx itself for a zero limit.
+func bounded(ctx context.Context, limit time.Time) (context.Context, context.CancelFunc) {
+	if limit.IsZero() {
+		return ctx, noCancel
+	}
+	return context.WithDeadline(ctx, limit)
+}
+
+func noCancel() {}
 
 // backoff sleeps an exponential, capped, fully jittered pause.
 func (c *Client) backoff(ctx context.Context, attempt int) error {

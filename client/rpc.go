@@ -39,14 +39,16 @@ func (c *Client) Claim(ctx context.Context, req ClaimRequest) (*ClaimResult, err
 	}
 	var out *keystorev1.ClaimResponse
 	op := &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Claim{Claim: in}}
-	err := c.invoke(ctx, req.Wait, func(ctx context.Context, node int) error {
+	err := c.invoke(ctx, req.Wait, func(ctx context.Context, node int, limit time.Time) error {
 		if req.Wait > 0 {
 			// A waiting Claim would hold up a whole batch.
+			ctx, cancel := bounded(ctx, limit)
+			defer cancel()
 			r, err := c.kv[node].Claim(ctx, in)
 			out = r
 			return err
 		}
-		r, err := c.batch[node].do(ctx, op)
+		r, err := c.batch[node].do(ctx, op, limit)
 		out = r.GetClaim()
 		return err
 	})
@@ -78,8 +80,8 @@ func (c *Client) Complete(ctx context.Context, req CompleteRequest) (*Record, er
 	}
 	var out *keystorev1.CompleteResponse
 	op := &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Complete{Complete: in}}
-	err := c.invoke(ctx, 0, func(ctx context.Context, node int) error {
-		r, err := c.batch[node].do(ctx, op)
+	err := c.invoke(ctx, 0, func(ctx context.Context, node int, limit time.Time) error {
+		r, err := c.batch[node].do(ctx, op, limit)
 		out = r.GetComplete()
 		return err
 	})
@@ -95,8 +97,8 @@ func (c *Client) Release(ctx context.Context, namespace, key string, token uint6
 	op := &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Release{
 		Release: &keystorev1.ReleaseRequest{Namespace: namespace, Key: key, Token: token},
 	}}
-	return c.invoke(ctx, 0, func(ctx context.Context, node int) error {
-		_, err := c.batch[node].do(ctx, op)
+	return c.invoke(ctx, 0, func(ctx context.Context, node int, limit time.Time) error {
+		_, err := c.batch[node].do(ctx, op, limit)
 		return err
 	})
 }
@@ -108,8 +110,8 @@ func (c *Client) Heartbeat(ctx context.Context, namespace, key string, token uin
 		Heartbeat: &keystorev1.HeartbeatRequest{Namespace: namespace, Key: key, Token: token, Lease: duration(lease)},
 	}}
 	var out *keystorev1.HeartbeatResponse
-	err := c.invoke(ctx, 0, func(ctx context.Context, node int) error {
-		r, err := c.batch[node].do(ctx, op)
+	err := c.invoke(ctx, 0, func(ctx context.Context, node int, limit time.Time) error {
+		r, err := c.batch[node].do(ctx, op, limit)
 		out = r.GetHeartbeat()
 		return err
 	})
@@ -132,7 +134,9 @@ func (c *Client) GetStale(ctx context.Context, namespace, key string) (*Record, 
 func (c *Client) get(ctx context.Context, namespace, key string, cons keystorev1.Consistency) (*Record, error) {
 	in := &keystorev1.GetRequest{Namespace: namespace, Key: key, Consistency: cons}
 	var out *keystorev1.GetResponse
-	err := c.invoke(ctx, 0, func(ctx context.Context, node int) (err error) {
+	err := c.invoke(ctx, 0, func(ctx context.Context, node int, limit time.Time) (err error) {
+		ctx, cancel := bounded(ctx, limit)
+		defer cancel()
 		out, err = c.kv[node].Get(ctx, in)
 		return err
 	})

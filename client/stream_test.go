@@ -121,6 +121,47 @@ func TestStreamBreakRetries(t *testing.T) {
 	t.Logf("%d lifecycles; every worker went on %v after the break; %d stream messages", total, resumed.Round(time.Millisecond), msgs)
 }
 
+// TestQuietStreamWriteRetriesElsewhere: a write on a stream whose node
+// went quiet (a blackhole: no answer, no reset) ends when its attempt
+// times out, not at the caller's deadline, and is retried on the next node
+// like a plain RPC that timed out.
+func TestQuietStreamWriteRetriesElsewhere(t *testing.T) {
+	tc := testcluster.Start(t, testcluster.Options{})
+	lead := tc.Leader()
+	px, err := faultproxy.New("127.0.0.1:0", tc.Endpoint(lead))
+	if err != nil {
+		t.Fatal(err)
+	}
+	px.Start()
+	t.Cleanup(px.Close)
+	eps := []string{px.Addr()} // the leader, through the proxy, first
+	for _, n := range tc.Names {
+		if n != lead {
+			eps = append(eps, tc.Endpoint(n))
+		}
+	}
+	const attempt = 500 * time.Millisecond
+	c, err := client.New(context.Background(), client.Config{Endpoints: eps, LeaderRefresh: -1, AttemptTimeout: attempt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	// The stream opens through the proxy.
+	if res, err := c.Claim(ctxT(t, 10*time.Second), client.ClaimRequest{Namespace: "pay", Key: "k0"}); err != nil || res.Outcome != client.Acquired {
+		t.Fatalf("Claim k0: %+v, %v; want Acquired", res, err)
+	}
+	px.Drop()
+	start := time.Now()
+	res, err := c.Claim(ctxT(t, 20*time.Second), client.ClaimRequest{Namespace: "pay", Key: "k1"})
+	took := time.Since(start)
+	if err != nil || res.Outcome != client.Acquired {
+		t.Fatalf("Claim k1 with the first node quiet: %+v, %v; want Acquired on another node", res, err)
+	}
+	if took < attempt || took > attempt+3*time.Second {
+		t.Fatalf("Claim k1 took %v; want the attempt timeout (%v) and a retry elsewhere", took, attempt)
+	}
+}
+
 // TestStopDoesNotWaitForStreams: a node with a client's stream open stops
 // without waiting out its grace period for the stream to end (the stream
 // is drained), and the client carries on with the other nodes.
