@@ -332,11 +332,11 @@ func (n *Node) apply(ents []raftpb.Entry) error {
 		}
 		if res.Packed != nil {
 			for _, r := range res.Packed {
-				n.answer(r.RequestId, r)
+				n.answer(r.RequestId, r, ents[i].Index)
 			}
 			continue
 		}
-		n.answer(id, res)
+		n.answer(id, res, ents[i].Index)
 	}
 	n.mu.Unlock()
 	n.notifyApplied()
@@ -344,13 +344,13 @@ func (n *Node) apply(ents []raftpb.Entry) error {
 }
 
 // answer hands res to the proposer waiting for request id (n.mu held).
-func (n *Node) answer(id uint64, res *statev1.Result) {
+func (n *Node) answer(id uint64, res *statev1.Result, index uint64) {
 	if id == 0 {
 		return
 	}
 	if ch, ok := n.waiters[id]; ok {
 		select {
-		case ch <- outcome{res: res}:
+		case ch <- outcome{res: res, index: index}:
 		default:
 		}
 		delete(n.waiters, id)

@@ -19,8 +19,9 @@ const (
 // outcome is what a proposer waiting on the leader hears: the apply result,
 // or errRetry when its entry never made it into the log.
 type outcome struct {
-	res *statev1.Result
-	err error
+	res   *statev1.Result
+	index uint64 // of the entry that carried the proposal
+	err   error
 }
 
 // pending is one proposal waiting to be put into the log by the packer.

@@ -46,7 +46,7 @@ func (n *Node) propose(ctx context.Context, reqID uint64, command []byte) (*stat
 		case 0:
 			err = errRetry
 		case n.cfg.ID:
-			res, err = n.proposeLocal(ctx, reqID, command)
+			res, _, err = n.proposeLocal(ctx, reqID, command)
 		default:
 			res, err = n.trans.forward(ctx, lead, reqID, command)
 		}
@@ -68,7 +68,7 @@ func (n *Node) propose(ctx context.Context, reqID uint64, command []byte) (*stat
 // proposeLocal proposes on this node, which believes it is the leader, and
 // waits for the entry to apply here. Concurrent proposals on different
 // records share an entry (see packer).
-func (n *Node) proposeLocal(ctx context.Context, reqID uint64, command []byte) (*statev1.Result, error) {
+func (n *Node) proposeLocal(ctx context.Context, reqID uint64, command []byte) (*statev1.Result, uint64, error) {
 	p := &pending{id: reqID, cmd: command, ch: make(chan outcome, 1)}
 	if key, grants, ok := n.sm.PackKey(command); ok {
 		p.key, p.grants = key, grants
@@ -89,17 +89,17 @@ func (n *Node) proposeLocal(ctx context.Context, reqID uint64, command []byte) (
 	select {
 	case o, ok := <-p.ch:
 		if !ok {
-			return nil, ErrStopped
+			return nil, 0, ErrStopped
 		}
-		return o.res, o.err
+		return o.res, o.index, o.err
 	case <-changed:
 		// The entry may be lost with the old leader's term, or may still
 		// commit; proposing again with the same id is safe either way.
-		return nil, errRetry
+		return nil, 0, errRetry
 	case <-ctx.Done():
-		return nil, ErrTimeout
+		return nil, 0, ErrTimeout
 	case <-n.stopc:
-		return nil, ErrStopped
+		return nil, 0, ErrStopped
 	}
 }
 

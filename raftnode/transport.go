@@ -189,6 +189,13 @@ func (t *transport) release(p *peer) {
 	}
 }
 
+// releaseAll sends every held append now.
+func (t *transport) releaseAll() {
+	for _, p := range t.peers {
+		t.release(p)
+	}
+}
+
 func (t *transport) enqueue(p *peer, m raftpb.Message) {
 	if !p.offer(m) {
 		t.dropped(m)
@@ -355,6 +362,7 @@ func (t *transport) forward(ctx context.Context, lead, reqID uint64, command []b
 		if err := proto.Unmarshal(resp.GetResult(), res); err != nil {
 			return nil, fmt.Errorf("raftnode: undecodable result from the leader: %w", err)
 		}
+		t.catchUp(ctx, resp.GetIndex())
 		return res, nil
 	}
 	if ctx.Err() != nil {
@@ -363,6 +371,24 @@ func (t *transport) forward(ctx context.Context, lead, reqID uint64, command []b
 	// Whatever went wrong on the way (the leader stopped, lost leadership,
 	// or the connection broke), a retry with the same request id is safe.
 	return nil, fmt.Errorf("%w: forward to %x: %v", errRetry, lead, err)
+}
+
+// forwardCatchUp bounds how long a forwarding node waits to apply the
+// entry its forwarded proposal went into: the write is committed either
+// way, and a node cut off from the leader right after must not turn it
+// into an error.
+const forwardCatchUp = 500 * time.Millisecond
+
+// catchUp waits, briefly, until this node has applied index: then a STALE
+// read here sees the write it forwarded (the leader sends the commit
+// before it answers, see Forward).
+func (t *transport) catchUp(ctx context.Context, index uint64) {
+	if index == 0 || t.node.sm.AppliedIndex() >= index {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, forwardCatchUp)
+	defer cancel()
+	_ = t.node.waitApplied(ctx, index)
 }
 
 // PeerServer returns the peer gRPC service of this node, to be registered on
@@ -401,14 +427,18 @@ func (s peerService) Forward(ctx context.Context, req *peerv1.ForwardRequest) (*
 	if req.GetRequestId() == 0 {
 		return nil, status.Error(codes.InvalidArgument, "request id required")
 	}
-	res, err := s.n.proposeLocal(ctx, req.GetRequestId(), req.GetPayload())
+	res, index, err := s.n.proposeLocal(ctx, req.GetRequestId(), req.GetPayload())
 	switch {
 	case err == nil:
+		// The forwarding node learns of the commit before it hears the
+		// answer (as it did before commit-only appends were held): a STALE
+		// read there right after sees the write that went through it.
+		s.n.trans.releaseAll()
 		b, err := proto.Marshal(res)
 		if err != nil {
 			return nil, status.Error(codes.Internal, "unencodable result")
 		}
-		return &peerv1.ForwardResponse{Result: b}, nil
+		return &peerv1.ForwardResponse{Result: b, Index: index}, nil
 	case errors.Is(err, errRetry):
 		return nil, status.Error(codes.Unavailable, "leadership changed")
 	case errors.Is(err, ErrStopped):

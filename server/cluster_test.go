@@ -280,6 +280,31 @@ func TestClusterClaimWaitWakesOnCompleteFromAnotherNode(t *testing.T) {
 	}
 }
 
+// TestClusterStaleReadSeesWriteThroughSameNode: a write made through a
+// follower (forwarded to the leader) is applied on that follower before it
+// answers, so a STALE read there right after sees it — although the leader
+// holds back commit-only appends (raftnode's commit hold).
+func TestClusterStaleReadSeesWriteThroughSameNode(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{})
+	lead := c.Leader()
+	var follower string
+	for _, n := range c.Names {
+		if n != lead {
+			follower = n
+			break
+		}
+	}
+	kv := c.Client(follower)
+	for i := 0; i < 20; i++ {
+		key := fmt.Sprintf("rw%d", i)
+		resp := lifecycle(t, kv, key)
+		got, err := kv.Get(ctxT(t, 5*time.Second), &keystorev1.GetRequest{Namespace: "test", Key: key, Consistency: keystorev1.Consistency_CONSISTENCY_STALE})
+		if err != nil || got.GetRecord().GetState() != keystorev1.RecordState_RECORD_STATE_COMPLETED || got.GetRecord().GetResponse().GetCode() != resp.Code {
+			t.Fatalf("%s: STALE read on %s right after completing through it: %v, %v; want COMPLETED with code %d", key, follower, got, err, resp.Code)
+		}
+	}
+}
+
 func TestClusterNoQuorumIsUnavailable(t *testing.T) {
 	c := testcluster.Start(t, testcluster.Options{})
 	lifecycle(t, c.Client("n1"), "k")

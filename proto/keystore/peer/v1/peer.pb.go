@@ -90,8 +90,13 @@ func (x *ForwardRequest) GetClusterId() uint64 {
 
 // ForwardResponse is the apply result of a forwarded proposal.
 type ForwardResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Result        []byte                 `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Result []byte                 `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	// The log index of the entry that carried the proposal. The forwarding
+	// node answers its caller once it has applied that index too (or gives up
+	// waiting after a moment), so that a STALE read on the node a write went
+	// through sees the write.
+	Index         uint64 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -133,6 +138,13 @@ func (x *ForwardResponse) GetResult() []byte {
 	return nil
 }
 
+func (x *ForwardResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 var File_keystore_peer_v1_peer_proto protoreflect.FileDescriptor
 
 const file_keystore_peer_v1_peer_proto_rawDesc = "" +
@@ -143,9 +155,10 @@ const file_keystore_peer_v1_peer_proto_rawDesc = "" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x03 \x01(\x04R\tclusterId\")\n" +
+	"cluster_id\x18\x03 \x01(\x04R\tclusterId\"?\n" +
 	"\x0fForwardResponse\x12\x16\n" +
-	"\x06result\x18\x01 \x01(\fR\x06result2]\n" +
+	"\x06result\x18\x01 \x01(\fR\x06result\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index2]\n" +
 	"\vPeerService\x12N\n" +
 	"\aForward\x12 .keystore.peer.v1.ForwardRequest\x1a!.keystore.peer.v1.ForwardResponseB@Z>github.com/keystore-dev/keystore/proto/keystore/peer/v1;peerv1b\x06proto3"
 
