@@ -14,13 +14,11 @@ import (
 	"google.golang.org/grpc"
 )
 
-// TestStreamBreakRetries: when the connection a client streams over breaks
-// with writes in flight and unanswered (blackholed, then reset), those
-// writes fail with the stream at once and are retried like calls that
-// failed in transit: every worker completes a lifecycle again within a few
-// seconds (not after the 20 s attempt timeout a write left waiting on a
-// dead stream would take), and every write that was acknowledged stays done.
-func TestStreamBreakRetries(t *testing.T) {
+// leaderBehindProxy starts a cluster and returns a fault proxy in front of
+// its leader, and the endpoints a client is given: the proxy first, then
+// the other nodes.
+func leaderBehindProxy(t *testing.T) (*faultproxy.Proxy, []string) {
+	t.Helper()
 	tc := testcluster.Start(t, testcluster.Options{})
 	lead := tc.Leader()
 	px, err := faultproxy.New("127.0.0.1:0", tc.Endpoint(lead))
@@ -29,12 +27,23 @@ func TestStreamBreakRetries(t *testing.T) {
 	}
 	px.Start()
 	t.Cleanup(px.Close)
-	eps := []string{px.Addr()} // the leader, through the proxy, first
+	eps := []string{px.Addr()}
 	for _, n := range tc.Names {
 		if n != lead {
 			eps = append(eps, tc.Endpoint(n))
 		}
 	}
+	return px, eps
+}
+
+// TestStreamBreakRetries: when the connection a client streams over breaks
+// with writes in flight and unanswered (blackholed, then reset), those
+// writes fail with the stream at once and are retried like calls that
+// failed in transit: every worker completes a lifecycle again within a few
+// seconds (not after the 20 s attempt timeout a write left waiting on a
+// dead stream would take), and every write that was acknowledged stays done.
+func TestStreamBreakRetries(t *testing.T) {
+	px, eps := leaderBehindProxy(t)
 	rc := &rpcCounter{}
 	c, err := client.New(context.Background(), client.Config{
 		Endpoints:      eps,
@@ -126,20 +135,7 @@ func TestStreamBreakRetries(t *testing.T) {
 // times out, not at the caller's deadline, and is retried on the next node
 // like a plain RPC that timed out.
 func TestQuietStreamWriteRetriesElsewhere(t *testing.T) {
-	tc := testcluster.Start(t, testcluster.Options{})
-	lead := tc.Leader()
-	px, err := faultproxy.New("127.0.0.1:0", tc.Endpoint(lead))
-	if err != nil {
-		t.Fatal(err)
-	}
-	px.Start()
-	t.Cleanup(px.Close)
-	eps := []string{px.Addr()} // the leader, through the proxy, first
-	for _, n := range tc.Names {
-		if n != lead {
-			eps = append(eps, tc.Endpoint(n))
-		}
-	}
+	px, eps := leaderBehindProxy(t)
 	const attempt = 500 * time.Millisecond
 	c, err := client.New(context.Background(), client.Config{Endpoints: eps, LeaderRefresh: -1, AttemptTimeout: attempt})
 	if err != nil {

@@ -47,6 +47,16 @@ func lifecycle(t *testing.T, c keystorev1.KeyStoreServiceClient, key string) *ke
 	return resp
 }
 
+// otherNode returns the first node of c that is not name.
+func otherNode(c *testcluster.Cluster, name string) string {
+	for _, n := range c.Names {
+		if n != name {
+			return n
+		}
+	}
+	return ""
+}
+
 func TestClusterConcurrentClaimsOneWinner(t *testing.T) {
 	c := testcluster.Start(t, testcluster.Options{})
 	const callers = 200
@@ -131,13 +141,7 @@ func TestClusterLeaderLossNewLeaderServesWithin3s(t *testing.T) {
 	}
 	c.StopNode(old)
 	stopped := time.Now()
-	var survivor string
-	for _, n := range c.Names {
-		if n != old {
-			survivor = n
-			break
-		}
-	}
+	survivor := otherNode(c, old)
 	var served time.Duration
 	for i := 0; ; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -286,14 +290,7 @@ func TestClusterClaimWaitWakesOnCompleteFromAnotherNode(t *testing.T) {
 // holds back commit-only appends (raftnode's commit hold).
 func TestClusterStaleReadSeesWriteThroughSameNode(t *testing.T) {
 	c := testcluster.Start(t, testcluster.Options{})
-	lead := c.Leader()
-	var follower string
-	for _, n := range c.Names {
-		if n != lead {
-			follower = n
-			break
-		}
-	}
+	follower := otherNode(c, c.Leader())
 	kv := c.Client(follower)
 	for i := 0; i < 20; i++ {
 		key := fmt.Sprintf("rw%d", i)
