@@ -13,7 +13,7 @@ import (
 type raftCore interface {
 	// Propose appends one entry per data to the leader's log, all or
 	// none, or fails at once: it never waits (raft.ErrProposalDropped when
-	// this node does not lead).
+	// this node does not lead). No data: nothing, and no error.
 	Propose(data ...[]byte) error
 	// StepFrame steps msgs (one frame from a peer) under one lock and
 	// wakes the run loop to pump.
@@ -106,6 +106,9 @@ func (c *core) Pump() {
 // by one, each entry took its own append per follower, acknowledgement
 // and commit broadcast.
 func (c *core) Propose(data ...[]byte) error {
+	if len(data) == 0 {
+		return nil // raft panics on a proposal without entries
+	}
 	ents := make([]raftpb.Entry, len(data))
 	for i := range data {
 		ents[i].Data = data[i]

@@ -90,6 +90,20 @@ func TestCorePumpHandlesReadiesOneAtATime(t *testing.T) {
 	if m := maxInside.Load(); m != 1 {
 		t.Errorf("up to %d goroutines handled a Ready at once; want 1", m)
 	}
+
+	// Several entries in one call all commit; none is a no-op (raft itself
+	// panics on a proposal without entries).
+	before := committed.Load()
+	if err := c.Propose([]byte("a"), []byte("b"), []byte("c")); err != nil {
+		t.Fatalf("Propose of three entries: %v", err)
+	}
+	if err := c.Propose(); err != nil {
+		t.Fatalf("Propose of nothing: %v", err)
+	}
+	c.Pump()
+	if got := committed.Load() - before; got != 3 {
+		t.Errorf("%d of 3 entries proposed together committed", got)
+	}
 	c.stop()
 	if err := c.Propose([]byte("x")); err != raft.ErrStopped {
 		t.Errorf("Propose after stop: %v; want raft.ErrStopped", err)
