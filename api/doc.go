@@ -9,5 +9,6 @@
 // method, run concurrently with the others. Its Stream (stream.go) runs the
 // same operations as they arrive on a long-lived stream and sends each
 // result as soon as it is ready, several to a message when they finish
-// together.
+// together (a sender with other operations in flight yields first, so that
+// the workers of one applied batch join its message).
 package api

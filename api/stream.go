@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -98,7 +99,8 @@ func (r *streamReader) read() error {
 			r.mu.Unlock()
 			r.b.workers.run(func() {
 				defer r.inflight.Done()
-				r.send.add(&keystorev1.StreamResult{Id: op.GetId(), Result: r.b.runTimed(ctx, op)})
+				// Others in flight: this operation's slot is still held.
+				r.send.add(&keystorev1.StreamResult{Id: op.GetId(), Result: r.b.runTimed(ctx, op)}, len(r.slots) > 1)
 				<-r.slots
 			})
 		}
@@ -134,7 +136,13 @@ type streamSender struct {
 	failed bool
 }
 
-func (s *streamSender) add(r *keystorev1.StreamResult) {
+// gatherYields bounds how often add yields to let other results join.
+const gatherYields = 4
+
+// add sends r, with whatever else is queued, unless another worker is
+// sending (which then takes r along). others tells that other operations
+// of the stream are in flight, whose results may join r's message.
+func (s *streamSender) add(r *keystorev1.StreamResult, others bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.failed {
@@ -146,6 +154,18 @@ func (s *streamSender) add(r *keystorev1.StreamResult) {
 		return
 	}
 	s.sending = true
+	// Gather: let the workers that are ready to run add their results
+	// first, yielding while yielding brought more. The proposers of one
+	// applied batch wake together, but a send takes the stream a few
+	// microseconds, so without it each found no one sending and sent its
+	// result alone (at 64 clients 0.91 messages per result, with it 0.09).
+	// A result with no others in flight goes at once.
+	for i, n := 0, 0; others && i < gatherYields && len(s.q) > n; i++ {
+		n = len(s.q)
+		s.mu.Unlock()
+		runtime.Gosched()
+		s.mu.Lock()
+	}
 	for len(s.q) > 0 && !s.failed {
 		n, size := 0, 0
 		for n < len(s.q) && n < maxStreamResults && (n == 0 || size+s.sizes[n] <= maxStreamBytes) {

@@ -47,7 +47,7 @@ func TestStreamSenderBoundsMessages(t *testing.T) {
 		}}}}
 	}
 	done := make(chan struct{})
-	go func() { s.add(result(1, 10)); close(done) }() // sends, and blocks in Send
+	go func() { s.add(result(1, 10), false); close(done) }() // sends, and blocks in Send
 	for {
 		cs.mu.Lock()
 		n := len(cs.sent)
@@ -59,10 +59,10 @@ func TestStreamSenderBoundsMessages(t *testing.T) {
 	}
 	const big = 900 << 10
 	for id := uint64(2); id <= 7; id++ {
-		s.add(result(id, big)) // queued behind the blocked send
+		s.add(result(id, big), false) // queued behind the blocked send
 	}
 	for id := uint64(8); id <= 20; id++ {
-		s.add(result(id, 10))
+		s.add(result(id, 10), false)
 	}
 	close(cs.release)
 	<-done
@@ -83,5 +83,51 @@ func TestStreamSenderBoundsMessages(t *testing.T) {
 	}
 	if len(cs.sent) >= 20 {
 		t.Errorf("%d messages for 20 results; want queued small results to share messages", len(cs.sent))
+	}
+}
+
+// countStream counts what is sent on it; Send takes next to no time.
+type countStream struct {
+	grpc.ServerStream
+	mu      sync.Mutex
+	msgs    int
+	results int
+}
+
+func (c *countStream) Send(r *keystorev1.StreamResponse) error {
+	c.mu.Lock()
+	c.msgs++
+	c.results += len(r.GetResults())
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *countStream) Recv() (*keystorev1.StreamRequest, error) { return nil, context.Canceled }
+
+// TestResultsFinishedTogetherShareAMessage: results whose workers wake at
+// the same moment (as the proposers of one applied batch do) travel in a
+// few messages, not one each, even though a send takes next to no time.
+func TestResultsFinishedTogetherShareAMessage(t *testing.T) {
+	const workers = 64
+	for round := range 3 {
+		cs := &countStream{}
+		s := &streamSender{st: cs}
+		gate := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-gate
+				s.add(&keystorev1.StreamResult{Id: uint64(i + 1)}, true)
+			}()
+		}
+		time.Sleep(10 * time.Millisecond) // every worker waits at the gate
+		close(gate)
+		wg.Wait()
+		if cs.results != workers || cs.msgs > workers/4 {
+			t.Fatalf("round %d: %d messages carried %d results; want all %d in at most %d messages", round, cs.msgs, cs.results, workers, workers/4)
+		}
+		t.Logf("round %d: %d results in %d messages", round, cs.results, cs.msgs)
 	}
 }

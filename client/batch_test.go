@@ -309,3 +309,51 @@ func TestQueuedWriteRetriesElsewhere(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestWritesIssuedTogetherShareAMessage: writes whose callers wake at the
+// same moment (as callers answered by one server message do, each then
+// issuing its next write) travel in a few stream messages, not one each,
+// even though sending one takes the stream next to no time.
+func TestWritesIssuedTogetherShareAMessage(t *testing.T) {
+	tc := testcluster.Start(t, testcluster.Options{})
+	rc := &rpcCounter{}
+	c := countingClient(t, tc, 0, rc)
+	ctx := ctxT(t, 30*time.Second)
+	if _, err := c.Claim(ctx, client.ClaimRequest{Namespace: "pay", Key: "warm", Fingerprint: []byte("fp")}); err != nil {
+		t.Fatal(err) // the stream is open from here on
+	}
+	const callers = 64
+	for round := range 3 {
+		rc.mu.Lock()
+		msgs0, ops0 := rc.streamMsgs, rc.streamedOps
+		rc.mu.Unlock()
+		gate := make(chan struct{})
+		var wg sync.WaitGroup
+		errs := make(chan error, callers)
+		for i := range callers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-gate
+				key := fmt.Sprintf("together-%d-%d", round, i)
+				if res, err := c.Claim(ctx, client.ClaimRequest{Namespace: "pay", Key: key, Fingerprint: []byte("fp")}); err != nil || res.Outcome != client.Acquired {
+					errs <- fmt.Errorf("%s: Claim: %+v, %v; want Acquired", key, res, err)
+				}
+			}()
+		}
+		time.Sleep(10 * time.Millisecond) // every caller waits at the gate
+		close(gate)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		rc.mu.Lock()
+		msgs, ops := rc.streamMsgs-msgs0, rc.streamedOps-ops0
+		rc.mu.Unlock()
+		if ops != callers || msgs > callers/4 {
+			t.Fatalf("round %d: %d stream messages carried %d writes; want all %d writes in at most %d messages", round, msgs, ops, callers, callers/4)
+		}
+		t.Logf("round %d: %d writes in %d stream messages", round, ops, msgs)
+	}
+}

