@@ -23,6 +23,7 @@ const (
 	ReasonAlreadyCompleted    = "ALREADY_COMPLETED"
 	ReasonNotFound            = "NOT_FOUND"
 	ReasonNoQuorum            = "NO_QUORUM"
+	ReasonOverloaded          = "OVERLOADED"
 	ReasonInvalidArgument     = "INVALID_ARGUMENT"
 )
 
@@ -42,6 +43,13 @@ func errorStatus(logger *slog.Logger, err error) error {
 		return withInfo(codes.FailedPrecondition, "the record is already completed", ReasonAlreadyCompleted)
 	case errors.Is(err, raftnode.ErrTimeout), errors.Is(err, raftnode.ErrStopped):
 		return withInfo(codes.Unavailable, "no quorum within the deadline; retry", ReasonNoQuorum)
+	case errors.Is(err, raftnode.ErrOverloaded):
+		// UNAVAILABLE, not RESOURCE_EXHAUSTED: the cause is the cluster's
+		// (a stalled or slow quorum), not the caller's quota, and it
+		// passes. keystore's client retries UNAVAILABLE with jittered
+		// backoff (ErrUnavailable); RESOURCE_EXHAUSTED it would hand back
+		// unmapped, not retried. The reason tells it from NO_QUORUM.
+		return withInfo(codes.Unavailable, "the cluster is overloaded: no quorum keeps up with writes; retry with backoff", ReasonOverloaded)
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "canceled")
 	case errors.Is(err, context.DeadlineExceeded):

@@ -55,6 +55,8 @@ func TestErrorStatus(t *testing.T) {
 		{"already completed", storage.ErrAlreadyCompleted, codes.FailedPrecondition, ReasonAlreadyCompleted},
 		{"raft timeout", raftnode.ErrTimeout, codes.Unavailable, ReasonNoQuorum},
 		{"raft stopped", raftnode.ErrStopped, codes.Unavailable, ReasonNoQuorum},
+		{"raft overloaded", raftnode.ErrOverloaded, codes.Unavailable, ReasonOverloaded},
+		{"wrapped overloaded", fmt.Errorf("propose: %w", raftnode.ErrOverloaded), codes.Unavailable, ReasonOverloaded},
 		{"wrapped not found", fmt.Errorf("get: %w", storage.ErrNotFound), codes.NotFound, ReasonNotFound},
 		{"wrapped fingerprint mismatch", fmt.Errorf("x: %w", storage.ErrFingerprintMismatch), codes.FailedPrecondition, ReasonFingerprintMismatch},
 		{"wrapped claim lost", fmt.Errorf("x: %w", storage.ErrClaimLost), codes.Aborted, ReasonClaimLost},
@@ -82,6 +84,9 @@ func TestErrorStatus(t *testing.T) {
 			}
 			if msg == "" {
 				t.Errorf("errorStatus(%v): got empty message; want a description", tc.err)
+			}
+			if tc.wantReason == ReasonOverloaded && (!strings.Contains(msg, "overloaded") || strings.Contains(msg, "raftnode")) {
+				t.Errorf("errorStatus(%v): got message %q; want it to say the cluster is overloaded, without internal text", tc.err, msg)
 			}
 			info, br := statusDetails(t, err)
 			if br != nil {

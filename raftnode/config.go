@@ -46,6 +46,12 @@ type Config struct {
 	// MaxInflightMsgs caps unacknowledged append messages per follower
 	// (default 256).
 	MaxInflightMsgs int
+	// MaxUncommittedBytes bounds the commands a leader holds in entries
+	// no quorum has acknowledged yet (default 64 MiB): they stay in memory
+	// until committed. Beyond it proposals fail at once with ErrOverloaded
+	// instead of piling up while the quorum is stalled or slow. (An entry
+	// is always accepted when nothing is uncommitted, whatever its size.)
+	MaxUncommittedBytes uint64
 
 	// Now is the wall clock (default time.Now). It seeds log time when a
 	// new cluster starts; after that log time advances by monotonic time
@@ -99,6 +105,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxInflightMsgs == 0 {
 		c.MaxInflightMsgs = 256
+	}
+	if c.MaxUncommittedBytes == 0 {
+		c.MaxUncommittedBytes = 64 << 20
 	}
 	if c.Now == nil {
 		c.Now = time.Now

@@ -13,7 +13,8 @@ import (
 type raftCore interface {
 	// Propose appends one entry per data to the leader's log, all or
 	// none, or fails at once: it never waits (raft.ErrProposalDropped when
-	// this node does not lead). No data: nothing, and no error.
+	// this node does not lead, ErrOverloaded when it leads but its
+	// uncommitted tail is full). No data: nothing, and no error.
 	Propose(data ...[]byte) error
 	// StepFrame steps msgs (one frame from a peer) under one lock and
 	// wakes the run loop to pump.
@@ -23,22 +24,31 @@ type raftCore interface {
 	ReportSnapshot(id uint64, status raft.SnapshotStatus)
 	ApplyConfChange(cc raftpb.ConfChangeI) *raftpb.ConfState
 	Status() raft.Status
-	// Pump handles the Readies of what was stepped (see core.Pump).
+	// Pump handles the Readies of what was stepped, or sees that the run
+	// loop does (see core.Pump).
 	Pump()
 }
 
 // core is raft.RawNode behind a mutex. It replaces raft.Node, whose own
 // goroutine every proposal, received message and Ready crossed (a hand-off
 // each way, each a goroutine wake-up). Here whoever steps raft then pumps:
-// if no goroutine is handling a Ready, it handles them itself until raft
-// has none left; otherwise it leaves, and the goroutine handling one sees
-// its step, because it checks for a Ready under the lock before it lets go.
-// Proposers, the ticker and read rounds pump themselves; a peer connection
-// only steps and wakes the run loop to pump, so that it keeps reading while
-// a Ready is being persisted. So Readies are handled one at a time, in order,
-// as by a single goroutine, but mostly without waking one. A Ready is
-// handled with the lock released: raft may be stepped meanwhile, as
-// raft.Node allows between Ready and Advance.
+// if no goroutine is handling a Ready, it handles some itself; otherwise it
+// leaves, and the goroutine handling one sees its step, because it checks
+// for a Ready under the lock before it lets go. Proposers and read rounds
+// pump themselves, but handle at most callerReadies Readies per call, then
+// wake the run loop for the rest: under load raft has a new Ready after
+// every one, and a caller that handled them until none was left would wait
+// for everyone's fsyncs (measured: one Propose call of four proposers held
+// for a whole 1 s burst) with its own result and deadline waiting. The run
+// loop (ticks, and wake-ups) handles Readies until raft has none. A peer
+// connection only steps and wakes the run loop to pump, so that it keeps
+// reading while a Ready is being persisted. So Readies are handled one at
+// a time, in order, as by a single goroutine, but mostly without waking
+// one. A Ready is handled with the lock released: raft may be stepped
+// meanwhile, as raft.Node allows between Ready and Advance.
+//
+// NB: whoever stops handling while raft still has a Ready must wake the run
+// loop (signal); that is what guarantees nothing stepped is left unhandled.
 type core struct {
 	mu       sync.Mutex
 	cond     sync.Cond // signalled when handling ends
@@ -67,9 +77,21 @@ func (c *core) signal() {
 	}
 }
 
-// Pump handles Readies until raft has none, unless another goroutine is
-// handling them (which then sees what the caller stepped).
-func (c *core) Pump() {
+// callerReadies bounds the Readies one Pump call handles; the run loop
+// handles the rest. Two: the Ready holding the caller's own entries (the
+// leader's fsync and appends) and, usually, the one after.
+const callerReadies = 2
+
+// Pump handles up to callerReadies Readies, unless another goroutine is
+// handling them (which then sees what the caller stepped); if raft still
+// has one after that, it wakes the run loop to handle the rest.
+func (c *core) Pump() { c.pump(callerReadies) }
+
+// pumpAll handles Readies until raft has none: the run loop's pump.
+func (c *core) pumpAll() { c.pump(-1) }
+
+// pump handles at most limit Readies (no bound if negative).
+func (c *core) pump(limit int) {
 	c.mu.Lock()
 	if c.handling {
 		c.mu.Unlock()
@@ -77,6 +99,16 @@ func (c *core) Pump() {
 	}
 	c.handling = true
 	for !c.stopped && c.rn.HasReady() {
+		if limit == 0 {
+			// Hand over: the run loop takes the rest (it may find another
+			// caller handling them by then, which is as good).
+			c.handling = false
+			c.cond.Broadcast()
+			c.mu.Unlock()
+			c.signal()
+			return
+		}
+		limit--
 		rd := c.rn.Ready()
 		c.mu.Unlock()
 		err := c.handle(rd)
@@ -97,8 +129,10 @@ func (c *core) Pump() {
 }
 
 // Propose appends an entry per data to the log if this node leads;
-// raft.ErrProposalDropped otherwise. It never blocks on raft. The caller
-// pumps once it has proposed what it had.
+// raft.ErrProposalDropped otherwise, and ErrOverloaded when this node leads
+// but raft dropped the entries because its uncommitted tail would exceed
+// MaxUncommittedBytes (no quorum keeps up). It never blocks on raft. The
+// caller pumps once it has proposed what it had.
 //
 // The entries go to raft in one step (raft.Node.Propose's message with all
 // of them), so the leader sends each follower one append for all of them,
@@ -119,6 +153,14 @@ func (c *core) Propose(data ...[]byte) error {
 		return raft.ErrStopped
 	}
 	err := c.rn.Step(raftpb.Message{Type: raftpb.MsgProp, Entries: ents})
+	if err == raft.ErrProposalDropped {
+		// raft says dropped both when this node does not lead (or hands
+		// leadership over) and when the leader's uncommitted tail is full:
+		// only the first is worth retrying at once.
+		if st := c.rn.BasicStatus(); st.RaftState == raft.StateLeader && st.LeadTransferee == raft.None {
+			err = ErrOverloaded
+		}
+	}
 	c.mu.Unlock()
 	return err
 }
@@ -188,13 +230,14 @@ func (c *core) Status() raft.Status {
 	return c.rn.Status()
 }
 
+// tick ticks raft and pumps until raft has no Ready: the run loop's.
 func (c *core) tick() {
 	c.mu.Lock()
 	if !c.stopped {
 		c.rn.Tick()
 	}
 	c.mu.Unlock()
-	c.Pump()
+	c.pumpAll()
 }
 
 // stop makes every later call a no-op (or raft.ErrStopped), once the Ready

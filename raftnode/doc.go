@@ -13,6 +13,11 @@
 // takes raft's own plain-TCP connections off the peer port. It never
 // imports the store or the API.
 //
+// Snapshots travel beside raft: MsgSnap carries only metadata, and the
+// state is streamed on a connection of its own from the store's consistent
+// view (SnapshotStore.OpenSnapshot) into the follower's staging area
+// (ReceiveSnapshot) before raft sees the message (snapshot.go).
+//
 // Entries carry an envelope (statev1.Entry) with a request id (or several
 // packed proposals) and the leader's clock; commands are opaque here, except
 // for the record the state machine's PackKey names. See DESIGN.md.

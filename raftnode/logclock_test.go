@@ -1,10 +1,13 @@
 package raftnode
 
 import (
+	"encoding/binary"
 	"testing"
 	"time"
 
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -18,7 +21,7 @@ func newFake() *fakeClocks {
 }
 
 func (f *fakeClocks) clock(applied int64) *logClock {
-	return newLogClock(func() time.Time { return f.wall }, func() time.Time { return f.mono }, applied)
+	return newLogClock(func() time.Time { return f.wall }, func() time.Time { return f.mono }, func() int64 { return applied })
 }
 
 func TestLogClockSeedsANewClusterFromTheWallClock(t *testing.T) {
@@ -108,5 +111,81 @@ func TestEnvelopeHeader(t *testing.T) {
 	}
 	if id, at, ok := envelopeHeader(nil); !ok || id != 0 || at != 0 {
 		t.Fatalf("envelopeHeader(empty) = %d, %d, %v; want 0, 0, true", id, at, ok)
+	}
+}
+
+// TestLogClockLeaderLearnsALaterLogTime: a leader that applies a log time
+// beyond its own stamps (a snapshot installed while it leads, or an entry
+// of an earlier term) stamps on from there, by monotonic time: log time
+// does not freeze at that maximum until its anchor catches up.
+func TestLogClockLeaderLearnsALaterLogTime(t *testing.T) {
+	f := newFake()
+	const t0 = int64(1_000 * time.Second)
+	c := f.clock(t0)
+	c.setLeading(true)
+	f.advance(time.Second)
+	c.observe(10_000 * int64(time.Second))
+	for i := 1; i <= 3; i++ {
+		f.advance(time.Second)
+		if got, want := c.stamp(), int64(10_000+i)*int64(time.Second); got != want {
+			t.Fatalf("stamp %ds after learning log time 10000s = %s; want %s", i, time.Duration(got), time.Duration(want))
+		}
+	}
+}
+
+// snapshotReady is a Ready installing a snapshot at index whose state has
+// log time at.
+func snapshotReady(index uint64, at int64) raft.Ready {
+	data := binary.LittleEndian.AppendUint64(nil, uint64(at))
+	return raft.Ready{Snapshot: raftpb.Snapshot{Data: data, Metadata: raftpb.SnapshotMetadata{
+		Index: index, Term: 2, ConfState: raftpb.ConfState{Voters: []uint64{1}}}}}
+}
+
+// TestNodeLearnsLogTimeOfInstalledSnapshot: a node that applied log time
+// 1,000s and installs a snapshot at 10,000s takes log time on from 10,000s
+// (its estimate, and its stamps once it leads), not from 1,000s (which the
+// state machine, keeping the maximum, would ignore for hours).
+func TestNodeLearnsLogTimeOfInstalledSnapshot(t *testing.T) {
+	sm := &memSM{}
+	sm.restore(50, 1_000*int64(time.Second))
+	n, err := New(Config{ID: 1, Peers: memPeers(1)}, newMemLog(sm), sm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const snapTime = 10_000 * int64(time.Second)
+	if err := n.handleReady(snapshotReady(100, snapTime)); err != nil {
+		t.Fatal(err)
+	}
+	if got := n.LogNow(); got < snapTime {
+		t.Errorf("LogNow after the snapshot = %s; want at least %s", time.Duration(got), time.Duration(snapTime))
+	}
+	n.clock.setLeading(true)
+	first := n.clock.stamp()
+	time.Sleep(5 * time.Millisecond)
+	if second := n.clock.stamp(); first < snapTime || second <= first {
+		t.Errorf("stamps after the snapshot %s, then %s; want from %s on, moving", time.Duration(first), time.Duration(second), time.Duration(snapTime))
+	}
+}
+
+// TestNodeNeverStampsBelowStateMachine: whatever moved the state machine's
+// log time past what the clock observed (a snapshot installed outside a
+// Ready), the leader never stamps below it, and stamps on from there.
+func TestNodeNeverStampsBelowStateMachine(t *testing.T) {
+	sm := &memSM{}
+	sm.restore(50, 1_000*int64(time.Second))
+	n, err := New(Config{ID: 1, Peers: memPeers(1)}, newMemLog(sm), sm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.clock.setLeading(true)
+	const later = 10_000 * int64(time.Second)
+	sm.restore(100, later)
+	first := n.clock.stamp()
+	time.Sleep(5 * time.Millisecond)
+	if second := n.clock.stamp(); first < later || second <= first {
+		t.Errorf("stamps %s, then %s; want from the state machine's %s on, moving", time.Duration(first), time.Duration(second), time.Duration(later))
+	}
+	if got := n.LogNow(); got < later {
+		t.Errorf("LogNow = %s; want at least %s", time.Duration(got), time.Duration(later))
 	}
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +28,9 @@ type LogStore interface {
 	ApplySnapshot(snap raftpb.Snapshot) error
 	// Compact discards the log up to and including index.
 	Compact(index uint64) error
+	// SnapshotStore streams snapshots: ApplySnapshot installs what
+	// ReceiveSnapshot staged for the snapshot's metadata.
+	SnapshotStore
 }
 
 // StateMachine is what committed entries are applied to.
@@ -36,7 +41,9 @@ type StateMachine interface {
 	Apply(ents []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.Result, error)
 	// AppliedIndex returns the index of the last applied entry.
 	AppliedIndex() uint64
-	// LogTime returns the largest entry time applied (Unix nanoseconds).
+	// LogTime returns the largest entry time applied (Unix nanoseconds),
+	// or the installed snapshot's. The log clock reads it at every stamp:
+	// it must be cheap and must not call into the Node.
 	LogTime() int64
 	// PackKey names the record command changes; commands on different
 	// records may be packed into one entry (statev1.Entry.proposals), and
@@ -54,6 +61,10 @@ var (
 	// ErrTimeout is returned when no leader committed the proposal, or
 	// confirmed a read, before the context ended.
 	ErrTimeout = errors.New("raftnode: no quorum before the deadline")
+	// ErrOverloaded is returned when this node leads but its uncommitted
+	// entries already fill MaxUncommittedBytes: no quorum keeps up with the
+	// writes, and the proposal was refused rather than held in memory.
+	ErrOverloaded = errors.New("raftnode: overloaded: uncommitted entries at their bound")
 )
 
 // Node drives one member of the Raft group: it handles raft's Readies in a
@@ -91,6 +102,8 @@ type Node struct {
 	snapshots   atomic.Uint64
 
 	stopOnce sync.Once
+	haltOnce sync.Once
+	halted   bool // under mu: no proposer may wait any more (see halt)
 	stopc    chan struct{}
 	done     sync.WaitGroup
 	failed   atomic.Pointer[error]
@@ -116,7 +129,7 @@ func New(cfg Config, store LogStore, sm StateMachine) (*Node, error) {
 	}
 	n.reads.init()
 	n.trans = newTransport(cfg.ID, cfg.Peers, n, n.logger)
-	n.clock = newLogClock(cfg.Now, time.Now, sm.LogTime())
+	n.clock = newLogClock(cfg.Now, time.Now, sm.LogTime)
 	return n, nil
 }
 
@@ -131,7 +144,7 @@ func (n *Node) Start() error {
 		Applied:                   n.sm.AppliedIndex(),
 		MaxSizePerMsg:             n.cfg.MaxSizePerMsg,
 		MaxInflightMsgs:           n.cfg.MaxInflightMsgs,
-		MaxUncommittedEntriesSize: 1 << 30,
+		MaxUncommittedEntriesSize: n.cfg.MaxUncommittedBytes,
 		CheckQuorum:               true,
 		PreVote:                   true,
 		ReadOnlyOption:            raft.ReadOnlySafe,
@@ -153,8 +166,11 @@ func (n *Node) Start() error {
 		return err
 	}
 	if raft.IsEmptyHardState(hs) && last == 0 {
-		peers := make([]raft.Peer, 0, len(n.cfg.Peers))
-		for id := range n.cfg.Peers {
+		// In id order: the bootstrap entries (one conf change per member)
+		// must be the same bytes on every member, and map order is random.
+		ids := slices.Sorted(maps.Keys(n.cfg.Peers))
+		peers := make([]raft.Peer, 0, len(ids))
+		for _, id := range ids {
 			peers = append(peers, raft.Peer{ID: id})
 		}
 		n.logger.Info("starting a new cluster", "members", len(peers))
@@ -179,7 +195,7 @@ func (n *Node) Start() error {
 // reads fail with ErrStopped.
 func (n *Node) Stop() {
 	n.stopOnce.Do(func() {
-		close(n.stopc)
+		n.halt()
 		n.done.Wait()
 		n.core.stop()
 		n.trans.stop()
@@ -207,20 +223,45 @@ func (n *Node) run() {
 		case <-ticker.C:
 			n.core.tick()
 		case <-n.core.wake:
-			n.core.Pump()
+			n.core.pumpAll()
 		case <-n.stopc:
-			n.failPending()
 			return
 		}
 	}
 }
 
 // stopOnFailure stops serving after handling a Ready failed: a storage
-// failure leaves this node unable to keep its promises.
+// failure leaves this node unable to keep its promises. The core already
+// refuses every call; Stop still has to be called.
 func (n *Node) stopOnFailure(err error) {
 	n.logger.Error("stopping after storage failure", "err", err)
 	n.failed.Store(&err)
-	n.failPending()
+	n.halt()
+}
+
+// halt stops serving (Stop, or a storage failure): every proposer waiting
+// for its entry hears ErrStopped, none may start waiting any more, and
+// stopc closes (the loops end; proposers and readers waiting on anything
+// else return ErrStopped).
+//
+// NB: a waiter's channel is never closed, only sent to: a packer round
+// still in flight fails its proposers onto the same channels afterwards,
+// and a send on a closed channel panics. Each channel has room for one
+// outcome and every send to it is non-blocking, so the first outcome wins.
+func (n *Node) halt() {
+	n.haltOnce.Do(func() {
+		n.mu.Lock()
+		n.halted = true
+		for id, ch := range n.waiters {
+			select {
+			case ch <- outcome{err: ErrStopped}:
+			default:
+			}
+			delete(n.waiters, id)
+		}
+		n.mu.Unlock()
+		close(n.stopc)
+	})
 }
 
 func (n *Node) handleReady(rd raft.Ready) error {
@@ -248,9 +289,15 @@ func (n *Node) handleReady(rd raft.Ready) error {
 	}
 	// 1. Persist.
 	if !raft.IsEmptySnap(rd.Snapshot) {
-		if err := n.store.ApplySnapshot(rd.Snapshot); err != nil {
+		n.trans.installing.Add(1)
+		err := n.store.ApplySnapshot(rd.Snapshot)
+		n.trans.installing.Add(-1)
+		if err != nil {
 			return fmt.Errorf("apply snapshot: %w", err)
 		}
+		// Log time goes on from the snapshot's, not from the entries
+		// applied before it (see logClock).
+		n.clock.observe(n.sm.LogTime())
 		n.compactedAt = rd.Snapshot.Metadata.Index
 		n.snapshots.Add(1)
 		n.notifyApplied()
@@ -393,15 +440,6 @@ func (n *Node) observeLeader(lead uint64) {
 	n.mu.Unlock()
 }
 
-func (n *Node) failPending() {
-	n.mu.Lock()
-	for id, ch := range n.waiters {
-		close(ch)
-		delete(n.waiters, id)
-	}
-	n.mu.Unlock()
-}
-
 // Status is a snapshot of the node's view of the cluster.
 type Status struct {
 	ID      uint64
@@ -413,6 +451,9 @@ type Status struct {
 	SnapshotsApplied uint64
 	// Healthy is false after a storage failure stopped the node.
 	Healthy bool
+	// InstallingSnapshot is true while a snapshot from the leader is
+	// received or installed: the node's state is about to be replaced.
+	InstallingSnapshot bool
 }
 
 // Status returns the node's current view.
@@ -427,6 +468,8 @@ func (n *Node) Status() Status {
 
 		SnapshotsApplied: n.snapshots.Load(),
 		Healthy:          n.failed.Load() == nil,
+
+		InstallingSnapshot: n.trans.installing.Load() > 0,
 	}
 }
 

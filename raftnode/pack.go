@@ -17,7 +17,8 @@ const (
 )
 
 // outcome is what a proposer waiting on the leader hears: the apply result,
-// or errRetry when its entry never made it into the log.
+// or why its entry never made it into the log (errRetry, ErrOverloaded,
+// ErrStopped).
 type outcome struct {
 	res   *statev1.Result
 	index uint64 // of the entry that carried the proposal
@@ -30,7 +31,9 @@ type pending struct {
 	cmd    []byte
 	key    string // the record it names; "" travels alone
 	grants bool   // it may grant a token (a Claim)
-	ch     chan outcome
+	// ch has room for one outcome; it is only ever sent to, never
+	// closed, and without blocking: the first outcome wins (see Node.halt).
+	ch chan outcome
 }
 
 // packer turns proposals queued on the leader into log entries, packing
@@ -123,9 +126,13 @@ func (n *Node) proposePacked(q []*pending) {
 	}
 	if len(data) > 0 {
 		if err := n.rn.Propose(data...); err != nil {
-			if errors.Is(err, raft.ErrStopped) {
+			switch {
+			case errors.Is(err, raft.ErrStopped):
 				err = ErrStopped
-			} else {
+			case errors.Is(err, ErrOverloaded):
+				// This node leads but no quorum keeps up: retrying at
+				// once would only hold more in memory.
+			default:
 				// Dropped (this node is no longer leader): they may be
 				// proposed again under the same request ids.
 				err = errRetry
@@ -154,7 +161,7 @@ func (n *Node) encodeEntry(ps []*pending) ([]byte, error) {
 }
 
 // fail tells each proposer in ps that its proposal did not make it into
-// the log.
+// the log (unless it heard something already, e.g. ErrStopped).
 func fail(ps []*pending, err error) {
 	for _, p := range ps {
 		select {

@@ -57,7 +57,7 @@ func proposals(e *statev1.Entry) (ids []uint64, cmds [][]byte) {
 
 func packerNode(rn raftCore) *Node {
 	cfg := Config{}.withDefaults()
-	return &Node{cfg: cfg, rn: rn, clock: newLogClock(cfg.Now, time.Now, 0), stopc: make(chan struct{})}
+	return &Node{cfg: cfg, rn: rn, clock: newLogClock(cfg.Now, time.Now, func() int64 { return 0 }), stopc: make(chan struct{})}
 }
 
 func pend(id uint64, key string, size int) *pending {
@@ -178,12 +178,13 @@ func TestSubmitConcurrent(t *testing.T) {
 }
 
 // TestProposeEntryFailure: a proposal raft drops is reported to each of its
-// proposers as retryable; a stopped raft as stopped.
+// proposers as retryable; a stopped raft as stopped; an overloaded leader
+// as overloaded.
 func TestProposeEntryFailure(t *testing.T) {
 	for _, tc := range []struct {
 		err  error
 		want error
-	}{{raft.ErrProposalDropped, errRetry}, {raft.ErrStopped, ErrStopped}} {
+	}{{raft.ErrProposalDropped, errRetry}, {raft.ErrStopped, ErrStopped}, {ErrOverloaded, ErrOverloaded}} {
 		n := packerNode(&recordingRaft{err: tc.err})
 		a, b := pend(1, "a", 1), pend(2, "b", 1)
 		n.proposePacked([]*pending{a, b})

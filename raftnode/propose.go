@@ -35,6 +35,11 @@ func (n *Node) Propose(ctx context.Context, requestID uint64, command []byte) (*
 func (n *Node) propose(ctx context.Context, reqID uint64, command []byte) (*statev1.Result, error) {
 	backoff := 5 * time.Millisecond
 	for {
+		select {
+		case <-n.stopc: // stopped, or failed: nothing to forward either
+			return nil, ErrStopped
+		default:
+		}
 		n.mu.Lock()
 		changed := n.leaderChanged
 		n.mu.Unlock()
@@ -74,6 +79,10 @@ func (n *Node) proposeLocal(ctx context.Context, reqID uint64, command []byte) (
 		p.key, p.grants = key, grants
 	}
 	n.mu.Lock()
+	if n.halted {
+		n.mu.Unlock()
+		return nil, 0, ErrStopped
+	}
 	n.waiters[reqID] = p.ch
 	changed := n.leaderChanged
 	n.lastProposal = time.Now()
@@ -87,10 +96,7 @@ func (n *Node) proposeLocal(ctx context.Context, reqID uint64, command []byte) (
 	}()
 	n.submit(p)
 	select {
-	case o, ok := <-p.ch:
-		if !ok {
-			return nil, 0, ErrStopped
-		}
+	case o := <-p.ch:
 		return o.res, o.index, o.err
 	case <-changed:
 		// The entry may be lost with the old leader's term, or may still

@@ -88,16 +88,17 @@ func appendFrame(b []byte, msgs []raftpb.Message) ([]byte, error) {
 // every other connection to whoever Accepts (the peer gRPC server).
 type peerListener struct {
 	net.Listener
-	serveRaft func(c net.Conn, preamble []byte)
-	conns     chan net.Conn
-	done      chan struct{}
-	closeOnce sync.Once
+	serveRaft     func(c net.Conn, preamble []byte)
+	serveSnapshot func(c net.Conn, preamble []byte)
+	conns         chan net.Conn
+	done          chan struct{}
+	closeOnce     sync.Once
 }
 
 // SplitPeerListener returns the listener the peer gRPC server should serve
 // on; raft connections arriving on lis are served by n.
 func (n *Node) SplitPeerListener(lis net.Listener) net.Listener {
-	pl := &peerListener{Listener: lis, serveRaft: n.trans.serveRaft, conns: make(chan net.Conn), done: make(chan struct{})}
+	pl := &peerListener{Listener: lis, serveRaft: n.trans.serveRaft, serveSnapshot: n.trans.serveSnapshot, conns: make(chan net.Conn), done: make(chan struct{})}
 	go pl.acceptLoop()
 	return pl
 }
@@ -130,13 +131,17 @@ func (pl *peerListener) route(c net.Conn) {
 	_ = c.SetReadDeadline(time.Now().Add(preambleTimeout))
 	head := make([]byte, preambleLen)
 	n, err := io.ReadFull(c, head[:len(peerMagic)])
-	if err == nil && string(head[:n]) == peerMagic {
+	if err == nil && (string(head[:n]) == peerMagic || string(head[:n]) == snapMagic) {
 		if _, err := io.ReadFull(c, head[n:]); err != nil {
 			_ = c.Close()
 			return
 		}
 		_ = c.SetReadDeadline(time.Time{})
-		pl.serveRaft(c, head)
+		if string(head[:n]) == snapMagic {
+			pl.serveSnapshot(c, head)
+		} else {
+			pl.serveRaft(c, head)
+		}
 		return
 	}
 	if n == 0 {
@@ -252,6 +257,11 @@ func (t *transport) stepFrame(b []byte, from uint64, msgs []raftpb.Message) ([]r
 		if m.To != t.self || m.From != from {
 			return msgs, fmt.Errorf("message from %x to %x on a connection from %x", m.From, m.To, from)
 		}
+		if m.Type == raftpb.MsgSnap {
+			// A snapshot's data comes on a connection of its own, staged
+			// before raft sees the message (snapshot.go).
+			return msgs, errors.New("a snapshot in a raft frame")
+		}
 		msgs = append(msgs, m)
 	}
 	if err := t.node.rn.StepFrame(msgs); err != nil {
@@ -281,8 +291,9 @@ func (t *transport) untrack(c net.Conn) {
 	t.inboundWG.Done()
 }
 
-// dialPeer opens a raft connection to p and sends its preamble.
-func (t *transport) dialPeer(p *peer) (net.Conn, error) {
+// dial opens a raft (magic peerMagic) or snapshot (snapMagic) connection
+// to p and sends its preamble.
+func (t *transport) dial(p *peer, magic string) (net.Conn, error) {
 	// Keepalives notice a peer that vanished while the connection is
 	// idle; the user timeout, while writes wait for acknowledgements.
 	d := net.Dialer{Timeout: time.Second, KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 2 * time.Second, Interval: time.Second, Count: 3}}
@@ -292,7 +303,9 @@ func (t *transport) dialPeer(p *peer) (net.Conn, error) {
 	}
 	setUserTimeout(c, peerUserTimeout)
 	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write(PeerPreamble(t.node.cfg.ClusterID, t.self, p.id)); err != nil {
+	pre := PeerPreamble(t.node.cfg.ClusterID, t.self, p.id)
+	copy(pre, magic)
+	if _, err := c.Write(pre); err != nil {
 		_ = c.Close()
 		return nil, err
 	}

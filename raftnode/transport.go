@@ -7,11 +7,11 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	peerv1 "github.com/keystore-dev/keystore/proto/keystore/peer/v1"
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
-	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -20,8 +20,8 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// MaxMessageBytes is the largest frame of raft messages: a snapshot travels
-// in one message.
+// MaxMessageBytes is the largest frame of raft messages (and a Forward's
+// message). Snapshots do not travel in frames (snapshot.go).
 const MaxMessageBytes = 512 << 20
 
 const (
@@ -51,6 +51,11 @@ type transport struct {
 	stopped   bool
 	inbound   map[net.Conn]struct{}
 	inboundWG sync.WaitGroup
+
+	// receiving is held while a snapshot is received (one at a time);
+	// installing counts snapshots being received or installed.
+	receiving  sync.Mutex
+	installing atomic.Int32
 }
 
 type peer struct {
@@ -67,10 +72,16 @@ type peer struct {
 	holding bool
 	hold    *time.Timer
 
-	// raft is the outbound raft connection while one is open; stop closes
-	// it to end a blocked write.
-	mu   sync.Mutex
-	raft net.Conn
+	// raft is the outbound raft connection while one is open, snapConn
+	// the snapshot transfer's; stop closes them to end a blocked write.
+	mu       sync.Mutex
+	raft     net.Conn
+	snapConn net.Conn
+
+	// snapping is set while a snapshot transfer to the peer runs;
+	// snapBackoff is its goroutine's (one at a time).
+	snapping    atomic.Bool
+	snapBackoff time.Duration
 }
 
 func newTransport(self uint64, addrs map[uint64]string, n *Node, logger *slog.Logger) *transport {
@@ -116,6 +127,9 @@ func (t *transport) stop() {
 		if p.raft != nil {
 			_ = p.raft.Close()
 		}
+		if p.snapConn != nil {
+			_ = p.snapConn.Close()
+		}
 		p.mu.Unlock()
 	}
 	t.wg.Wait()
@@ -148,6 +162,10 @@ func (t *transport) send(msgs []raftpb.Message) {
 	for _, m := range msgs {
 		p, ok := t.peers[m.To]
 		if !ok {
+			continue
+		}
+		if m.Type == raftpb.MsgSnap {
+			t.sendSnapshot(p, m) // streamed beside the queue (snapshot.go)
 			continue
 		}
 		if m.Type != raftpb.MsgApp {
@@ -215,9 +233,6 @@ func (p *peer) offer(m raftpb.Message) bool {
 // dropped tells raft that m did not go out (a full queue).
 func (t *transport) dropped(m raftpb.Message) {
 	t.node.rn.ReportUnreachable(m.To)
-	if m.Type == raftpb.MsgSnap {
-		t.node.rn.ReportSnapshot(m.To, raft.SnapshotFailure)
-	}
 }
 
 // sendLoop owns p's raft connection: it writes queued messages in frames
@@ -272,7 +287,7 @@ func (t *transport) sendLoop(p *peer) {
 			continue
 		}
 		if conn == nil {
-			if conn, err = t.dialPeer(p); err == nil {
+			if conn, err = t.dial(p, peerMagic); err == nil {
 				p.mu.Lock()
 				p.raft = conn
 				p.mu.Unlock()
@@ -302,11 +317,6 @@ func (t *transport) sendLoop(p *peer) {
 			continue
 		}
 		backoff = 50 * time.Millisecond
-		for i := range batch {
-			if batch[i].Type == raftpb.MsgSnap {
-				t.node.rn.ReportSnapshot(p.id, raft.SnapshotFinish)
-			}
-		}
 	}
 }
 
@@ -342,11 +352,6 @@ func mergeAppend(last, m *raftpb.Message, owned bool) (ok, nowOwned bool) {
 func (t *transport) failed(p *peer, batch []raftpb.Message, err error) {
 	t.logger.Debug("peer unreachable", "peer", fmt.Sprintf("%x", p.id), "err", err)
 	t.node.rn.ReportUnreachable(p.id)
-	for i := range batch {
-		if batch[i].Type == raftpb.MsgSnap {
-			t.node.rn.ReportSnapshot(p.id, raft.SnapshotFailure)
-		}
-	}
 }
 
 // forward sends a proposal to the leader and waits for its result. Transport
@@ -367,6 +372,9 @@ func (t *transport) forward(ctx context.Context, lead, reqID uint64, command []b
 	}
 	if ctx.Err() != nil {
 		return nil, ErrTimeout
+	}
+	if st := status.Convert(err); st.Code() == codes.ResourceExhausted && st.Message() == "overloaded" {
+		return nil, ErrOverloaded
 	}
 	// Whatever went wrong on the way (the leader stopped, lost leadership,
 	// or the connection broke), a retry with the same request id is safe.
@@ -443,6 +451,9 @@ func (s peerService) Forward(ctx context.Context, req *peerv1.ForwardRequest) (*
 		return nil, status.Error(codes.Unavailable, "leadership changed")
 	case errors.Is(err, ErrStopped):
 		return nil, status.Error(codes.Unavailable, "leader stopped")
+	case errors.Is(err, ErrOverloaded):
+		// The forwarding node fails its caller at once too (forward).
+		return nil, status.Error(codes.ResourceExhausted, "overloaded")
 	default:
 		return nil, status.Error(codes.DeadlineExceeded, "no quorum")
 	}

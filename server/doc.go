@@ -2,4 +2,20 @@
 // node over it, the KeyStoreService, gRPC health and reflection on the
 // client address, and the peer service on the peer address. cmd/keystored
 // runs it; the in-process cluster tests run three.
+//
+// # Health
+//
+// The gRPC health service (the whole server, "", and
+// keystore.v1.KeyStoreService) reports SERVING only while the node can
+// answer for the cluster: its storage works, it knows a leader, and it has
+// applied what the leader had committed a moment ago. The node learns the
+// leader's commit index by a ReadIndex round, at most one a second (raft
+// tells a follower commit indexes only up to what it has matched, so a
+// follower restarted far behind would otherwise believe itself caught up).
+// A node becomes SERVING when a round returns within 1 s, stays SERVING
+// while every round returns within 2 s, and is NOT_SERVING at once after a
+// storage failure, without a leader, or when it is more than 1,000 entries
+// behind the commit index it knows (as while it installs a snapshot). Load
+// balancers and clients should route to SERVING nodes only; Stop reports
+// NOT_SERVING first. See healthLoop in server.go.
 package server

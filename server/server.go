@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -54,6 +55,10 @@ type Config struct {
 	Expiry expiry.Config
 	// FS is the storage filesystem; nil is the operating system's.
 	FS vfs.FS
+	// StorageFatal is called, and must not return, when the state store
+	// meets an error it cannot survive (see storage.Config.Fatal);
+	// keystored logs and exits. nil panics.
+	StorageFatal func(msg string)
 	// Logger receives all logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -121,6 +126,7 @@ type Server struct {
 	clientLis, peerLis net.Listener
 	wg                 sync.WaitGroup
 	serving            atomic.Bool // what health reports
+	healthTimings      healthTimings
 	stopHealth         chan struct{}
 	stopOnce           sync.Once
 }
@@ -139,7 +145,7 @@ func New(cfg Config) (*Server, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("node", cfg.Name)
-	store, err := storage.Open(storage.Config{Dir: filepath.Join(cfg.DataDir, "db"), FS: cfg.FS, Logger: logger})
+	store, err := storage.Open(storage.Config{Dir: filepath.Join(cfg.DataDir, "db"), FS: cfg.FS, Logger: logger, Fatal: cfg.StorageFatal})
 	if err != nil {
 		return nil, err
 	}
@@ -180,13 +186,14 @@ func New(cfg Config) (*Server, error) {
 	}
 	apiCfg = apiCfg.WithDefaults()
 	s := &Server{
-		cfg:        cfg,
-		logger:     logger,
-		store:      store,
-		node:       node,
-		sweep:      sweep,
-		health:     health.NewServer(),
-		stopHealth: make(chan struct{}),
+		cfg:           cfg,
+		logger:        logger,
+		store:         store,
+		node:          node,
+		sweep:         sweep,
+		health:        health.NewServer(),
+		healthTimings: defaultHealthTimings,
+		stopHealth:    make(chan struct{}),
 		// Room for the largest body plus metadata and framing, so that an
 		// oversize value gets INVALID_ARGUMENT naming the limit. Fixed
 		// windows turn off gRPC's bandwidth-delay probe (a PING and its
@@ -258,9 +265,9 @@ func (s *Server) Status() raftnode.Status { return s.node.Status() }
 // then the node stops and the store closes. Stop waits for all of it.
 func (s *Server) Stop(grace time.Duration) {
 	s.stopOnce.Do(func() {
-		for _, name := range healthServices {
-			s.health.SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
-		}
+		// NOT_SERVING for good: a report of the health loop racing with
+		// Stop is ignored.
+		s.health.Shutdown()
 		close(s.stopHealth)
 		s.batch.Drain()
 		done := make(chan struct{})
@@ -281,44 +288,163 @@ func (s *Server) Stop(grace time.Duration) {
 	})
 }
 
-// healthLoop reports SERVING once the node knows a leader and has applied
-// everything it knows to be committed; after that it stays SERVING while a
-// leader is known and it lags by at most maxServingLag entries (a follower
-// always learns a commit index a moment before it applies it).
+// Health. A node reports SERVING only while it can answer for the cluster:
+// its storage works, it knows a leader, and it has applied what the leader
+// had committed a moment ago. It cannot judge the last by the commit index it
+// knows itself: raft tells a follower commit indexes only up to what it has
+// matched, so a follower that restarts far behind believes itself caught up
+// until the leader's appends or snapshot reach it (issue 17: SERVING at
+// applied index 622 with the cluster at 16,912). It learns the leader's by a
+// ReadIndex round, which returns once this node has applied everything
+// committed before the round began, as confirmed by a quorum.
+//
+// So healthLoop looks at the node's Status every healthTimings.poll and runs
+// at most one round every healthTimings.probeEvery:
+//   - NOT_SERVING at once when unfit says so (a storage failure stopped the
+//     node, no leader is known, or the node is more than maxServingLag
+//     entries behind the commit index it knows, as while it installs a
+//     snapshot); rounds begun before that prove nothing afterwards;
+//   - otherwise SERVING once a round returns within joinTimeout, and for as
+//     long as every later round returns within stayTimeout. A round that
+//     does not (the node fell too far behind to catch up in that time, or no
+//     quorum confirmed the leader) makes it NOT_SERVING. The longer
+//     stayTimeout is the hysteresis: a serving node may lag a little more
+//     than one that asks to serve.
+//
+// Rounds are cheap: raft answers one with a heartbeat round, and rounds that
+// overlap with client reads share it (raftnode/read.go).
+
+// healthTimings are the health loop's intervals and timeouts.
+type healthTimings struct {
+	poll        time.Duration // how often Status is looked at
+	probeEvery  time.Duration // at most one ReadIndex round per probeEvery
+	joinTimeout time.Duration // a round's limit for a node that does not serve
+	stayTimeout time.Duration // a round's limit for a serving node
+}
+
+var defaultHealthTimings = healthTimings{
+	poll:        100 * time.Millisecond,
+	probeEvery:  time.Second,
+	joinTimeout: time.Second,
+	stayTimeout: 2 * time.Second,
+}
+
+// maxServingLag is how far behind the commit index it knows a node may fall
+// before it reports NOT_SERVING without waiting for a ReadIndex round (a
+// follower always learns a commit index a moment before it applies it).
+const maxServingLag = 1000
+
+// healthNode is what the health loop asks of the Raft node
+// (*raftnode.Node).
+type healthNode interface {
+	Status() raftnode.Status
+	ReadIndex(ctx context.Context) error
+}
+
+// unfit returns why the node's own view rules out serving, or "" if it
+// does not.
+func unfit(st raftnode.Status) string {
+	switch {
+	case !st.Healthy:
+		return "storage failure"
+	case st.Leader == 0:
+		return "no leader"
+	case st.InstallingSnapshot:
+		return "installing a snapshot"
+	case st.Applied+maxServingLag < st.Commit:
+		return "applying"
+	}
+	return ""
+}
+
+// healthLoop reports the node's health until Stop (see "Health" above).
 func (s *Server) healthLoop() {
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	serving := false
+	watchHealth(s.stopHealth, s.node, s.healthTimings, s.setServing)
+}
+
+// setServing is what watchHealth reports to: the health service, the
+// ClusterService status and the log.
+func (s *Server) setServing(ok bool, st raftnode.Status, why string) {
+	s.serving.Store(ok)
+	state := healthpb.HealthCheckResponse_NOT_SERVING
+	if ok {
+		state = healthpb.HealthCheckResponse_SERVING
+	}
+	for _, name := range healthServices {
+		s.health.SetServingStatus(name, state)
+	}
+	s.logger.Info("health", "serving", ok, "reason", why, "leader", fmt.Sprintf("%x", st.Leader), "applied", st.Applied, "commit", st.Commit)
+}
+
+// watchHealth decides whether node serves until stop is closed, calling
+// report at every change (why says what ruled serving out; "" when it
+// serves). It starts out not serving. It returns only once the ReadIndex
+// round it started, if any, has returned.
+func watchHealth(stop <-chan struct{}, node healthNode, tm healthTimings, report func(ok bool, st raftnode.Status, why string)) {
+	type result struct {
+		epoch uint64
+		err   error
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	results := make(chan result, 1)
+	var (
+		serving   bool
+		confirmed bool      // the last round of this epoch returned in time
+		probing   bool      // a round is under way
+		lastProbe time.Time // when the last round began
+		lastErr   error     // why the last round failed
+		// epoch counts the times the node was unfit: a round begun
+		// before proves nothing after.
+		epoch uint64
+	)
+	defer func() {
+		cancel()
+		if probing {
+			<-results
+		}
+	}()
+	poll := time.NewTicker(tm.poll)
+	defer poll.Stop()
 	for {
 		select {
-		case <-s.stopHealth:
+		case <-stop:
 			return
-		case <-t.C:
+		case r := <-results:
+			probing = false
+			if r.epoch == epoch {
+				confirmed, lastErr = r.err == nil, r.err
+			}
+		case <-poll.C:
 		}
-		st := s.node.Status()
-		ok := st.Healthy && st.Leader != 0 && st.Applied >= st.Commit
-		if serving {
-			ok = st.Healthy && st.Leader != 0 && st.Applied+maxServingLag >= st.Commit
+		st := node.Status()
+		why := unfit(st)
+		if why != "" {
+			epoch++
+			confirmed = false
+		} else if !probing && time.Since(lastProbe) >= tm.probeEvery {
+			timeout := tm.joinTimeout
+			if serving {
+				timeout = tm.stayTimeout
+			}
+			probing, lastProbe = true, time.Now()
+			go func(epoch uint64) {
+				rctx, rcancel := context.WithTimeout(ctx, timeout)
+				err := node.ReadIndex(rctx)
+				rcancel()
+				results <- result{epoch, err}
+			}(epoch)
 		}
+		ok := why == "" && confirmed
 		if ok == serving {
 			continue
 		}
 		serving = ok
-		s.serving.Store(ok)
-		state := healthpb.HealthCheckResponse_NOT_SERVING
-		if ok {
-			state = healthpb.HealthCheckResponse_SERVING
+		if !ok && why == "" {
+			why = fmt.Sprintf("not caught up with the leader's commit index within %s: %v", tm.stayTimeout, lastErr)
 		}
-		for _, name := range healthServices {
-			s.health.SetServingStatus(name, state)
-		}
-		s.logger.Info("health", "serving", ok, "leader", fmt.Sprintf("%x", st.Leader), "applied", st.Applied, "commit", st.Commit)
+		report(ok, st, why)
 	}
 }
-
-// maxServingLag is how far behind the commit index a serving node may fall
-// before it reports NOT_SERVING.
-const maxServingLag = 1000
 
 // HTTP/2 flow-control windows of the servers (see New).
 var (

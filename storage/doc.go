@@ -3,7 +3,10 @@
 // idempotency records, in a Pebble database.
 //
 // Store implements raft.Storage for the Raft driver and adds the writes the
-// driver makes (Append, Compact, ApplySnapshot), Apply, which runs the
+// driver makes (Append, Compact, ApplySnapshot), the two ends of a
+// snapshot's stream (OpenSnapshot, ReceiveSnapshot: snapshots of any size
+// travel beside raft and are installed by one atomic ingest, see
+// snapstream.go), Apply, which runs the
 // contract's rules over committed entries, and PackKey, which tells the
 // driver the record a command names, so that commands on different records
 // can share an entry. The rules themselves are the pure

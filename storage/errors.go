@@ -2,6 +2,7 @@ package storage
 
 import (
 	"errors"
+	"fmt"
 
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
 )
@@ -23,7 +24,9 @@ var (
 	// ErrInvalidCommand is returned for a command that cannot be applied
 	// (the API validates first, so this means a bug or a corrupt entry).
 	ErrInvalidCommand = errors.New("storage: invalid command")
-	// ErrCorrupt is returned when stored bytes cannot be decoded.
+	// ErrCorrupt is returned when stored bytes cannot be decoded, or when
+	// the Raft log is damaged or does not match the state machine (then
+	// the error says where and what to do: see logCorruptError).
 	ErrCorrupt = errors.New("storage: corrupt data")
 	// ErrClosed is returned after Close.
 	ErrClosed = errors.New("storage: closed")
@@ -43,4 +46,41 @@ func ResultError(r *statev1.Result) error {
 	default:
 		return ErrInvalidCommand
 	}
+}
+
+// logCorruptError is damage found in the Raft log, or a log that cannot be
+// the one the state machine was applied from: where it is, what it is, and
+// what the operator must do. It wraps ErrCorrupt.
+type logCorruptError struct {
+	path string // a segment file, or the log's directory
+	off  int64  // a byte offset in path, or -1
+	what string
+}
+
+// replaceNode is what an operator must do about a log that cannot be
+// trusted. A node that forgot entries or votes it acknowledged can break
+// the guarantees of the whole cluster, so the log must not be patched up.
+const replaceNode = "this node's raft log cannot be trusted and must not be repaired in place " +
+	"(editing, truncating or deleting its files would make the node forget entries or votes it acknowledged); " +
+	"replace the node: remove it from the cluster, wipe its data directory, " +
+	"and add it back as a new member, which copies the state from the others"
+
+func (e *logCorruptError) Error() string {
+	where := "raft log " + e.path
+	if e.off >= 0 {
+		where = fmt.Sprintf("raft log file %s, offset %d", e.path, e.off)
+	}
+	return fmt.Sprintf("%v: %s: %s; %s", ErrCorrupt, where, e.what, replaceNode)
+}
+
+func (e *logCorruptError) Unwrap() error { return ErrCorrupt }
+
+// corruptAt reports damage at offset off of the log file path.
+func corruptAt(path string, off int64, format string, args ...any) error {
+	return &logCorruptError{path: path, off: off, what: fmt.Sprintf(format, args...)}
+}
+
+// corruptLog reports a log (its directory) that does not add up.
+func corruptLog(dir string, format string, args ...any) error {
+	return &logCorruptError{path: dir, off: -1, what: fmt.Sprintf(format, args...)}
 }

@@ -211,11 +211,7 @@ func TestExpireSameOnReplicasAndThroughSnapshot(t *testing.T) {
 		mustApply(t, b, []raftpb.Entry{e}, nil)
 	}
 	// c restores a snapshot of a, then all three apply the same sweeps.
-	snap, err := a.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.ApplySnapshot(snap); err != nil {
+	if err := transferSnapshot(t, a, c); err != nil {
 		t.Fatal(err)
 	}
 	sweeps := []raftpb.Entry{l.cmd(base+80, cmdExpire(base+80, 7)), l.cmd(base+90, cmdExpire(base+90, 7)), l.cmd(base+200, cmdExpire(base+200, 100))}

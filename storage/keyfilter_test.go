@@ -138,12 +138,11 @@ func TestFilterFollowsASnapshot(t *testing.T) {
 		apply1(t, a, la.cmd(t0+int64(i), cmdClaim(keys[i], int64(time.Hour), int64(time.Hour))))
 		apply1(t, b, lb.cmd(t0+int64(i), cmdClaim(fmt.Sprintf("b%d", i), int64(time.Hour), int64(time.Hour))))
 	}
+	// a is ahead of b (a follower receives only newer states).
+	apply1(t, a, la.cmd(t0+50, cmdClaim("a-last", int64(time.Hour), int64(time.Hour))))
+	keys = append(keys, "a-last")
 	waitFilter(t, b)
-	snap, err := a.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.ApplySnapshot(snap); err != nil {
+	if err := transferSnapshot(t, a, b); err != nil {
 		t.Fatal(err)
 	}
 	f := waitFilter(t, b)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -98,7 +99,13 @@ func (s *Store) loadLog(fs vfs.FS, dir string) error {
 			return fmt.Errorf("storage: moving the raft log out of pebble: %w", err)
 		}
 	}
-	w, st, err := openWAL(fs, dir, fresh)
+	if fs == vfs.Default {
+		// Errors name the log's files, for an operator to find.
+		if abs, err := filepath.Abs(dir); err == nil {
+			dir = abs
+		}
+	}
+	w, st, err := openWAL(fs, dir, fresh, s.logger)
 	if err != nil {
 		return err
 	}
@@ -164,7 +171,7 @@ func (s *Store) migrateLog(fs vfs.FS, dir string, fresh walState) error {
 	if err := fs.RemoveAll(tmp); err != nil {
 		return err
 	}
-	w, _, err := openWAL(fs, tmp, fresh)
+	w, _, err := openWAL(fs, tmp, fresh, s.logger)
 	if err != nil {
 		return err
 	}
@@ -239,8 +246,12 @@ func (s *Store) dropPebbleLog() error {
 
 // reconcile lines the log up with the state machine, which lives in
 // another store (Pebble) and so may be ahead of it after a crash:
-//   - a snapshot was applied to the state but the crash came before the log
-//     was reset to start after it: reset it now;
+//   - a snapshot was installed in the state but the crash came before the
+//     log was reset to start after it: reset it now. The log says so: a
+//     pending walSnapshot record at exactly the applied index and term,
+//     synced before the state was touched (see markSnapshot). A state
+//     ahead of the log without one means the log lost synced entries: it
+//     is reported as corruption, never reset over;
 //   - entries were applied (in an unsynced batch that survived) past the
 //     commit index in the HardState (in an unsynced record that did not):
 //     what was applied was committed, so the commit index moves up to it.
@@ -250,14 +261,29 @@ func (s *Store) dropPebbleLog() error {
 // not happen.
 func (s *Store) reconcile() error {
 	applied, appliedTerm := s.meta.AppliedIndex, s.meta.AppliedTerm
+	intent := s.wal.intent
+	if applied < intent.index {
+		// The snapshot was not installed after all: raft sends another.
+		s.wal.intent = walMark{}
+	}
 	if applied == 0 {
 		return nil
 	}
 	if applied < s.log.base {
-		return fmt.Errorf("%w: state machine applied up to %d but the raft log starts after %d", ErrCorrupt, applied, s.log.base)
+		return corruptLog(s.wal.dir, "the state machine has applied entries up to %d but the log starts after %d: the entries in between are gone", applied, s.log.base)
 	}
 	if applied > s.log.last || s.log.term(applied) != appliedTerm {
-		s.logger.Warn("raft log behind the state machine's snapshot: resetting it", "applied", applied, "applied_term", appliedTerm, "log_last", s.log.last)
+		if intent != (walMark{applied, appliedTerm}) {
+			have := fmt.Sprintf("ends at entry %d", s.log.last)
+			if applied <= s.log.last {
+				have = fmt.Sprintf("holds entry %d of term %d", applied, s.log.term(applied))
+			}
+			return corruptLog(s.wal.dir, "the state machine has applied entry %d of term %d but the log %s, "+
+				"and no record in the log says that a snapshot at %d was being installed: synced log entries are lost",
+				applied, appliedTerm, have, applied)
+		}
+		s.logger.Warn("raft log: finishing a snapshot install that a crash interrupted: resetting the log to start after it",
+			"applied", applied, "applied_term", appliedTerm, "log_last", s.log.last)
 		if err := s.wal.reset(applied, appliedTerm); err != nil {
 			return err
 		}
@@ -478,7 +504,7 @@ func (s *Store) Compact(index uint64) error {
 	}
 	// The state machine must not be left behind the log's new base by a
 	// crash: its unsynced batches are made durable first.
-	if err := s.db.LogData(nil, pebble.Sync); err != nil {
+	if err := s.guard(func() error { return s.db.LogData(nil, pebble.Sync) }); err != nil {
 		return fmt.Errorf("storage: compact: %w", err)
 	}
 	if err := s.wal.compact(index, term); err != nil {

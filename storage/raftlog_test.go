@@ -12,7 +12,6 @@ import (
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
-	"google.golang.org/protobuf/proto"
 )
 
 // openStore opens a store in the directory "db" of fs and closes it when the
@@ -74,6 +73,18 @@ func mustAppend(t *testing.T, s *Store, hs raftpb.HardState, ents []raftpb.Entry
 
 func mustApply(t *testing.T, s *Store, ents []raftpb.Entry, cs *raftpb.ConfState) []*statev1.Result {
 	t.Helper()
+	// As raft does: an entry is in the log before it is applied.
+	if last, _ := s.LastIndex(); len(ents) > 0 && ents[len(ents)-1].Index > last {
+		var missing []raftpb.Entry
+		for _, e := range ents {
+			if e.Index > last {
+				missing = append(missing, e)
+			}
+		}
+		if err := s.Append(raftpb.HardState{}, missing, true); err != nil {
+			t.Fatalf("Append before Apply: %v", err)
+		}
+	}
 	res, err := s.Apply(ents, cs)
 	if err != nil {
 		t.Fatalf("Apply(%d entries): %v", len(ents), err)
@@ -445,277 +456,4 @@ func claimEntries(t *testing.T, lo, hi, term uint64) []raftpb.Entry {
 			Data: envelope(i, t0+int64(i)*1e9, cmd)})
 	}
 	return ents
-}
-
-// snapshotSource returns a store with entries 1..10 appended and applied
-// (claims at term 2, the last with ConfState {1,2,3}) and its snapshot.
-func snapshotSource(t *testing.T) (*Store, raftpb.Snapshot) {
-	t.Helper()
-	a := openStore(t, vfs.NewMem())
-	ents := claimEntries(t, 1, 11, 2)
-	mustAppend(t, a, raftpb.HardState{Term: 2, Vote: 1, Commit: 10}, ents)
-	mustApply(t, a, ents, &raftpb.ConfState{Voters: []uint64{1, 2, 3}})
-	snap, err := a.Snapshot()
-	if err != nil {
-		t.Fatalf("Snapshot(): %v", err)
-	}
-	return a, snap
-}
-
-func TestSnapshotMetadata(t *testing.T) {
-	a, snap := snapshotSource(t)
-	md := snap.Metadata
-	if md.Index != a.AppliedIndex() || md.Index != 10 || md.Term != 2 {
-		t.Errorf("snapshot metadata index %d term %d; want index %d (AppliedIndex) term 2", md.Index, md.Term, a.AppliedIndex())
-	}
-	want := raftpb.ConfState{Voters: []uint64{1, 2, 3}}
-	if !reflect.DeepEqual(md.ConfState, want) {
-		t.Errorf("snapshot ConfState = %v; want %v", md.ConfState, want)
-	}
-	// Applying more entries moves the next snapshot along.
-	more := claimEntries(t, 11, 13, 3)
-	mustAppend(t, a, raftpb.HardState{}, more)
-	mustApply(t, a, more, nil)
-	snap2, err := a.Snapshot()
-	if err != nil || snap2.Metadata.Index != 12 || snap2.Metadata.Term != 3 {
-		t.Errorf("Snapshot() after applying 12 = index %d term %d, %v; want index 12 term 3", snap2.Metadata.Index, snap2.Metadata.Term, err)
-	}
-}
-
-func TestApplySnapshot(t *testing.T) {
-	a, snap := snapshotSource(t)
-	wantSum, err := a.Checksum()
-	if err != nil {
-		t.Fatalf("Checksum(): %v", err)
-	}
-	fs := vfs.NewMem()
-	b := openStore(t, fs)
-	// b has a log and state of its own, which the snapshot replaces.
-	own := claimEntries(t, 1, 4, 1)
-	own[0].Data = envelope(1, t0, claimCmdFor("other", "stale", "fp"))
-	mustAppend(t, b, raftpb.HardState{Term: 1}, own)
-	mustApply(t, b, own, nil)
-	if err := b.ApplySnapshot(snap); err != nil {
-		t.Fatalf("ApplySnapshot: %v", err)
-	}
-	check := func(t *testing.T, b *Store) {
-		t.Helper()
-		if got, err := b.Checksum(); err != nil || got != wantSum {
-			t.Errorf("Checksum() = %x, %v; want %x (the source's)", got, err, wantSum)
-		}
-		checkBounds(t, b, 11, 10)
-		checkTerm(t, b, 10, 2, nil)
-		checkTerm(t, b, 9, 0, raft.ErrCompacted)
-		checkTerm(t, b, 11, 0, raft.ErrUnavailable)
-		if got, err := b.Entries(10, 11, math.MaxUint64); !errors.Is(err, raft.ErrCompacted) {
-			t.Errorf("Entries(10, 11) = %d entries, %v; want ErrCompacted", len(got), err)
-		}
-		if got := b.AppliedIndex(); got != 10 {
-			t.Errorf("AppliedIndex() = %d; want 10", got)
-		}
-		if got, want := b.LogTime(), a.LogTime(); got != want {
-			t.Errorf("LogTime() = %d; want %d", got, want)
-		}
-		_, cs, _ := b.InitialState()
-		if want := snap.Metadata.ConfState; !reflect.DeepEqual(cs, want) {
-			t.Errorf("InitialState() ConfState = %v; want %v", cs, want)
-		}
-		rec, _, err := b.Get("ns", "key-7")
-		if err != nil || rec.GetToken() != 7 {
-			t.Errorf("Get(ns, key-7) = %v, %v; want token 7", rec, err)
-		}
-		if _, _, err := b.Get("other", "stale"); !errors.Is(err, ErrNotFound) {
-			t.Errorf("Get(other, stale) error = %v; want ErrNotFound (replaced by the snapshot)", err)
-		}
-	}
-	check(t, b)
-	b = reopen(t, b, fs)
-	check(t, b)
-	// The log goes on after the snapshot.
-	next := claimEntries(t, 11, 12, 3)
-	mustAppend(t, b, raftpb.HardState{Term: 3, Commit: 11}, next)
-	mustApply(t, b, next, nil)
-	checkBounds(t, b, 11, 11)
-	if got := b.AppliedIndex(); got != 11 {
-		t.Errorf("AppliedIndex() after the next entry = %d; want 11", got)
-	}
-}
-
-func TestApplySnapshotWakesWatchers(t *testing.T) {
-	_, snap := snapshotSource(t)
-	b := openStore(t, vfs.NewMem())
-	changed, cancel := b.Watch("ns", "unrelated")
-	defer cancel()
-	if err := b.ApplySnapshot(snap); err != nil {
-		t.Fatalf("ApplySnapshot: %v", err)
-	}
-	select {
-	case <-changed:
-	default:
-		t.Errorf("Watch channel open after ApplySnapshot; want closed")
-	}
-}
-
-// snapshotPairs returns the offsets in snapshot data at which each key-value
-// pair ends.
-func snapshotPairEnds(t *testing.T, data []byte) []int {
-	t.Helper()
-	var ends []int
-	rest := len(data) - len(snapshotMagic)
-	err := decodeSnapshot(data, func(k, v []byte) error {
-		rest -= uvarintLen(len(k)) + len(k) + uvarintLen(len(v)) + len(v)
-		ends = append(ends, len(data)-rest)
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("decodeSnapshot: %v", err)
-	}
-	return ends
-}
-
-func uvarintLen(n int) int {
-	l := 1
-	for n >= 0x80 {
-		n >>= 7
-		l++
-	}
-	return l
-}
-
-func TestApplySnapshotRejectsCorrupt(t *testing.T) {
-	_, snap := snapshotSource(t)
-	ends := snapshotPairEnds(t, snap.Data)
-	if len(ends) != 21 { // meta + 10 records + their 10 expiry index entries
-		t.Fatalf("snapshot has %d pairs; want 21", len(ends))
-	}
-	withData := func(d []byte) raftpb.Snapshot {
-		s := snap
-		s.Data = d
-		return s
-	}
-	cat := func(parts ...[]byte) []byte {
-		var b []byte
-		for _, p := range parts {
-			b = append(b, p...)
-		}
-		return b
-	}
-	pair := func(k, v []byte) []byte {
-		return cat([]byte{byte(len(k))}, k, []byte{byte(len(v))}, v)
-	}
-	tests := []struct {
-		name string
-		snap raftpb.Snapshot
-	}{
-		{"empty data", withData(nil)},
-		{"bad magic", withData(cat([]byte("KSS2"), snap.Data[4:]))},
-		{"magic only", withData(snapshotMagic)},
-		{"truncated in the magic", withData(snap.Data[:2])},
-		{"truncated inside the last value", withData(snap.Data[:len(snap.Data)-1])},
-		{"truncated inside the first key", withData(snap.Data[:len(snapshotMagic)+2])},
-		{"truncated after a length byte", withData(snap.Data[:ends[3]+1])},
-		{"length past the end", withData(cat(snap.Data, []byte{0x7f, 0x01}))},
-		{"raft key in the data", withData(cat(snap.Data, pair(hardStateKey, []byte{})))},
-		{"entry key in the data", withData(cat(snap.Data, pair(entryKey(1), []byte{})))},
-		{"no meta", withData(cat(snapshotMagic, snap.Data[ends[0]:]))},
-		{"metadata index differs", func() raftpb.Snapshot { s := snap; s.Metadata.Index = 11; return s }()},
-		{"metadata term differs", func() raftpb.Snapshot { s := snap; s.Metadata.Term = 1; return s }()},
-		{"undecodable meta", withData(cat(snapshotMagic, pair(metaKey, []byte{0xff, 0xff}), snap.Data[ends[0]:]))},
-	}
-	fs := vfs.NewMem()
-	b := openStore(t, fs)
-	own := claimEntries(t, 1, 4, 1)
-	mustAppend(t, b, raftpb.HardState{Term: 1, Commit: 3}, own)
-	mustApply(t, b, own, &raftpb.ConfState{Voters: []uint64{7}})
-	before, err := b.Checksum()
-	if err != nil {
-		t.Fatalf("Checksum(): %v", err)
-	}
-	check := func(t *testing.T, b *Store) {
-		t.Helper()
-		if got, err := b.Checksum(); err != nil || got != before {
-			t.Errorf("Checksum() = %x, %v; want %x (unchanged)", got, err, before)
-		}
-		checkBounds(t, b, 1, 3)
-		checkTerm(t, b, 3, 1, nil)
-		if got := b.AppliedIndex(); got != 3 {
-			t.Errorf("AppliedIndex() = %d; want 3", got)
-		}
-		if _, cs, _ := b.InitialState(); len(cs.Voters) != 1 || cs.Voters[0] != 7 {
-			t.Errorf("InitialState() ConfState = %v; want voters [7]", cs)
-		}
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if err := b.ApplySnapshot(tt.snap); !errors.Is(err, ErrCorrupt) {
-				t.Errorf("ApplySnapshot error = %v; want ErrCorrupt", err)
-			}
-			check(t, b)
-		})
-	}
-	b = reopen(t, b, fs)
-	check(t, b)
-}
-
-// TestApplySnapshotRejectsTruncationAtPairBoundary cuts the snapshot data
-// right after a key-value pair: the data still parses, but records are
-// missing.
-func TestApplySnapshotRejectsTruncationAtPairBoundary(t *testing.T) {
-	_, snap := snapshotSource(t)
-	ends := snapshotPairEnds(t, snap.Data)
-	for _, end := range ends[:len(ends)-1] {
-		b := openStore(t, vfs.NewMem())
-		before, _ := b.Checksum()
-		s := snap
-		s.Data = snap.Data[:end]
-		if err := b.ApplySnapshot(s); !errors.Is(err, ErrCorrupt) {
-			t.Errorf("ApplySnapshot(data truncated to %d of %d bytes) = %v; want ErrCorrupt", end, len(snap.Data), err)
-		}
-		if got, _ := b.Checksum(); got != before {
-			t.Errorf("Checksum() after a refused snapshot changed")
-		}
-	}
-}
-
-func TestSnapshotRoundTripsThroughDecode(t *testing.T) {
-	a, snap := snapshotSource(t)
-	var keys int
-	err := decodeSnapshot(snap.Data, func(k, v []byte) error {
-		keys++
-		if string(k) == string(metaKey) {
-			m := &statev1.Meta{}
-			if err := proto.Unmarshal(v, m); err != nil {
-				return err
-			}
-			if m.AppliedIndex != a.AppliedIndex() {
-				t.Errorf("snapshot meta applied index %d; want %d", m.AppliedIndex, a.AppliedIndex())
-			}
-			return nil
-		}
-		if k[0] == prefixExpiry {
-			expires, ns, key, err := splitExpiryKey(k)
-			if err != nil {
-				return err
-			}
-			if rec, _, err := a.Get(ns, key); err != nil || rec.ExpiresAt != expires {
-				t.Errorf("snapshot expiry entry %s/%s at %d does not match the record %v (%v)", ns, key, expires, rec, err)
-			}
-			return nil
-		}
-		ns, key, err := splitRecordKey(k)
-		if err != nil {
-			return err
-		}
-		rec := &statev1.Record{}
-		if err := proto.Unmarshal(v, rec); err != nil {
-			return err
-		}
-		if want, _, err := a.Get(ns, key); err != nil || !proto.Equal(rec, want) {
-			t.Errorf("snapshot record %s/%s = %v; want %v (%v)", ns, key, rec, want, err)
-		}
-		return nil
-	})
-	if err != nil || keys != 21 {
-		t.Errorf("decodeSnapshot = %d keys, %v; want 21 keys, nil", keys, err)
-	}
 }

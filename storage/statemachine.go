@@ -128,7 +128,7 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 	if err := b.b.Set(metaKey, mustMarshal(meta), nil); err != nil {
 		return nil, err
 	}
-	if err := b.b.Commit(pebble.NoSync); err != nil {
+	if err := s.guard(func() error { return b.b.Commit(pebble.NoSync) }); err != nil {
 		return nil, fmt.Errorf("storage: apply: %w", err)
 	}
 	s.mu.Lock()

@@ -27,6 +27,11 @@ type Config struct {
 	FS vfs.FS
 	// Logger receives the store's logs; nil discards them.
 	Logger *slog.Logger
+	// Fatal is called when Pebble meets an error it cannot survive (a
+	// failed MANIFEST write: it cannot tell what is on disk). It must not
+	// return: keystored logs and exits, so that a restart recovers from
+	// what the disk holds. nil panics, as a library must.
+	Fatal func(msg string)
 }
 
 // Validate reports a configuration error.
@@ -43,8 +48,15 @@ func (c Config) Validate() error {
 // use.
 type Store struct {
 	db     *pebble.DB
+	opts   *pebble.Options
+	fatal  func(msg string) // Config.Fatal
+	fs     vfs.FS
+	dir    string // Pebble's; the log and staged snapshots are beneath
 	wal    *wal
 	logger *slog.Logger
+
+	// stageMu serializes snapshots being received (ReceiveSnapshot).
+	stageMu sync.Mutex
 
 	mu sync.RWMutex // guards the fields below
 	// log is the in-memory index of the Raft log on disk.
@@ -91,9 +103,13 @@ func Open(cfg Config) (*Store, error) {
 	}
 	logger = logger.With("component", "storage")
 	opts := &pebble.Options{
-		FS:        cfg.FS,
-		Logger:    pebbleLogger{logger},
-		CacheSize: cacheSize,
+		FS: cfg.FS,
+		// Snapshots are installed by IngestAndExcise (snapstream.go),
+		// which needs virtual sstables. Opening a store written with an
+		// older format ratchets it up, once.
+		FormatMajorVersion: pebble.FormatVirtualSSTables,
+		Logger:             pebbleLogger{l: logger, fatal: cfg.Fatal},
+		CacheSize:          cacheSize,
 		// What an operator needs to see when latency jumps.
 		EventListener: &pebble.EventListener{
 			WriteStallBegin: func(info pebble.WriteStallBeginInfo) {
@@ -114,18 +130,22 @@ func Open(cfg Config) (*Store, error) {
 		// Fewer, larger writes when compactions write tables (see DESIGN.md).
 		opts.Levels[i].BlockSize = 32 << 10
 	}
+	opts.EnsureDefaults()
 	db, err := pebble.Open(cfg.Dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %s: %w", cfg.Dir, err)
 	}
 	s := &Store{
-		db: db, logger: logger, meta: &statev1.Meta{},
+		db: db, opts: opts, dir: cfg.Dir, fatal: cfg.Fatal, logger: logger, meta: &statev1.Meta{},
 		filterKick: make(chan struct{}, 1), filterStop: make(chan struct{}), filterDone: make(chan struct{}),
 	}
 	fs := cfg.FS
 	if fs == nil {
 		fs = vfs.Default
 	}
+	s.fs = fs
+	// A snapshot staged before a restart is not needed: raft asks again.
+	s.dropStaged(func(uint64) bool { return true })
 	if err := s.load(fs, fs.PathJoin(cfg.Dir, "raftlog")); err != nil {
 		if s.wal != nil {
 			_ = s.wal.close()
@@ -283,8 +303,29 @@ func writeChunk(w io.Writer, b []byte) {
 	_, _ = w.Write(b)
 }
 
+// guard runs fn, a write to Pebble. Pebble panics when its own log cannot
+// be written or synced (it cannot tell what is durable any more): with a
+// Fatal hook the panic becomes that hook's clean exit, with the error
+// logged, rather than a crash with a stack trace; without one it goes on.
+func (s *Store) guard(fn func() error) error {
+	if s.fatal != nil {
+		defer func() {
+			if p := recover(); p != nil {
+				msg := fmt.Sprint(p)
+				s.logger.Error("pebble: fatal error; the store cannot go on", "err", msg)
+				s.fatal(msg)
+				panic(p) // fatal must not return
+			}
+		}()
+	}
+	return fn()
+}
+
 // pebbleLogger sends Pebble's logs to slog.
-type pebbleLogger struct{ l *slog.Logger }
+type pebbleLogger struct {
+	l     *slog.Logger
+	fatal func(msg string)
+}
 
 func (p pebbleLogger) Infof(format string, args ...any) {
 	p.l.Debug(fmt.Sprintf(format, args...))
@@ -295,6 +336,10 @@ func (p pebbleLogger) Errorf(format string, args ...any) {
 }
 
 func (p pebbleLogger) Fatalf(format string, args ...any) {
-	p.l.Error(fmt.Sprintf(format, args...))
-	panic(fmt.Sprintf(format, args...))
+	msg := fmt.Sprintf(format, args...)
+	p.l.Error("pebble: fatal error; the store cannot go on", "err", msg)
+	if p.fatal != nil {
+		p.fatal(msg)
+	}
+	panic(msg)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"log/slog"
 	"slices"
 	"sort"
 	"strconv"
@@ -24,9 +25,8 @@ import (
 // and deleted again, though raft reads it back at most a few times; here it
 // is a few bytes appended to a file and one fdatasync per Ready.
 //
-// A segment is <dir>/<seq>.wal (seq in hex, 16 digits, increasing). A
-// record is: payload length (u32 LE), CRC-32C of type and payload (u32 LE),
-// type (1 byte), payload. Types:
+// A segment is <dir>/<seq>.wal (seq in hex, 16 digits, increasing). Record
+// types:
 //
 //	walEntry     a raftpb.Entry; an entry at index i replaces any entry at i
 //	             or after (a new leader's log overwriting an old tail)
@@ -34,25 +34,73 @@ import (
 //	walCompact   index, term (u64 LE each): entries up to index are gone;
 //	             index has term
 //	walReset     index, term: the log is empty after index (a snapshot's)
+//	walVersion   format (u32 LE), seq (u64 LE): the segment's first record,
+//	             in the chained format
+//	walSynced    n (u64 LE): the segment's first n bytes had been synced
+//	             when this record was written
+//	walSnapshot  index, term: a snapshot at index is being installed in the
+//	             state machine (see markSnapshot); pending until a walCompact
+//	             or walReset at or past index
 //
-// Every segment starts with a walCompact (or walReset) and a walHardState
-// for the log as it stood, so older segments can be deleted once their
-// entries are all compacted; a segment is synced before the next one is
-// created, so only the last can end in a torn write. Replay reads every
-// segment in order and stops a segment at its first damaged record; entries
-// lost that way leave a gap, which replay reports as corruption unless a
-// later walCompact covers it. After opening, appends go to a new segment,
-// never to one that may end in a torn record.
+// Two formats. The first: payload length (u32 LE), CRC-32C of type and
+// payload (u32 LE), type, payload. The chained format, of every segment
+// this code creates: a walVersion record in the first format's layout, then
+// records of type (its top bit set: see walTypeTag), payload length (u32
+// LE), CRC-32C (u32 LE) of type, length and payload that continues from the
+// previous record's (from the walVersion record's, whose payload names the
+// segment), then the payload. A record is intact only where the records
+// before it put it, in this segment: a stale or misplaced one never passes.
+//
+// Every segment starts with a walCompact (or walReset), any pending
+// walSnapshot and a walHardState for the log as it stood, so older
+// segments can be deleted once their entries are all compacted; a segment
+// is synced before the next one is created, so only the newest can end in a
+// torn write. After opening, appends go to a new segment, never to one that
+// may end in a torn record.
+//
+// Damage. A crash while appending can leave the newest segment's last
+// write torn: cut short (the file ends inside it), or with sectors the disk
+// never wrote, which read as zeros (the preallocated or newly grown file's
+// old contents), possibly followed by sectors of it that it did write. Any
+// other failure of a record is damage to data that was synced, and Open
+// fails (see readSegment and tornWrite). A torn write is overwritten with
+// zeros at Open, so that once newer segments exist nothing but damage can
+// make an older one fail.
 
 const (
 	walEntry byte = iota + 1
 	walHardState
 	walCompact
 	walReset
+	walVersion
+	walSynced
+	walSnapshot
 )
 
-// walHeaderLen is a record's length, checksum and type.
+// walHeaderLen is a record's header: length, checksum and type.
 const walHeaderLen = 9
+
+// walFormatChained is the format a walVersion record names.
+const walFormatChained = 2
+
+// walTypeTag is set in the type byte of every record of the chained
+// format. A record then never starts with a zero byte, not even after one
+// of its bits flips, so that no damage of one bit makes a record's start
+// look like a sector that a crash left unwritten (zeros).
+const walTypeTag = 0x80
+
+// walMaxRecord bounds a record's payload. Append refuses larger entries
+// (raft accepts no uncommitted tail that large), so a longer length field
+// is damage, never a record that a crash cut short.
+const walMaxRecord = 1 << 30
+
+// walSectorSize is the unit a disk writes whole or not at all, at the
+// least: a sector a crash left unwritten reads as its old contents, zeros.
+const walSectorSize = 512
+
+// walScanBudget bounds the bytes tornWrite checksums while it looks for a
+// record inside a damaged one (of arbitrary contents).
+const walScanBudget = 64 << 20
 
 // walSegmentBytes is the size past which appends start a new segment (a
 // variable for tests).
@@ -63,8 +111,8 @@ var walSegmentBytes int64 = 32 << 20
 // blocks the file already has writes the data only, while one that grew the
 // file must also commit the file system's journal (the new size, the new
 // extents). Measured on this project's VMs (ext4): 1.6x as many fdatasyncs
-// per second, and 40% less CPU each. Replay stops at the zeros as at any
-// damaged record: a zero header's checksum does not match.
+// per second, and 40% less CPU each. Replay ends a segment where only zeros
+// are left to the end of the file.
 //
 // walPrealloc turns it off (tests of torn or damaged tails that write past
 // a segment's end). A spare is prepared once the active segment holds
@@ -82,15 +130,18 @@ const walSpareName = "spare.wal.tmp"
 
 // walPos is where an entry's record is.
 type walPos struct {
-	seg uint64 // segment seq
-	off int64  // offset of the record's header
-	n   uint32 // payload length
+	seg  uint64 // segment seq
+	off  int64  // offset of the record's header
+	n    uint32 // payload length
+	seed uint32 // the chain's value before the record (chained format)
 }
 
 type walSegment struct {
 	seq  uint64
 	f    vfs.File
 	size int64
+	// chained: the segment is of the chained format.
+	chained bool
 	// prealloc: the file was filled with zeros first, to alloc bytes.
 	prealloc bool
 	alloc    int64
@@ -98,14 +149,22 @@ type walSegment struct {
 	// none): once the log's base reaches it, the segment holds nothing
 	// the log needs.
 	maxIndex uint64
+	// The writer's own, in the segment it appends to: synced is how much
+	// of it a completed sync covered, marked the most that a walSynced
+	// record in it says.
+	synced, marked int64
 }
+
+// walMark is the index and term of a marker; a zero index is none.
+type walMark struct{ index, term uint64 }
 
 // wal is the Raft log on disk. It is not safe for concurrent use: the Store
 // serializes writers (one Ready at a time) and takes its lock for readers
 // that may race with compaction.
 type wal struct {
-	fs  vfs.FS
-	dir string
+	fs     vfs.FS
+	dir    string
+	logger *slog.Logger
 
 	// mu guards segs (their sizes too), pos and base against readers
 	// (entries, bytes); only the single writer changes them, under mu,
@@ -117,9 +176,14 @@ type wal struct {
 	base uint64
 
 	// The writer's own: the base's term and the last HardState written,
-	// for the header of the next segment; a scratch buffer.
+	// for the header of the next segment; the checksum of the active
+	// segment's last record, which the next one continues; the snapshot
+	// being installed (see markSnapshot), carried into new segments until
+	// a marker at or past it; a scratch buffer.
 	baseTerm uint64
 	hs       raftpb.HardState
+	crc      uint32
+	intent   walMark
 	buf      []byte
 
 	// spare receives the outcome of preparing the next segment's file
@@ -136,6 +200,15 @@ type walState struct {
 	last           uint64
 	// runs are the terms of the entries (base, last], as in logIndex.
 	runs []termRun
+	// intent is the pending walSnapshot, if any.
+	intent walMark
+}
+
+// walTorn is a torn write found at the end of a segment: [off, end) of
+// path, to be cleared.
+type walTorn struct {
+	path     string
+	off, end int64
 }
 
 func walName(seq uint64) string { return fmt.Sprintf("%016x.wal", seq) }
@@ -165,10 +238,16 @@ func listWAL(fs vfs.FS, dir string) ([]uint64, error) {
 	return seqs, nil
 }
 
+func (w *wal) path(seq uint64) string { return w.fs.PathJoin(w.dir, walName(seq)) }
+
 // openWAL replays the segments in dir. fresh is the state to start from
 // when there are none (a new store, or one whose log was in Pebble); it is
-// written as the first segment's header.
-func openWAL(fs vfs.FS, dir string, fresh walState) (*wal, walState, error) {
+// written as the first segment's header. A torn write at the end of the
+// newest segment is cleared, and logged to logger (nil discards).
+func openWAL(fs vfs.FS, dir string, fresh walState, logger *slog.Logger) (*wal, walState, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	if err := fs.MkdirAll(dir, 0o755); err != nil {
 		return nil, walState{}, err
 	}
@@ -180,7 +259,7 @@ func openWAL(fs vfs.FS, dir string, fresh walState) (*wal, walState, error) {
 	if err != nil {
 		return nil, walState{}, err
 	}
-	w := &wal{fs: fs, dir: dir}
+	w := &wal{fs: fs, dir: dir, logger: logger}
 	// A spare left by a crash may be only partly filled.
 	if spare := fs.PathJoin(dir, walSpareName); exists(fs, spare) {
 		if err := fs.Remove(spare); err != nil {
@@ -189,13 +268,21 @@ func openWAL(fs vfs.FS, dir string, fresh walState) (*wal, walState, error) {
 	}
 	st, next := fresh, uint64(1)
 	if len(seqs) > 0 {
-		if st, err = w.replay(seqs); err != nil {
+		var torn []walTorn
+		if st, torn, err = w.replay(seqs); err == nil {
+			for _, t := range torn {
+				if err = w.clearTorn(t); err != nil {
+					break
+				}
+			}
+		}
+		if err != nil {
 			_ = w.close()
 			return nil, walState{}, err
 		}
 		next = seqs[len(seqs)-1] + 1
 	}
-	w.base, w.baseTerm, w.hs = st.base, st.baseTerm, st.hs
+	w.base, w.baseTerm, w.hs, w.intent = st.base, st.baseTerm, st.hs, st.intent
 	// Append to a new segment, never after a record that may be torn.
 	if err := w.rotate(walCompact, st.base, st.baseTerm, next); err != nil {
 		_ = w.close()
@@ -204,28 +291,35 @@ func openWAL(fs vfs.FS, dir string, fresh walState) (*wal, walState, error) {
 	return w, st, nil
 }
 
-// replay reads every segment, rebuilding the log's bounds, terms and
-// record positions.
-func (w *wal) replay(seqs []uint64) (walState, error) {
+// replay reads every segment, rebuilding the log's bounds, terms, record
+// positions and pending snapshot intent. It returns the torn writes that
+// end segments, to be cleared.
+func (w *wal) replay(seqs []uint64) (walState, []walTorn, error) {
 	var st walState
 	var terms []uint64 // terms[i]: entry base+1+i
-	// floating: entries were lost before the first one held (the segments
-	// holding them were deleted, or damaged); a later walCompact must
-	// cover them.
-	floating := false
-	for _, seq := range seqs {
-		f, err := w.fs.Open(w.fs.PathJoin(w.dir, walName(seq)))
+	var torn []walTorn
+	// gap is set while entries are missing before the first one held (the
+	// segments holding them were deleted, or a torn write lost them); a
+	// later walCompact must cover them.
+	var gap error
+	for i, seq := range seqs {
+		path := w.path(seq)
+		f, err := w.fs.Open(path)
 		if err != nil {
-			return st, err
+			return st, nil, err
 		}
 		seg := &walSegment{seq: seq, f: f}
 		w.segs = append(w.segs, seg)
-		seg.size, err = readRecords(f, func(off int64, typ byte, payload []byte) error {
+		data, err := readAll(f)
+		if err != nil {
+			return st, nil, err
+		}
+		r, err := readSegment(path, seq, data, i == len(seqs)-1, func(off int64, typ byte, payload []byte, seed uint32) error {
 			switch typ {
 			case walEntry:
 				var e raftpb.Entry
 				if err := e.Unmarshal(payload); err != nil {
-					return fmt.Errorf("%w: raft log entry in %s: %v", ErrCorrupt, walName(seq), err)
+					return corruptAt(path, off, "an entry record that does not decode: %v", err)
 				}
 				seg.maxIndex = max(seg.maxIndex, e.Index)
 				if e.Index <= st.base {
@@ -233,53 +327,67 @@ func (w *wal) replay(seqs []uint64) (walState, error) {
 				}
 				last := st.base + uint64(len(terms))
 				if e.Index > last+1 {
-					// A gap: keep the newer entries, forget the rest.
-					floating = true
+					// Keep the newer entries, forget the rest.
+					gap = corruptAt(path, off, "entry %d follows entry %d: the entries between them are missing", e.Index, last)
 					st.base = e.Index - 1
 					st.baseTerm = 0
 					terms, w.pos = terms[:0], w.pos[:0]
 				}
 				k := int(e.Index - st.base - 1)
 				terms = append(terms[:k], e.Term)
-				w.pos = append(w.pos[:k], walPos{seg: seq, off: off, n: uint32(len(payload))})
+				w.pos = append(w.pos[:k], walPos{seg: seq, off: off, n: uint32(len(payload)), seed: seed})
 			case walHardState:
 				if err := st.hs.Unmarshal(payload); err != nil {
-					return fmt.Errorf("%w: raft log hard state in %s: %v", ErrCorrupt, walName(seq), err)
+					return corruptAt(path, off, "a hard state record that does not decode: %v", err)
 				}
-			case walCompact, walReset:
+			case walCompact, walReset, walSnapshot:
 				if len(payload) != 16 {
-					return fmt.Errorf("%w: raft log marker in %s", ErrCorrupt, walName(seq))
+					return corruptAt(path, off, "a marker record of %d bytes", len(payload))
 				}
 				index := binary.LittleEndian.Uint64(payload)
 				term := binary.LittleEndian.Uint64(payload[8:])
+				if typ == walSnapshot {
+					st.intent = walMark{index, term}
+					return nil
+				}
+				if index >= st.intent.index {
+					st.intent = walMark{}
+				}
 				last := st.base + uint64(len(terms))
 				switch {
 				case typ == walReset || index >= last:
 					terms, w.pos = terms[:0], w.pos[:0]
 					st.base, st.baseTerm = index, term
-					floating = false
+					gap = nil
 				case index >= st.base:
 					drop := int(index - st.base)
 					terms = append(terms[:0], terms[drop:]...)
 					w.pos = append(w.pos[:0], w.pos[drop:]...)
 					st.base, st.baseTerm = index, term
-					floating = false
+					gap = nil
+				}
+			case walSynced:
+				// Read by tornWrite only, when a record before it fails.
+				if len(payload) != 8 {
+					return corruptAt(path, off, "a synced record of %d bytes", len(payload))
 				}
 			default:
-				return fmt.Errorf("%w: raft log record type %d in %s", ErrCorrupt, typ, walName(seq))
+				return corruptAt(path, off, "a record of unknown type %d", typ)
 			}
 			return nil
 		})
 		if err != nil {
-			return st, err
+			return st, nil, err
+		}
+		seg.size, seg.chained = r.end, r.chained
+		if r.torn {
+			torn = append(torn, walTorn{path: path, off: r.end, end: r.dataEnd})
 		}
 		// A preallocated segment holds more than its records on disk.
-		if fi, err := f.Stat(); err == nil {
-			seg.alloc = fi.Size()
-		}
+		seg.alloc = int64(len(data))
 	}
-	if floating {
-		return st, fmt.Errorf("%w: gap in the raft log: no entries before %d", ErrCorrupt, st.base+1)
+	if gap != nil {
+		return st, nil, gap
 	}
 	st.last = st.base + uint64(len(terms))
 	for i, t := range terms {
@@ -287,43 +395,309 @@ func (w *wal) replay(seqs []uint64) (walState, error) {
 			st.runs = append(st.runs, termRun{st.base + 1 + uint64(i), t})
 		}
 	}
-	return st, nil
+	return st, torn, nil
 }
 
-// readRecords calls fn for each intact record of f, in order, and stops at
-// the end or at the first record that is cut or fails its checksum (a
-// torn write, or the zeros of a preallocated segment). It returns the
-// offset where it stopped, or an error from fn.
-func readRecords(f vfs.File, fn func(off int64, typ byte, payload []byte) error) (int64, error) {
+func readAll(f vfs.File) ([]byte, error) {
 	fi, err := f.Stat()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	size := fi.Size()
-	data := make([]byte, size)
-	if _, err := f.ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
-		return 0, err
+	data := make([]byte, fi.Size())
+	n, err := f.ReadAt(data, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
 	}
-	var off int64
-	for off+walHeaderLen <= size {
-		h := data[off : off+walHeaderLen]
-		n := binary.LittleEndian.Uint32(h)
-		sum := binary.LittleEndian.Uint32(h[4:])
-		if off+walHeaderLen+int64(n) > size {
-			break
-		}
-		rec := data[off+8 : off+walHeaderLen+int64(n)] // type + payload
-		if crc32.Checksum(rec, castagnoli) != sum {
-			break
-		}
-		if err := fn(off, rec[0], rec[1:]); err != nil {
-			return off, err
-		}
-		off += walHeaderLen + int64(n)
-	}
-	return off, nil
+	return data[:n], nil
 }
 
+// clearTorn overwrites a torn write with zeros, synced, before anything
+// newer is written: the segment then ends where its intact records do, as
+// a segment must once a newer one exists.
+func (w *wal) clearTorn(t walTorn) error {
+	f, err := w.fs.OpenReadWrite(t.path, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return err
+	}
+	zeros := make([]byte, min(t.end-t.off, 1<<20))
+	for off := t.off; off < t.end && err == nil; {
+		n := min(int64(len(zeros)), t.end-off)
+		_, err = f.WriteAt(zeros[:n], off)
+		off += n
+	}
+	if err == nil {
+		err = syncFile(f)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("storage: clearing the torn write at the end of %s: %w", t.path, err)
+	}
+	w.logger.Warn("raft log: dropped a torn write, left by a crash, from the end of a segment",
+		"file", t.path, "offset", t.off, "bytes", t.end-t.off)
+	return nil
+}
+
+// segmentRead is what readSegment found.
+type segmentRead struct {
+	chained bool
+	// end follows the last intact record; dataEnd the last byte that is
+	// not zero.
+	end, dataEnd int64
+	// torn: [end, dataEnd) is a torn write.
+	torn bool
+}
+
+// readSegment calls fn for each intact record of segment seq (its data,
+// read from path), in order, with the chain's value before the record. It
+// ends where only zeros are left (a preallocated file's unused space). A
+// record that is not intact ends the segment as a torn write when
+// tornWrite says it can be one and the segment can end in one: the newest
+// segment (being written when a crash came), or a segment of the first
+// format, whose writer never cleared torn writes. Any other is damage, and
+// readSegment returns an error that wraps ErrCorrupt.
+func readSegment(path string, seq uint64, data []byte, newest bool, fn func(off int64, typ byte, payload []byte, seed uint32) error) (segmentRead, error) {
+	r := segmentRead{dataEnd: nonZeroEnd(data)}
+	var off int64
+	var seed uint32
+	// A chained segment starts with a walVersion record in the first
+	// format's layout.
+	if h, bad := recordAt(data, 0, false, 0); bad == "" && h.typ == walVersion {
+		v := data[walHeaderLen : walHeaderLen+int64(h.n)]
+		if len(v) != 12 {
+			return r, corruptAt(path, 0, "a format record of %d bytes", len(v))
+		}
+		if format := binary.LittleEndian.Uint32(v); format != walFormatChained {
+			return r, corruptAt(path, 0, "unknown log format %d", format)
+		}
+		if s := binary.LittleEndian.Uint64(v[4:]); s != seq {
+			return r, corruptAt(path, 0, "the file says it is segment %s", walName(s))
+		}
+		r.chained, seed, off = true, h.sum, walHeaderLen+int64(h.n)
+	}
+	for off < r.dataEnd {
+		h, bad := recordAt(data, off, r.chained, seed)
+		if bad != "" {
+			why := tornWrite(data, off, r.dataEnd, r.chained, seed)
+			if why == "" && (newest || !r.chained) {
+				r.end, r.torn = off, true
+				return r, nil
+			}
+			if why == "" {
+				why = "only the newest segment can end in a torn write, and this one was synced whole before a newer one began"
+			}
+			return r, corruptAt(path, off, "%s, and it is not a write torn by a crash: %s", bad, why)
+		}
+		if !h.known {
+			return r, corruptAt(path, off, "a record of unknown type %d", h.typ)
+		}
+		if err := fn(off, h.typ, data[off+walHeaderLen:off+walHeaderLen+int64(h.n)], seed); err != nil {
+			return r, err
+		}
+		if r.chained {
+			seed = h.sum
+		}
+		off += walHeaderLen + int64(h.n)
+	}
+	r.end = off
+	return r, nil
+}
+
+// walHeader is a record's header as read.
+type walHeader struct {
+	typ byte   // without walTypeTag
+	n   uint32 // payload length
+	sum uint32 // checksum as stored
+	// known: the type byte is one that a record of the format can have
+	// (walVersion aside: it is read only at the start of a segment).
+	known bool
+}
+
+// parseHeader reads the header at the start of b (at least walHeaderLen
+// bytes) in the layout of the chained format or of the first.
+func parseHeader(b []byte, chained bool) walHeader {
+	if !chained {
+		typ := b[8]
+		return walHeader{typ: typ, n: binary.LittleEndian.Uint32(b), sum: binary.LittleEndian.Uint32(b[4:]),
+			known: typ >= walEntry && typ <= walReset}
+	}
+	typ := b[0] &^ walTypeTag
+	return walHeader{typ: typ, n: binary.LittleEndian.Uint32(b[1:]), sum: binary.LittleEndian.Uint32(b[5:]),
+		known: b[0]&walTypeTag != 0 && typ >= walEntry && typ <= walSnapshot && typ != walVersion}
+}
+
+// recordSum is the checksum the record rec (header and payload) must
+// carry: in the chained format one that continues from seed.
+func recordSum(rec []byte, chained bool, seed uint32) uint32 {
+	if !chained {
+		return crc32.Checksum(rec[8:], castagnoli)
+	}
+	sum := crc32.Update(seed, castagnoli, rec[:5])
+	return crc32.Update(sum, castagnoli, rec[walHeaderLen:])
+}
+
+// recordAt reads the header of the record at off of data, and says what
+// is wrong with the record ("" if it is intact; its type is the caller's
+// to check).
+func recordAt(data []byte, off int64, chained bool, seed uint32) (walHeader, string) {
+	size := int64(len(data))
+	if off+walHeaderLen > size {
+		return walHeader{}, "a record header cut short by the end of the file"
+	}
+	h := parseHeader(data[off:], chained)
+	if h.n > walMaxRecord {
+		return h, fmt.Sprintf("a record whose length field says %d bytes, more than any record holds", h.n)
+	}
+	end := off + walHeaderLen + int64(h.n)
+	if end > size {
+		return h, fmt.Sprintf("a record of %d bytes cut short by the end of the file", end-off)
+	}
+	if recordSum(data[off:end], chained, seed) != h.sum {
+		return h, "a record that fails its checksum"
+	}
+	return h, ""
+}
+
+// tornWrite decides whether the record at off of a segment's data, which
+// is not intact, can be a write that a crash tore, and returns "" if so,
+// else why not. seed is the chain's value before the record (chained).
+//
+// A torn write leaves the record's length as written, or a part of it
+// (a part in a sector the disk did not write reads as zeros); it leaves no
+// record of the log that says the segment was synced past it (such records
+// tell what was synced before they were written, and nothing is written
+// after a sync in a torn write that is not torn too); and it leaves a mark
+// of the crash on the record: the file ends inside it, or nothing but zeros
+// follow it, or a sector of it (from the record's start, where it begins
+// inside one) reads as zeros. Damage to synced data shows none of these,
+// unless it hits the last record written, or a record in the last synced
+// write that holds a sector of zeros of its own.
+func tornWrite(data []byte, off, dataEnd int64, chained bool, seed uint32) string {
+	size := int64(len(data))
+	if off+walHeaderLen > size {
+		return ""
+	}
+	h := parseHeader(data[off:], chained)
+	if h.n > walMaxRecord {
+		return "a crash does not make a length field larger"
+	}
+	end := off + walHeaderLen + int64(h.n)
+	stop := min(end, size)
+	// A segment whose format record is damaged is read as one of the
+	// first format: its records may be of either.
+	layouts := []bool{chained}
+	if off == 0 && !chained {
+		layouts = append(layouts, true)
+	}
+	for _, c := range layouts {
+		if p, ok := recordInside(data, off, stop, c, h.sum); ok {
+			return fmt.Sprintf("a record of the log starts inside it, at offset %d, so its length field is damaged", p)
+		}
+		if c && end <= size {
+			if p, synced, ok := syncedPast(data, off, end, dataEnd, chained, seed, h.sum); ok {
+				return fmt.Sprintf("the record at offset %d says that the file had been synced up to offset %d", p, synced)
+			}
+		}
+	}
+	if end > size || end >= dataEnd || lostSector(data, off, stop) {
+		return ""
+	}
+	return "data follows it, and no sector of it reads as zeros, as one that a crash left unwritten would"
+}
+
+// recordInside looks for an intact record (continuing the chain from
+// seed) that starts inside the record at off, which would end at stop: the
+// record there must then be longer than its length field says.
+func recordInside(data []byte, off, stop int64, chained bool, seed uint32) (int64, bool) {
+	size := int64(len(data))
+	budget := int64(walScanBudget)
+	for p := off + 1; p < stop && p+walHeaderLen <= size; p++ {
+		h := parseHeader(data[p:], chained)
+		if !h.known || h.n > walMaxRecord {
+			continue
+		}
+		end := p + walHeaderLen + int64(h.n)
+		if end > size {
+			continue
+		}
+		if budget -= end - p; budget < 0 {
+			return 0, false
+		}
+		if recordSum(data[p:end], chained, seed) == h.sum {
+			return p, true
+		}
+	}
+	return 0, false
+}
+
+// syncedPast follows the chain from the record after the one at off (it
+// ends at end) and looks for a walSynced record that says the file had
+// been synced past off. The chain continues from the checksum the record at
+// off carries or, if only that was damaged, from the one it should carry
+// (seed is the chain before it; sameFormat is false when the record is a
+// damaged walVersion record, read in the first format's layout).
+func syncedPast(data []byte, off, end, dataEnd int64, sameFormat bool, seed, sum uint32) (at, synced int64, ok bool) {
+	seeds := []uint32{sum}
+	if want := recordSum(data[off:end], sameFormat, seed); want != sum {
+		seeds = append(seeds, want)
+	}
+	for _, s := range seeds {
+		for p := end; p < dataEnd; {
+			h, bad := recordAt(data, p, true, s)
+			if bad != "" || !h.known {
+				break
+			}
+			next := p + walHeaderLen + int64(h.n)
+			if h.typ == walSynced && h.n == 8 {
+				if n := int64(binary.LittleEndian.Uint64(data[p+walHeaderLen:])); n > off {
+					return p, n, true
+				}
+			}
+			s, p = h.sum, next
+		}
+	}
+	return 0, 0, false
+}
+
+// lostSector reports whether a sector of the record at off (which would
+// end at stop) reads as zeros from where the record starts in it to the
+// sector's end (or the file's).
+func lostSector(data []byte, off, stop int64) bool {
+	size := int64(len(data))
+	for s := off &^ (walSectorSize - 1); s < stop; s += walSectorSize {
+		if allZero(data[max(off, s):min(s+walSectorSize, size)]) {
+			return true
+		}
+	}
+	return false
+}
+
+// nonZeroEnd returns the offset after the last byte of data that is not
+// zero.
+func nonZeroEnd(data []byte) int64 {
+	n := len(data)
+	for n >= 8 && binary.LittleEndian.Uint64(data[n-8:n]) == 0 {
+		n -= 8
+	}
+	for n > 0 && data[n-1] == 0 {
+		n--
+	}
+	return int64(n)
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// appendRecord appends a record of the first format (unchained) to buf:
+// the walVersion record that starts a chained segment, and tests' records
+// of old segments.
 func appendRecord(buf []byte, typ byte, payload []byte) []byte {
 	start := len(buf)
 	buf = binary.LittleEndian.AppendUint32(buf, uint32(len(payload)))
@@ -334,6 +708,7 @@ func appendRecord(buf []byte, typ byte, payload []byte) []byte {
 	return buf
 }
 
+// appendMarker appends a marker record of the first format.
 func appendMarker(buf []byte, typ byte, index, term uint64) []byte {
 	var p [16]byte
 	binary.LittleEndian.PutUint64(p[:], index)
@@ -341,28 +716,81 @@ func appendMarker(buf []byte, typ byte, index, term uint64) []byte {
 	return appendRecord(buf, typ, p[:])
 }
 
+// appendChained appends a record of the chained format, continuing the
+// chain from seed, and returns buf and the record's checksum (the next
+// record's seed).
+func appendChained(buf []byte, seed uint32, typ byte, payload []byte) ([]byte, uint32) {
+	start := len(buf)
+	buf = append(buf, walTypeTag|typ, 0, 0, 0, 0, 0, 0, 0, 0)
+	binary.LittleEndian.PutUint32(buf[start+1:], uint32(len(payload)))
+	buf = append(buf, payload...)
+	return buf, sealRecord(buf[start:], seed)
+}
+
+// sealRecord puts in the record rec of the chained format (its header
+// filled in but for the checksum, and its payload) its checksum, which
+// continues from seed, and returns it.
+func sealRecord(rec []byte, seed uint32) uint32 {
+	sum := recordSum(rec, true, seed)
+	binary.LittleEndian.PutUint32(rec[5:], sum)
+	return sum
+}
+
+func appendChainedMarker(buf []byte, seed uint32, typ byte, index, term uint64) ([]byte, uint32) {
+	var p [16]byte
+	binary.LittleEndian.PutUint64(p[:], index)
+	binary.LittleEndian.PutUint64(p[8:], term)
+	return appendChained(buf, seed, typ, p[:])
+}
+
+// appendSyncedMark appends to buf, for the active segment, a walSynced
+// record if a sync covered more of it than such a record says yet, and
+// returns buf, the chain and what the segment's records will say.
+func (w *wal) appendSyncedMark(buf []byte, seg *walSegment) ([]byte, uint32, int64) {
+	if seg.synced <= seg.marked {
+		return buf, w.crc, seg.marked
+	}
+	var p [8]byte
+	binary.LittleEndian.PutUint64(p[:], uint64(seg.synced))
+	buf, crc := appendChained(buf, w.crc, walSynced, p[:])
+	return buf, crc, seg.synced
+}
+
 func (w *wal) active() *walSegment { return w.segs[len(w.segs)-1] }
 
 func (w *wal) last() uint64 { return w.base + uint64(len(w.pos)) }
 
-// rotate syncs the active segment, if any, and starts segment seq with a
-// marker (walCompact or walReset at index, term) and the last HardState,
-// synced, its directory entry too.
+// rotate syncs the active segment, if any, and starts segment seq with its
+// walVersion record, a marker (walCompact or walReset at index, term), the
+// pending snapshot intent unless the marker is at or past it, and the last
+// HardState, synced, its directory entry too.
 func (w *wal) rotate(marker byte, index, term uint64, seq uint64) error {
 	if len(w.segs) > 0 {
 		if err := syncFile(w.active().f); err != nil {
 			return err
 		}
 	}
-	name := w.fs.PathJoin(w.dir, walName(seq))
+	name := w.path(seq)
 	f, prealloc, err := w.newSegmentFile(name)
 	if err != nil {
 		return err
 	}
-	buf := appendMarker(nil, marker, index, term)
+	var v [12]byte
+	binary.LittleEndian.PutUint32(v[:], walFormatChained)
+	binary.LittleEndian.PutUint64(v[4:], seq)
+	buf := appendRecord(nil, walVersion, v[:])
+	crc := binary.LittleEndian.Uint32(buf[4:])
+	buf, crc = appendChainedMarker(buf, crc, marker, index, term)
+	intent := w.intent
+	if index >= intent.index {
+		intent = walMark{}
+	}
+	if intent.index != 0 {
+		buf, crc = appendChainedMarker(buf, crc, walSnapshot, intent.index, intent.term)
+	}
 	hb, err := w.hs.Marshal()
 	if err == nil {
-		buf = appendRecord(buf, walHardState, hb)
+		buf, crc = appendChained(buf, crc, walHardState, hb)
 		_, err = f.Write(buf)
 	}
 	if err == nil {
@@ -381,8 +809,9 @@ func (w *wal) rotate(marker byte, index, term uint64, seq uint64) error {
 		}
 		return err
 	}
+	w.crc, w.intent = crc, intent
 	w.mu.Lock()
-	seg := &walSegment{seq: seq, f: f, size: int64(len(buf)), prealloc: prealloc}
+	seg := &walSegment{seq: seq, f: f, size: int64(len(buf)), chained: true, prealloc: prealloc, synced: int64(len(buf))}
 	if prealloc {
 		seg.alloc = w.spareBytes
 		w.spareBytes = 0
@@ -469,7 +898,15 @@ func syncFile(f vfs.File) error {
 	return f.SyncData()
 }
 
-func (w *wal) sync() error { return syncFile(w.active().f) }
+// sync syncs the active segment.
+func (w *wal) sync() error {
+	seg := w.active()
+	if err := syncFile(seg.f); err != nil {
+		return err
+	}
+	seg.synced = seg.size
+	return nil
+}
 
 func (w *wal) syncDir() error { return syncDir(w.fs, w.dir) }
 
@@ -489,9 +926,12 @@ func syncDir(fs vfs.FS, dir string) error {
 }
 
 // append writes ents (which may overwrite the tail from ents[0].Index on)
-// and hs (unless empty) with one write, synced if sync. Entries at or below
+// and hs (unless nil) with one write, synced if sync. Entries at or below
 // base must have been dropped by the caller.
 func (w *wal) append(ents []raftpb.Entry, hs *raftpb.HardState, sync bool) error {
+	if len(ents) == 0 && hs == nil {
+		return nil
+	}
 	if seg := w.active(); seg.size >= walSegmentBytes || (!seg.prealloc && w.spareReady()) {
 		if err := w.rotate(walCompact, w.base, w.baseTerm, seg.seq+1); err != nil {
 			return err
@@ -501,34 +941,30 @@ func (w *wal) append(ents []raftpb.Entry, hs *raftpb.HardState, sync bool) error
 	if seg.size >= walSpareAfter {
 		w.prepareSpare()
 	}
-	buf := w.buf[:0]
-	type at struct {
-		off int64
-		n   uint32
-	}
-	var offs [64]at
+	buf, crc, marked := w.appendSyncedMark(w.buf[:0], seg)
+	var offs [64]walPos
 	locs := offs[:0]
 	for i := range ents {
 		size := ents[i].Size()
+		if size > walMaxRecord {
+			return fmt.Errorf("storage: entry %d is %d bytes, more than a raft log record holds (%d)", ents[i].Index, size, walMaxRecord)
+		}
 		start := len(buf)
-		buf = binary.LittleEndian.AppendUint32(buf, uint32(size))
-		buf = append(buf, 0, 0, 0, 0, walEntry)
+		buf = append(buf, walTypeTag|walEntry, 0, 0, 0, 0, 0, 0, 0, 0)
+		binary.LittleEndian.PutUint32(buf[start+1:], uint32(size))
 		buf = slices.Grow(buf, size)[:len(buf)+size]
 		if _, err := ents[i].MarshalToSizedBuffer(buf[start+walHeaderLen:]); err != nil {
 			return err
 		}
-		binary.LittleEndian.PutUint32(buf[start+4:], crc32.Checksum(buf[start+8:], castagnoli))
-		locs = append(locs, at{seg.size + int64(start), uint32(size)})
+		locs = append(locs, walPos{seg: seg.seq, off: seg.size + int64(start), n: uint32(size), seed: crc})
+		crc = sealRecord(buf[start:], crc)
 	}
 	if hs != nil {
 		hb, err := hs.Marshal()
 		if err != nil {
 			return err
 		}
-		buf = appendRecord(buf, walHardState, hb)
-	}
-	if len(buf) == 0 {
-		return nil
+		buf, crc = appendChained(buf, crc, walHardState, hb)
 	}
 	w.buf = buf
 	if cap(w.buf) > 4<<20 {
@@ -537,21 +973,21 @@ func (w *wal) append(ents []raftpb.Entry, hs *raftpb.HardState, sync bool) error
 	if _, err := seg.f.Write(buf); err != nil {
 		return err
 	}
+	w.crc, seg.marked = crc, marked
+	size := seg.size + int64(len(buf))
 	if sync {
-		if err := w.sync(); err != nil {
+		if err := syncFile(seg.f); err != nil {
 			return err
 		}
+		seg.synced = size
 	}
 	if hs != nil {
 		w.hs = *hs
 	}
 	w.mu.Lock()
-	seg.size += int64(len(buf))
+	seg.size = size
 	if len(ents) > 0 {
-		w.pos = w.pos[:ents[0].Index-w.base-1]
-		for i := range ents {
-			w.pos = append(w.pos, walPos{seg: seg.seq, off: locs[i].off, n: locs[i].n})
-		}
+		w.pos = append(w.pos[:ents[0].Index-w.base-1], locs...)
 		seg.maxIndex = max(seg.maxIndex, ents[len(ents)-1].Index)
 	}
 	w.mu.Unlock()
@@ -597,42 +1033,80 @@ func (w *wal) entry(index uint64) (raftpb.Entry, error) {
 		}
 	}
 	var e raftpb.Entry
+	path := w.path(p.seg)
 	if seg == nil {
-		return e, fmt.Errorf("%w: raft log segment %s of entry %d is gone", ErrCorrupt, walName(p.seg), index)
+		return e, corruptAt(path, p.off, "the segment of entry %d is gone", index)
 	}
 	rec := make([]byte, walHeaderLen+int(p.n))
 	if _, err := seg.f.ReadAt(rec, p.off); err != nil {
 		return e, err
 	}
-	if crc32.Checksum(rec[8:], castagnoli) != binary.LittleEndian.Uint32(rec[4:]) || rec[8] != walEntry {
-		return e, fmt.Errorf("%w: raft log entry %d fails its checksum", ErrCorrupt, index)
+	h, bad := recordAt(rec, 0, seg.chained, p.seed)
+	if bad == "" && (h.typ != walEntry || !h.known) {
+		bad = "not an entry record"
+	}
+	if bad != "" {
+		return e, corruptAt(path, p.off, "entry %d: %s", index, bad)
 	}
 	if err := e.Unmarshal(rec[walHeaderLen:]); err != nil {
-		return e, fmt.Errorf("%w: raft log entry %d: %v", ErrCorrupt, index, err)
+		return e, corruptAt(path, p.off, "entry %d does not decode: %v", index, err)
 	}
 	if e.Index != index {
-		return e, fmt.Errorf("%w: raft log holds entry %d where %d belongs", ErrCorrupt, e.Index, index)
+		return e, corruptAt(path, p.off, "entry %d where %d belongs", e.Index, index)
 	}
 	return e, nil
+}
+
+// writeActive writes buf (records continuing the chain, to crc) to the
+// active segment, whose synced marks will then say marked.
+func (w *wal) writeActive(buf []byte, crc uint32, marked int64) error {
+	seg := w.active()
+	if _, err := seg.f.Write(buf); err != nil {
+		return err
+	}
+	w.crc, seg.marked = crc, marked
+	w.mu.Lock()
+	seg.size += int64(len(buf))
+	w.mu.Unlock()
+	return nil
 }
 
 // compact records that entries up to index (of term) are gone and deletes
 // the segments that hold nothing later. The caller has made the state
 // machine durable at or past index first.
 func (w *wal) compact(index, term uint64) error {
-	buf := appendMarker(w.buf[:0], walCompact, index, term)
-	seg := w.active()
-	if _, err := seg.f.Write(buf); err != nil {
+	buf, crc, marked := w.appendSyncedMark(w.buf[:0], w.active())
+	buf, crc = appendChainedMarker(buf, crc, walCompact, index, term)
+	if err := w.writeActive(buf, crc, marked); err != nil {
 		return err
 	}
 	w.mu.Lock()
-	seg.size += int64(len(buf))
 	drop := min(int(index-w.base), len(w.pos))
 	w.pos = append(w.pos[:0], w.pos[drop:]...)
 	w.base = index
 	w.mu.Unlock()
 	w.baseTerm = term
+	if index >= w.intent.index {
+		w.intent = walMark{}
+	}
 	return w.dropSegments(func(s *walSegment) bool { return s.maxIndex <= index })
+}
+
+// markSnapshot records, synced, that a snapshot at index (of term) is
+// about to be installed in the state machine. The state is installed
+// first and the log reset after (see reset), so a crash in between leaves
+// a state ahead of the log: this record is how Open knows that it may
+// reset the log to match (see reconcile), where otherwise the log lost
+// entries and the node cannot be trusted. It stays pending, carried into
+// new segments, until a marker at or past index.
+func (w *wal) markSnapshot(index, term uint64) error {
+	buf, crc, marked := w.appendSyncedMark(w.buf[:0], w.active())
+	buf, crc = appendChainedMarker(buf, crc, walSnapshot, index, term)
+	if err := w.writeActive(buf, crc, marked); err != nil {
+		return err
+	}
+	w.intent = walMark{index, term}
+	return w.sync()
 }
 
 // reset empties the log after a snapshot at index (of term): a new segment

@@ -5,10 +5,13 @@ import (
 	"io"
 	"log/slog"
 	"reflect"
+	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 )
@@ -58,13 +61,14 @@ func TestWALTornTail(t *testing.T) {
 	ents := logEntries(1, 11, stepTerms)
 	hs := raftpb.HardState{Term: 3, Vote: 1, Commit: 10}
 	mustAppend(t, s, hs, ents)
+	crc := s.wal.crc
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
 	seqs := walSegments(t, fs)
 	// Half of an entry record: its header promises more than follows.
-	torn := appendRecord(nil, walEntry, make([]byte, 40))[:20]
-	appendTo(t, fs, seqs[len(seqs)-1], torn)
+	torn, _ := appendChained(nil, crc, walEntry, make([]byte, 40))
+	appendTo(t, fs, seqs[len(seqs)-1], torn[:20])
 
 	s = openStore(t, fs)
 	checkBounds(t, s, 1, 10)
@@ -79,11 +83,10 @@ func TestWALTornTail(t *testing.T) {
 	checkEntries(t, s, 1, 14, append(append([]raftpb.Entry(nil), ents...), more...))
 }
 
-// TestWALBadChecksumEndsSegment: a record whose checksum fails is treated
-// like a torn write; a damaged record in the middle of the log, whose loss
-// leaves entries missing, makes Open fail instead of serving a log with a
-// hole.
-func TestWALBadChecksumEndsSegment(t *testing.T) {
+// TestWALBadChecksumInOlderSegment: a damaged record in a segment older
+// than the newest makes Open fail: only the newest can end in a torn write
+// (see wal_damage_test.go for the newest).
+func TestWALBadChecksumInOlderSegment(t *testing.T) {
 	smallSegments(t)
 	fs := vfs.NewMem()
 	s := openStore(t, fs)
@@ -197,51 +200,87 @@ func TestWALCrashAfterCompaction(t *testing.T) {
 }
 
 // TestWALStateAheadOfLogIsReconciled: a crash between a snapshot's state
-// (synced) and the log's reset leaves the log behind the state; Open resets
-// it to start after the snapshot. Applied entries past a commit index that
+// and the log's reset leaves the log behind the state, and the snapshot
+// intent that the log recorded first; Open resets the log to start after
+// the snapshot. A state ahead of a log without that intent means the log
+// lost synced entries: Open fails. Applied entries past a commit index that
 // did not survive move the commit index up.
 func TestWALStateAheadOfLogIsReconciled(t *testing.T) {
-	t.Run("snapshot", func(t *testing.T) {
-		_, snap := snapshotSource(t)
-		fs := vfs.NewMem()
+	t.Run("crash before the reset", func(t *testing.T) {
+		_, md, data := snapshotSource(t)
+		mem := vfs.NewMem()
+		var crashed atomic.Bool
+		fs := errorfs.Wrap(mem, errorfs.InjectorFunc(func(op errorfs.Op) error {
+			// The reset starts a new segment: the crash comes first.
+			if crashed.Load() && op.Kind == errorfs.OpCreate && strings.HasSuffix(op.Path, ".wal") {
+				return errors.New("injected crash")
+			}
+			return nil
+		}))
 		b := openStore(t, fs)
-		own := logEntries(1, 4, constTerm(1))
-		mustAppend(t, b, raftpb.HardState{Term: 1, Commit: 3}, own)
-		seqs := walSegments(t, fs)
-		if err := b.ApplySnapshot(snap); err != nil {
-			t.Fatalf("ApplySnapshot: %v", err)
+		mustAppend(t, b, raftpb.HardState{Term: 1, Commit: 3}, logEntries(1, 4, constTerm(1)))
+		crashed.Store(true)
+		if err := install(b, md, data); err == nil {
+			t.Fatal("ApplySnapshot succeeded; want it to fail at the log's reset")
 		}
-		if err := b.Close(); err != nil {
-			t.Fatal(err)
+		_ = b.Close()
+		var logs syncBuffer
+		b, err := Open(Config{Dir: "db", FS: mem, Logger: logs.logger()})
+		if err != nil {
+			t.Fatalf("Open after a crash between the state and the log's reset: %v", err)
 		}
-		// Undo the log's reset: back to the segments before it.
-		for _, seq := range walSegments(t, fs) {
-			if seq > seqs[len(seqs)-1] {
-				if err := fs.Remove("db/raftlog/" + walName(seq)); err != nil {
-					t.Fatal(err)
-				}
+		t.Cleanup(func() { _ = b.Close() })
+		check := func(b *Store) {
+			t.Helper()
+			checkBounds(t, b, 11, 10)
+			checkTerm(t, b, 10, 2, nil)
+			if hs, _, _ := b.InitialState(); hs.Commit < 10 {
+				t.Errorf("HardState commit = %d; want at least the snapshot's 10", hs.Commit)
 			}
 		}
-		// The reset deleted the old segments too; put back a log that
-		// predates the snapshot.
-		if n := len(walSegments(t, fs)); n != 0 {
-			t.Fatalf("%d segments left after removing the reset's; want 0", n)
+		check(b)
+		if !strings.Contains(logs.String(), "finishing a snapshot install") {
+			t.Errorf("no warning about the interrupted snapshot install; logs:\n%s", logs.String())
 		}
-		w, _, err := openWAL(fs, "db/raftlog", walState{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := w.append(own, &raftpb.HardState{Term: 1, Commit: 3}, true); err != nil {
-			t.Fatal(err)
-		}
-		_ = w.close()
-		b = openStore(t, fs)
-		checkBounds(t, b, 11, 10)
-		checkTerm(t, b, 10, 2, nil)
-		if hs, _, _ := b.InitialState(); hs.Commit < 10 {
-			t.Errorf("HardState commit = %d; want at least the snapshot's 10", hs.Commit)
-		}
+		check(reopen(t, b, mem))
 	})
+	// The log as it was before a snapshot at 10 (term 2) was installed:
+	// own entries, and a snapshot intent at intent unless zero.
+	for _, tc := range []struct {
+		name   string
+		own    []raftpb.Entry
+		intent walMark
+		ok     bool
+	}{
+		{"log behind, intent", logEntries(1, 4, constTerm(1)), walMark{10, 2}, true},
+		{"log behind, no intent", logEntries(1, 4, constTerm(1)), walMark{}, false},
+		{"log behind, intent at another index", logEntries(1, 4, constTerm(1)), walMark{9, 2}, false},
+		{"log behind, intent of another term", logEntries(1, 4, constTerm(1)), walMark{10, 1}, false},
+		{"other term at applied, intent", logEntries(1, 13, constTerm(1)), walMark{10, 2}, true},
+		{"other term at applied, no intent", logEntries(1, 13, constTerm(1)), walMark{}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := stateAheadOfLog(t, tc.own, tc.intent)
+			b, err := Open(Config{Dir: "db", FS: fs})
+			if !tc.ok {
+				if err == nil {
+					_ = b.Close()
+					t.Fatal("Open of a state ahead of its log with no snapshot intent for it succeeded; want ErrCorrupt")
+				}
+				if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "db/raftlog") ||
+					!strings.Contains(err.Error(), "no record in the log says that a snapshot at 10") {
+					t.Fatalf("Open = %v; want ErrCorrupt naming the log and the missing snapshot record", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Open: %v", err)
+			}
+			t.Cleanup(func() { _ = b.Close() })
+			checkBounds(t, b, 11, 10)
+			checkTerm(t, b, 10, 2, nil)
+		})
+	}
 	t.Run("commit", func(t *testing.T) {
 		fs := vfs.NewMem()
 		s := openStore(t, fs)
@@ -255,6 +294,44 @@ func TestWALStateAheadOfLogIsReconciled(t *testing.T) {
 	})
 }
 
+// stateAheadOfLog returns a filesystem with a store whose state is a
+// snapshot at 10 (term 2) and whose log is own, followed by a snapshot
+// intent at intent unless it is zero: as the reset of the log after the
+// snapshot never happened.
+func stateAheadOfLog(t *testing.T, own []raftpb.Entry, intent walMark) vfs.FS {
+	t.Helper()
+	_, md, data := snapshotSource(t)
+	fs := vfs.NewMem()
+	b := openStore(t, fs)
+	if err := install(b, md, data); err != nil {
+		t.Fatalf("ApplySnapshot: %v", err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, seq := range walSegments(t, fs) {
+		if err := fs.Remove("db/raftlog/" + walName(seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, _, err := openWAL(fs, "db/raftlog", walState{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.append(own, &raftpb.HardState{Term: 1, Commit: 3}, true); err != nil {
+		t.Fatal(err)
+	}
+	if intent.index != 0 {
+		if err := w.markSnapshot(intent.index, intent.term); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.close(); err != nil {
+		t.Fatal(err)
+	}
+	return fs
+}
+
 // TestWALMigratesLogFromPebble: a store written when the log lived in
 // Pebble opens with its log, HardState and base moved to the WAL, and the
 // Pebble keys gone; a migration cut short by a crash (a partial WAL in the
@@ -263,7 +340,7 @@ func TestWALMigratesLogFromPebble(t *testing.T) {
 	for _, name := range []string{"clean", "after a crash midway"} {
 		t.Run(name, func(t *testing.T) {
 			fs := vfs.NewMem()
-			db, err := pebble.Open("db", &pebble.Options{FS: fs, Logger: pebbleLogger{slog.New(slog.DiscardHandler)}})
+			db, err := pebble.Open("db", &pebble.Options{FS: fs, Logger: pebbleLogger{l: slog.New(slog.DiscardHandler)}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -286,7 +363,7 @@ func TestWALMigratesLogFromPebble(t *testing.T) {
 				t.Fatal(err)
 			}
 			if name != "clean" {
-				w, _, err := openWAL(fs, "db/raftlog.tmp", walState{base: 5, baseTerm: 2, last: 5})
+				w, _, err := openWAL(fs, "db/raftlog.tmp", walState{base: 5, baseTerm: 2, last: 5}, nil)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -4,11 +4,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -106,7 +108,18 @@ func run(args []string) error {
 			BatchSize: uint32(min(*sweepBatch, storage.MaxExpireLimit)),
 		},
 		Logger: logger,
+		// A disk error the state store cannot survive ends the process
+		// with the error logged; a restart recovers from what is on disk.
+		StorageFatal: func(msg string) {
+			logger.Error("stopping: the state store failed; restart the node once its disk is sound (if it fails again, replace the node)", "err", msg)
+			os.Exit(1)
+		},
 	})
+	if errors.Is(err, storage.ErrCorrupt) {
+		// The error says to wipe the data directory: name it.
+		dir, _ := filepath.Abs(*dataDir)
+		return fmt.Errorf("%w (the data directory is %s)", err, dir)
+	}
 	if err != nil {
 		return err
 	}

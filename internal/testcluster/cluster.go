@@ -1,11 +1,13 @@
 // Package testcluster runs keystore clusters inside a test process: real
 // nodes (storage, Raft, gRPC) talking over loopback, with temp-dir storage
-// or Pebble's crashable in-memory filesystem, and helpers to stop, crash and
-// restart nodes. Tests of every package above the server use it.
+// or Pebble's crashable in-memory filesystem (optionally wrapped, to inject
+// storage faults), and helpers to stop, crash and restart nodes. Tests of
+// every package above the server use it.
 package testcluster
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"path/filepath"
 	"testing"
@@ -29,9 +31,15 @@ type Options struct {
 	// Crashable keeps each node's storage on a crashable in-memory
 	// filesystem, so CrashNode keeps exactly what was fsynced.
 	Crashable bool
-	Raft      raftnode.Config
-	Expiry    expiry.Config
-	API       api.Config
+	// WrapFS, when set, wraps a node's storage filesystem (the operating
+	// system's, or the crashable in-memory one) every time the node starts;
+	// name is the node's name. Tests inject storage faults and latency
+	// through it, with Pebble's vfs/errorfs. It is called from StartNode's
+	// goroutine; what it returns is used until the node stops.
+	WrapFS func(name string, fs vfs.FS) vfs.FS
+	Raft   raftnode.Config
+	Expiry expiry.Config
+	API    api.Config
 }
 
 // Cluster is a running in-process cluster. Its nodes are named n1, n2, ...
@@ -119,6 +127,16 @@ func listen(t testing.TB) net.Listener {
 // StartNode starts (or restarts, with its data) the node name.
 func (c *Cluster) StartNode(name string) {
 	c.t.Helper()
+	if err := c.TryStartNode(name); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// TryStartNode is StartNode that returns the error of a node that does not
+// start (a storage fault at open, say) instead of failing the test. The
+// node is then not running; it may be started again.
+func (c *Cluster) TryStartNode(name string) error {
+	c.t.Helper()
 	cfg := server.Config{
 		Name:           name,
 		DataDir:        c.dirs[name],
@@ -132,6 +150,13 @@ func (c *Cluster) StartNode(name string) {
 	if c.opts.Crashable {
 		cfg.FS = c.fss[name]
 	}
+	if c.opts.WrapFS != nil {
+		fs := cfg.FS
+		if fs == nil {
+			fs = vfs.Default
+		}
+		cfg.FS = c.opts.WrapFS(name, fs)
+	}
 	if l, ok := c.lis[name]; ok {
 		cfg.PeerListener, cfg.ClientListener = l[0], l[1]
 		delete(c.lis, name)
@@ -142,7 +167,12 @@ func (c *Cluster) StartNode(name string) {
 	for {
 		s, err := server.New(cfg)
 		if err != nil {
-			c.t.Fatalf("new %s: %v", name, err)
+			if cfg.PeerListener != nil {
+				// New does not take the listeners: keep them for the
+				// next try.
+				c.lis[name] = [2]net.Listener{cfg.PeerListener, cfg.ClientListener}
+			}
+			return fmt.Errorf("new %s: %w", name, err)
 		}
 		err = s.Start()
 		if err == nil {
@@ -150,7 +180,7 @@ func (c *Cluster) StartNode(name string) {
 			break
 		}
 		if time.Now().After(deadline) {
-			c.t.Fatalf("start %s: %v", name, err)
+			return fmt.Errorf("start %s: %w", name, err)
 		}
 		// A failed Start closed any listeners it was given.
 		cfg.PeerListener, cfg.ClientListener = nil, nil
@@ -159,10 +189,11 @@ func (c *Cluster) StartNode(name string) {
 	if c.conns[name] == nil {
 		conn, err := grpc.NewClient(c.clients[name], grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
-			c.t.Fatal(err)
+			return err
 		}
 		c.conns[name] = conn
 	}
+	return nil
 }
 
 // StopNode stops a node gracefully (a no-op if it is not running).
@@ -175,13 +206,23 @@ func (c *Cluster) StopNode(name string) {
 
 // CrashNode stops a node as a power loss would: on restart its filesystem
 // holds only what was synced before the crash. Needs Options.Crashable.
+//
+// NB: the node is stopped (without grace) after its filesystem is cloned,
+// and in between it may still sync and acknowledge Raft entries that its
+// restart will lack; its leader would then hold it to entries it no longer
+// has (raft panics: "tocommit(..) is out of range"). Crash a node only when
+// nothing is written meanwhile, or after its storage failed (it
+// acknowledges nothing then); otherwise use StopNode.
 func (c *Cluster) CrashNode(name string) {
 	c.t.Helper()
 	if !c.opts.Crashable {
 		c.t.Fatal("testcluster: CrashNode needs Options.Crashable")
 	}
 	clone := c.fss[name].CrashClone(vfs.CrashCloneCfg{})
-	c.StopNode(name)
+	if s := c.servers[name]; s != nil {
+		s.Stop(0)
+		delete(c.servers, name)
+	}
 	c.fss[name] = clone
 }
 
