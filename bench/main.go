@@ -45,6 +45,8 @@ func dispatch(ctx context.Context, args []string) error {
 			return reportCmd(args[1:])
 		case "ping":
 			return pingCmd(ctx, args[1:])
+		case "large":
+			return largeCmd(ctx, args[1:])
 		case "run":
 			args = args[1:]
 		}
