@@ -1135,7 +1135,9 @@ type StatusResponse struct {
 	LogTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=log_time,json=logTime,proto3" json:"log_time,omitempty"`
 	// Records on this node's disk (expired but not yet swept included).
 	StoredRecords uint64 `protobuf:"varint,8,opt,name=stored_records,json=storedRecords,proto3" json:"stored_records,omitempty"`
-	// SERVING when it has a leader and has caught up.
+	// SERVING when its storage works, it knows a leader, it is not installing
+	// a snapshot, and a ReadIndex round confirmed it has applied what the
+	// leader had committed (the gRPC health service says the same).
 	Serving bool `protobuf:"varint,9,opt,name=serving,proto3" json:"serving,omitempty"`
 	// SHA-256 of the state machine at state_applied_index: replicas at the
 	// same index must agree (the fault tests compare them). Set only when
