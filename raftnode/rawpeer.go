@@ -190,18 +190,8 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 // serveRaft reads the messages of one raft connection until it breaks or
 // the transport stops. preamble is the connection's, already read.
 func (t *transport) serveRaft(c net.Conn, preamble []byte) {
-	clusterID := binary.LittleEndian.Uint64(preamble[len(peerMagic):])
-	from := binary.LittleEndian.Uint64(preamble[len(peerMagic)+8:])
-	to := binary.LittleEndian.Uint64(preamble[len(peerMagic)+16:])
-	if err := t.node.checkSender(clusterID, from); err != nil || to != t.self {
-		if to != t.self && err == nil {
-			t.logger.Warn("refused a raft connection for another node", "from", fmt.Sprintf("%x", from), "to", fmt.Sprintf("%x", to))
-		}
-		_ = c.Close()
-		return
-	}
-	if !t.track(c) {
-		_ = c.Close()
+	from, ok := t.accept(c, preamble)
+	if !ok {
 		return
 	}
 	defer t.untrack(c)
@@ -233,6 +223,28 @@ func (t *transport) serveRaft(c net.Conn, preamble []byte) {
 			return
 		}
 	}
+}
+
+// accept checks the preamble of an accepted raft or snapshot connection
+// (cluster, membership, addressee) and tracks the connection so that stop
+// closes it. It closes a refused connection; the caller of an accepted one
+// must untrack it.
+func (t *transport) accept(c net.Conn, preamble []byte) (from uint64, ok bool) {
+	clusterID := binary.LittleEndian.Uint64(preamble[len(peerMagic):])
+	from = binary.LittleEndian.Uint64(preamble[len(peerMagic)+8:])
+	to := binary.LittleEndian.Uint64(preamble[len(peerMagic)+16:])
+	if err := t.node.checkSender(clusterID, from); err != nil || to != t.self {
+		if to != t.self && err == nil {
+			t.logger.Warn("refused a peer connection for another node", "from", fmt.Sprintf("%x", from), "to", fmt.Sprintf("%x", to))
+		}
+		_ = c.Close()
+		return 0, false
+	}
+	if !t.track(c) {
+		_ = c.Close()
+		return 0, false
+	}
+	return from, true
 }
 
 // errPeerStopped ends a connection's reader when the node stops.

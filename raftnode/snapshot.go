@@ -187,15 +187,8 @@ func (t *transport) streamSnapshot(p *peer, m raftpb.Message) (sent int64, index
 
 // serveSnapshot receives one snapshot on c, whose preamble was read.
 func (t *transport) serveSnapshot(c net.Conn, preamble []byte) {
-	clusterID := binary.LittleEndian.Uint64(preamble[len(peerMagic):])
-	from := binary.LittleEndian.Uint64(preamble[len(peerMagic)+8:])
-	to := binary.LittleEndian.Uint64(preamble[len(peerMagic)+16:])
-	if err := t.node.checkSender(clusterID, from); err != nil || to != t.self {
-		_ = c.Close()
-		return
-	}
-	if !t.track(c) {
-		_ = c.Close()
+	from, ok := t.accept(c, preamble)
+	if !ok {
 		return
 	}
 	defer t.untrack(c)

@@ -203,14 +203,7 @@ func TestClusterFollowerCatchesUpBySnapshot(t *testing.T) {
 		t.Fatalf("write: %v", err)
 	}
 	c.StartNode(follower)
-	target := c.Server(lead).Status().Applied
-	deadline := time.Now().Add(30 * time.Second)
-	for c.Server(follower).Status().Applied < target {
-		if time.Now().After(deadline) {
-			t.Fatalf("follower applied %d; want >= %d", c.Server(follower).Status().Applied, target)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	c.WaitApplied(follower, c.Server(lead).Status().Applied, 30*time.Second)
 	if got := c.Server(follower).Status().SnapshotsApplied; got == 0 {
 		t.Fatalf("follower caught up without a snapshot; want at least one")
 	}

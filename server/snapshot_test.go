@@ -37,14 +37,7 @@ func TestClusterFollowerCatchesUpOnAStateOfManyChunks(t *testing.T) {
 		}
 	}
 	c.StartNode(follower)
-	target := c.Server(lead).Status().Applied
-	deadline := time.Now().Add(60 * time.Second)
-	for c.Server(follower).Status().Applied < target {
-		if time.Now().After(deadline) {
-			t.Fatalf("follower applied %d; want >= %d", c.Server(follower).Status().Applied, target)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	c.WaitApplied(follower, c.Server(lead).Status().Applied, 60*time.Second)
 	if got := c.Server(follower).Status().SnapshotsApplied; got == 0 {
 		t.Fatalf("follower caught up without a snapshot; want at least one")
 	}

@@ -299,6 +299,19 @@ func (c *Cluster) WaitServing(timeout time.Duration) {
 	}
 }
 
+// WaitApplied waits until node name has applied index, failing the test
+// after timeout.
+func (c *Cluster) WaitApplied(name string, index uint64, timeout time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for c.servers[name].Status().Applied < index {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s applied %d; want >= %d", name, c.servers[name].Status().Applied, index)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // AssertSameState waits until all running nodes applied the same index,
 // then fails the test unless their state machine checksums are equal.
 func (c *Cluster) AssertSameState() {
