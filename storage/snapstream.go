@@ -150,8 +150,11 @@ func (r *snapshotReader) emit(b []byte) {
 const snapshotReadBuf = 256 << 10
 
 func (r *snapshotReader) fill() {
-	if cap(r.buf) > 4*snapshotReadBuf {
-		r.buf = nil // a huge value passed through: do not keep its buffer
+	if cap(r.buf) > 16<<20 {
+		// A huge value passed through: do not keep its buffer. Values
+		// up to a record's (1 MiB by default) reuse it: a new buffer per
+		// fill was garbage as large as the state.
+		r.buf = nil
 	}
 	r.buf, r.off = r.buf[:0], 0
 	if r.pairs == 0 && !r.valid {
