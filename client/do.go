@@ -103,7 +103,6 @@ func (c *Client) Do(ctx context.Context, namespace, key string, fingerprint []by
 	for _, o := range opts {
 		o(&cfg)
 	}
-	claimSent := time.Now()
 	claim, err := c.Claim(ctx, ClaimRequest{
 		Namespace: namespace, Key: key, Fingerprint: fingerprint,
 		Lease: cfg.lease, Retention: cfg.retention, Wait: cfg.wait, Owner: cfg.owner,
@@ -128,7 +127,9 @@ func (c *Client) Do(ctx context.Context, namespace, key string, fingerprint []by
 		return nil, fmt.Errorf("keystore: unexpected claim outcome %v", claim.Outcome)
 	}
 
-	resp, ferr, lost := c.runHeld(ctx, namespace, key, claim.Token, cfg.lease, claimSent, fn)
+	// The lease counts from the grant, which the answer follows; a Claim
+	// that waited for another holder did not hold anything meanwhile.
+	resp, ferr, lost := c.runHeld(ctx, namespace, key, claim.Token, cfg.lease, time.Now(), fn)
 	if lost {
 		return nil, ErrClaimLost
 	}
@@ -169,7 +170,7 @@ func (c *Client) Do(ctx context.Context, namespace, key string, fingerprint []by
 // lease ran out. fn's ctx follows the caller's; the heartbeats do not: if
 // the caller gives up while fn goes on, the claim stays held until fn
 // returns, so a retry cannot take over and run fn a second time.
-func (c *Client) runHeld(ctx context.Context, namespace, key string, token uint64, lease time.Duration, claimSent time.Time, fn Func) (resp Response, err error, lost bool) {
+func (c *Client) runHeld(ctx context.Context, namespace, key string, token uint64, lease time.Duration, granted time.Time, fn Func) (resp Response, err error, lost bool) {
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	hbctx := context.WithoutCancel(ctx)
@@ -178,23 +179,20 @@ func (c *Client) runHeld(ctx context.Context, namespace, key string, token uint6
 	hbDone := make(chan struct{})
 	go func() {
 		defer close(hbDone)
-		// Count the lease from when the Claim was sent: never later than
-		// the server's count. A Claim that waited long may leave little
-		// of that: renew at once then.
-		leaseEnd := claimSent.Add(lease)
+		// The claim is lost only when a heartbeat says so, or when none
+		// was delivered for a full lease since the grant or the last one
+		// that was: a lapsed lease stays valid until someone takes over,
+		// and that someone's takeover is what a heartbeat reports.
+		leaseEnd := granted.Add(lease)
 		every := max(lease/3, 10*time.Millisecond)
 		tick := time.NewTicker(every)
 		defer tick.Stop()
-		first := time.Since(claimSent) > every
 		for {
-			if !first {
-				select {
-				case <-done:
-					return
-				case <-tick.C:
-				}
+			select {
+			case <-done:
+				return
+			case <-tick.C:
 			}
-			first = false
 			sent := time.Now()
 			hctx, hcancel := context.WithDeadline(hbctx, leaseEnd)
 			_, herr := c.Heartbeat(hctx, namespace, key, token, lease)

@@ -412,3 +412,42 @@ func TestClientFollowsLeader(t *testing.T) {
 	load(2 * time.Second)
 	onlyTo(tc.Leader(), load(time.Second))
 }
+
+// TestDoAfterALongWaitHoldsItsClaim: a Do whose Claim waited longer than
+// its lease (another holder kept the key meanwhile) holds a claim whose
+// lease starts when it was granted, not when the Claim was sent: fn runs
+// to its end and its response is stored. Counting from the send, Do used
+// to give the claim up at once and return ErrClaimLost for a claim it
+// held, leaving fn's side effect without a stored response (the next
+// retry would run it again).
+func TestDoAfterALongWaitHoldsItsClaim(t *testing.T) {
+	tc := testcluster.Start(t, testcluster.Options{})
+	c := newClient(t, tc.Endpoints()...)
+	held, err := c.Claim(ctxT(t, 5*time.Second), client.ClaimRequest{Namespace: "pay", Key: "waited", Lease: 2 * time.Second})
+	if err != nil || held.Outcome != client.Acquired {
+		t.Fatalf("first holder's claim: %v, %v", held, err)
+	}
+	go func() {
+		time.Sleep(time.Second)
+		_, _ = c.Heartbeat(context.Background(), "pay", "waited", held.Token, 2*time.Second)
+		time.Sleep(2 * time.Second)
+		_ = c.Release(context.Background(), "pay", "waited", held.Token)
+	}()
+	ran := false
+	res, err := c.Do(ctxT(t, 20*time.Second), "pay", "waited", nil, func(ctx context.Context) (client.Response, error) {
+		ran = true
+		select {
+		case <-ctx.Done():
+			return client.Response{}, context.Cause(ctx)
+		case <-time.After(1500 * time.Millisecond): // longer than the lease: heartbeats keep it
+		}
+		return client.Response{Code: 201, Body: []byte("charged once")}, nil
+	}, client.WithLease(time.Second), client.WithWait(10*time.Second))
+	if err != nil || !ran || res.Replayed {
+		t.Fatalf("Do after waiting for the key: %v (ran %v, result %+v); want fn run to its end and stored", err, ran, res)
+	}
+	again, err := c.Claim(ctxT(t, 5*time.Second), client.ClaimRequest{Namespace: "pay", Key: "waited"})
+	if err != nil || again.Outcome != client.Completed || string(again.Record.Response.Body) != "charged once" {
+		t.Fatalf("a retry after Do: %+v, %v; want the stored response replayed", again, err)
+	}
+}
