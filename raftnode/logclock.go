@@ -28,19 +28,19 @@ import (
 //     (a node that applied 1,000 s, then installed a snapshot at 10,000 s,
 //     led with log time stuck at 10,000 s for 9,000 s).
 //
-// It learns log time from the entries the node applies (observe) and from
-// the state machine's own log time (logTime), read at every stamp: what
-// installed a snapshot, or applied anything, need not tell the clock for it
-// never to stamp below the state machine.
+// It learns log time from every entry the node applies and from every
+// snapshot it installs (observe, called by the Ready handler): those are
+// the only ways the state machine's log time moves, so the clock never
+// stamps below it. NB: a new way of changing the state machine's log time
+// must observe it too.
 //
 // Time the whole cluster spends down does not count (as with etcd's leases):
 // after a full restart, log time resumes where it stopped, so records and
 // leases keep the real time they had left.
 type logClock struct {
-	mu      sync.Mutex
-	wall    func() time.Time // the wall clock, used only for the very first stamp
-	mono    func() time.Time // a clock whose differences are trusted
-	logTime func() int64     // the state machine's log time; called without mu
+	mu   sync.Mutex
+	wall func() time.Time // the wall clock, used only for the very first stamp
+	mono func() time.Time // a clock whose differences are trusted
 
 	applied   int64     // largest log time applied here
 	appliedAt time.Time // mono reading when it was applied
@@ -50,10 +50,10 @@ type logClock struct {
 	anchoredAt time.Time // mono reading then
 }
 
-// newLogClock returns a clock that starts from logTime(), the state
-// machine's log time, and never goes below it.
-func newLogClock(wall, mono func() time.Time, logTime func() int64) *logClock {
-	return &logClock{wall: wall, mono: mono, logTime: logTime, applied: logTime(), appliedAt: mono()}
+// newLogClock returns a clock that starts from applied, the state
+// machine's log time.
+func newLogClock(wall, mono func() time.Time, applied int64) *logClock {
+	return &logClock{wall: wall, mono: mono, applied: applied, appliedAt: mono()}
 }
 
 // observe records the time of an applied entry, or the log time of an
@@ -61,10 +61,6 @@ func newLogClock(wall, mono func() time.Time, logTime func() int64) *logClock {
 func (c *logClock) observe(t int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.observeLocked(t)
-}
-
-func (c *logClock) observeLocked(t int64) {
 	if t <= c.applied {
 		return
 	}
@@ -77,17 +73,10 @@ func (c *logClock) observeLocked(t int64) {
 	}
 }
 
-// lock takes mu, having observed the state machine's log time.
-func (c *logClock) lock() {
-	t := c.logTime() // it takes the state machine's lock: not under mu
-	c.mu.Lock()
-	c.observeLocked(t)
-}
-
 // setLeading anchors the clock when this node becomes leader, and drops the
 // anchor when it stops.
 func (c *logClock) setLeading(leading bool) {
-	c.lock()
+	c.mu.Lock()
 	defer c.mu.Unlock()
 	if leading == c.leading {
 		return
@@ -100,7 +89,7 @@ func (c *logClock) setLeading(leading bool) {
 
 // stamp returns the time for a new entry proposed by this node.
 func (c *logClock) stamp() int64 {
-	c.lock()
+	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.applied == 0 && c.anchor == 0 {
 		return c.wall().UnixNano() // a new cluster: seed log time
@@ -114,7 +103,7 @@ func (c *logClock) stamp() int64 {
 // now estimates the current log time on any node, for timers that wait for
 // a log time (a lease end) to pass.
 func (c *logClock) now() int64 {
-	c.lock()
+	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.leading {
 		return max(c.anchor+int64(c.mono().Sub(c.anchoredAt)), c.applied)

@@ -21,7 +21,7 @@ func newFake() *fakeClocks {
 }
 
 func (f *fakeClocks) clock(applied int64) *logClock {
-	return newLogClock(func() time.Time { return f.wall }, func() time.Time { return f.mono }, func() int64 { return applied })
+	return newLogClock(func() time.Time { return f.wall }, func() time.Time { return f.mono }, applied)
 }
 
 func TestLogClockSeedsANewClusterFromTheWallClock(t *testing.T) {
@@ -164,28 +164,5 @@ func TestNodeLearnsLogTimeOfInstalledSnapshot(t *testing.T) {
 	time.Sleep(5 * time.Millisecond)
 	if second := n.clock.stamp(); first < snapTime || second <= first {
 		t.Errorf("stamps after the snapshot %s, then %s; want from %s on, moving", time.Duration(first), time.Duration(second), time.Duration(snapTime))
-	}
-}
-
-// TestNodeNeverStampsBelowStateMachine: whatever moved the state machine's
-// log time past what the clock observed (a snapshot installed outside a
-// Ready), the leader never stamps below it, and stamps on from there.
-func TestNodeNeverStampsBelowStateMachine(t *testing.T) {
-	sm := &memSM{}
-	sm.restore(50, 1_000*int64(time.Second))
-	n, err := New(Config{ID: 1, Peers: memPeers(1)}, newMemLog(sm), sm)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.clock.setLeading(true)
-	const later = 10_000 * int64(time.Second)
-	sm.restore(100, later)
-	first := n.clock.stamp()
-	time.Sleep(5 * time.Millisecond)
-	if second := n.clock.stamp(); first < later || second <= first {
-		t.Errorf("stamps %s, then %s; want from the state machine's %s on, moving", time.Duration(first), time.Duration(second), time.Duration(later))
-	}
-	if got := n.LogNow(); got < later {
-		t.Errorf("LogNow = %s; want at least %s", time.Duration(got), time.Duration(later))
 	}
 }

@@ -42,8 +42,7 @@ type StateMachine interface {
 	// AppliedIndex returns the index of the last applied entry.
 	AppliedIndex() uint64
 	// LogTime returns the largest entry time applied (Unix nanoseconds),
-	// or the installed snapshot's. The log clock reads it at every stamp:
-	// it must be cheap and must not call into the Node.
+	// or the installed snapshot's.
 	LogTime() int64
 	// PackKey names the record command changes; commands on different
 	// records may be packed into one entry (statev1.Entry.proposals), and
@@ -129,7 +128,7 @@ func New(cfg Config, store LogStore, sm StateMachine) (*Node, error) {
 	}
 	n.reads.init()
 	n.trans = newTransport(cfg.ID, cfg.Peers, n, n.logger)
-	n.clock = newLogClock(cfg.Now, time.Now, sm.LogTime)
+	n.clock = newLogClock(cfg.Now, time.Now, sm.LogTime())
 	return n, nil
 }
 

@@ -57,7 +57,7 @@ func proposals(e *statev1.Entry) (ids []uint64, cmds [][]byte) {
 
 func packerNode(rn raftCore) *Node {
 	cfg := Config{}.withDefaults()
-	return &Node{cfg: cfg, rn: rn, clock: newLogClock(cfg.Now, time.Now, func() int64 { return 0 }), stopc: make(chan struct{})}
+	return &Node{cfg: cfg, rn: rn, clock: newLogClock(cfg.Now, time.Now, 0), stopc: make(chan struct{})}
 }
 
 func pend(id uint64, key string, size int) *pending {
