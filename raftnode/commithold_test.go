@@ -22,7 +22,7 @@ func appendMsg(index, commit uint64, entries int) raftpb.Message {
 func TestTransportReplacesHeldCommitByNextAppend(t *testing.T) {
 	a, _, _, brc, _ := pairOverTCP(t)
 
-	a.trans.send([]raftpb.Message{
+	a.tcp.Send([]raftpb.Message{
 		{Type: raftpb.MsgHeartbeat, From: 1, To: 2, Term: 3, Commit: 4},
 		appendMsg(5, 5, 0),
 		appendMsg(5, 5, 2),
@@ -52,8 +52,8 @@ func TestTransportReleasesLoneCommit(t *testing.T) {
 	a, _, _, brc, _ := pairOverTCP(t)
 
 	start := time.Now()
-	a.trans.send([]raftpb.Message{appendMsg(7, 6, 0)})
-	a.trans.send([]raftpb.Message{appendMsg(7, 7, 0)})
+	a.tcp.Send([]raftpb.Message{appendMsg(7, 6, 0)})
+	a.tcp.Send([]raftpb.Message{appendMsg(7, 7, 0)})
 	waitMessages(t, brc, 1)
 	if waited := time.Since(start); waited < commitHold {
 		t.Errorf("held append arrived after %v; want at least %v", waited, commitHold)
@@ -65,7 +65,7 @@ func TestTransportReleasesLoneCommit(t *testing.T) {
 	}
 
 	// The hold is re-armed for the next one.
-	a.trans.send([]raftpb.Message{appendMsg(7, 8, 0)})
+	a.tcp.Send([]raftpb.Message{appendMsg(7, 8, 0)})
 	got = waitMessages(t, brc, 2)
 	if got[1].Commit != 8 {
 		t.Fatalf("second release carried commit %d; want 8", got[1].Commit)

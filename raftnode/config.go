@@ -53,6 +53,36 @@ type Config struct {
 	// is always accepted when nothing is uncommitted, whatever its size.)
 	MaxUncommittedBytes uint64
 
+	// Transport carries the node's traffic to its peers; nil: the TCP
+	// transport, over the addresses in Peers (served by SplitPeerListener
+	// and PeerServer).
+	Transport Transport
+
+	// Tuning. The defaults were tuned for three nodes sharing two cores
+	// (docs/performance-notes.md); each can be turned off, and the fault
+	// suite passes with each off.
+
+	// CommitHold is how long an append that carries no entries (only a
+	// commit index) waits for the next append to the same peer to carry
+	// it instead (default 2ms; negative: never held).
+	CommitHold time.Duration
+	// NoSenderYield turns off the yield after a Ready's messages are
+	// queued, which lets the peer senders run before the handler's fsync.
+	NoSenderYield bool
+	// CallerReadies bounds the Readies a proposer or reader handles on its
+	// own goroutine before it leaves the rest to the run loop (default 2;
+	// negative: no bound).
+	CallerReadies int
+	// PackRounds bounds the packer rounds a proposer drains on its own
+	// goroutine before one of the node's takes over (default 2; negative:
+	// no bound).
+	PackRounds int
+	// MaxPackProposals and MaxPackBytes bound one packed entry (defaults
+	// 1024 proposals and 256 KiB of commands; a larger command travels
+	// alone). MaxPackProposals 1 turns packing off.
+	MaxPackProposals int
+	MaxPackBytes     int
+
 	// Now is the wall clock (default time.Now). It seeds log time when a
 	// new cluster starts; after that log time advances by monotonic time
 	// only (see logClock). Apply never reads any clock.
@@ -108,6 +138,21 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxUncommittedBytes == 0 {
 		c.MaxUncommittedBytes = 64 << 20
+	}
+	if c.CommitHold == 0 {
+		c.CommitHold = 2 * time.Millisecond
+	}
+	if c.CallerReadies == 0 {
+		c.CallerReadies = 2
+	}
+	if c.PackRounds == 0 {
+		c.PackRounds = 2
+	}
+	if c.MaxPackProposals <= 0 {
+		c.MaxPackProposals = 1024
+	}
+	if c.MaxPackBytes <= 0 {
+		c.MaxPackBytes = 256 << 10
 	}
 	if c.Now == nil {
 		c.Now = time.Now

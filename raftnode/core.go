@@ -56,6 +56,12 @@ type core struct {
 	stopped  bool
 	handling bool // a goroutine is between Ready and Advance
 
+	// callerReadies bounds the Readies one Pump call handles (negative:
+	// no bound); the run loop handles the rest. Two by default: the Ready
+	// holding the caller's own entries (the leader's fsync and appends)
+	// and, usually, the one after (Config.CallerReadies).
+	callerReadies int
+
 	handle func(raft.Ready) error // persist, send, apply
 	fail   func(error)            // handle failed: the node stops
 	// wake has room for one signal: a peer message was stepped and the
@@ -63,8 +69,8 @@ type core struct {
 	wake chan struct{}
 }
 
-func newCore(rn *raft.RawNode, handle func(raft.Ready) error, fail func(error)) *core {
-	c := &core{rn: rn, handle: handle, fail: fail, wake: make(chan struct{}, 1)}
+func newCore(rn *raft.RawNode, callerReadies int, handle func(raft.Ready) error, fail func(error)) *core {
+	c := &core{rn: rn, callerReadies: callerReadies, handle: handle, fail: fail, wake: make(chan struct{}, 1)}
 	c.cond.L = &c.mu
 	return c
 }
@@ -77,15 +83,10 @@ func (c *core) signal() {
 	}
 }
 
-// callerReadies bounds the Readies one Pump call handles; the run loop
-// handles the rest. Two: the Ready holding the caller's own entries (the
-// leader's fsync and appends) and, usually, the one after.
-const callerReadies = 2
-
 // Pump handles up to callerReadies Readies, unless another goroutine is
 // handling them (which then sees what the caller stepped); if raft still
 // has one after that, it wakes the run loop to handle the rest.
-func (c *core) Pump() { c.pump(callerReadies) }
+func (c *core) Pump() { c.pump(c.callerReadies) }
 
 // pumpAll handles Readies until raft has none: the run loop's pump.
 func (c *core) pumpAll() { c.pump(-1) }

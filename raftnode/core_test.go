@@ -57,7 +57,7 @@ func TestCorePumpHandlesReadiesOneAtATime(t *testing.T) {
 		}
 		return nil
 	}
-	c = newCore(rn, handle, func(err error) { t.Errorf("handle failed: %v", err) })
+	c = newCore(rn, 2, handle, func(err error) { t.Errorf("handle failed: %v", err) })
 	c.Pump() // the bootstrap conf change
 	c.mu.Lock()
 	_ = c.rn.Campaign()
@@ -148,7 +148,7 @@ func leaderCore(t *testing.T) (c *core, committed *atomic.Int64, during *func())
 		}
 		return nil
 	}
-	c = newCore(rn, handle, func(err error) { t.Errorf("handle failed: %v", err) })
+	c = newCore(rn, 2, handle, func(err error) { t.Errorf("handle failed: %v", err) })
 	pumpAllForTest(c) // the bootstrap conf change
 	c.mu.Lock()
 	_ = c.rn.Campaign()
@@ -193,8 +193,8 @@ func TestCorePumpBoundsReadiesPerCall(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Pump()
-	if handled == 0 || handled > callerReadies {
-		t.Errorf("one Pump call handled %d Readies; want 1..%d", handled, callerReadies)
+	if handled == 0 || handled > c.callerReadies {
+		t.Errorf("one Pump call handled %d Readies; want 1..%d", handled, c.callerReadies)
 	}
 	select {
 	case <-c.wake:

@@ -77,7 +77,8 @@ type Node struct {
 	core   *core // rn, except in tests
 	store  LogStore
 	sm     StateMachine
-	trans  *transport
+	trans  Transport
+	tcp    *tcpTransport // trans, when it is the TCP transport; else nil
 	clock  *logClock
 
 	lead atomic.Uint64
@@ -99,6 +100,11 @@ type Node struct {
 	compactedAt uint64 // touched only while handling a Ready (one goroutine at a time)
 	leading     bool   // raft's state is StateLeader; likewise
 	snapshots   atomic.Uint64
+
+	// receiving is held while a snapshot is received (one at a time);
+	// installing counts snapshots being received or installed.
+	receiving  sync.Mutex
+	installing atomic.Int32
 
 	stopOnce sync.Once
 	haltOnce sync.Once
@@ -127,7 +133,11 @@ func New(cfg Config, store LogStore, sm StateMachine) (*Node, error) {
 		stopc:         make(chan struct{}),
 	}
 	n.reads.init()
-	n.trans = newTransport(cfg.ID, cfg.Peers, n, n.logger)
+	n.trans = cfg.Transport
+	if n.trans == nil {
+		n.tcp = newTCPTransport(cfg.ID, cfg.ClusterID, cfg.Peers, cfg.CommitHold, n.logger)
+		n.trans = n.tcp
+	}
 	n.clock = newLogClock(cfg.Now, time.Now, sm.LogTime())
 	return n, nil
 }
@@ -179,10 +189,12 @@ func (n *Node) Start() error {
 	} else {
 		n.logger.Info("restarting", "applied", rc.Applied, "term", hs.Term, "commit", hs.Commit, "last_index", last)
 	}
-	n.core = newCore(rn, n.handleReady, n.stopOnFailure)
+	n.core = newCore(rn, n.cfg.CallerReadies, n.handleReady, n.stopOnFailure)
 	n.rn = n.core
 	n.compactedAt = rc.Applied
-	n.trans.start()
+	if err := n.trans.Start(nodeLocal{n}); err != nil {
+		return err
+	}
 	n.done.Add(3)
 	go n.run()
 	go n.readLoop()
@@ -197,7 +209,7 @@ func (n *Node) Stop() {
 		n.halt()
 		n.done.Wait()
 		n.core.stop()
-		n.trans.stop()
+		n.trans.Stop()
 	})
 }
 
@@ -282,15 +294,14 @@ func (n *Node) handleReady(rd raft.Ready) error {
 	// After queueing messages the handler yields once (yieldToSenders).
 	sent := false
 	if n.leading {
-		n.trans.send(rd.Messages)
+		n.send(rd.Messages)
 		sent = true
-		yieldToSenders(rd.Messages)
 	}
 	// 1. Persist.
 	if !raft.IsEmptySnap(rd.Snapshot) {
-		n.trans.installing.Add(1)
+		n.installing.Add(1)
 		err := n.store.ApplySnapshot(rd.Snapshot)
-		n.trans.installing.Add(-1)
+		n.installing.Add(-1)
 		if err != nil {
 			return fmt.Errorf("apply snapshot: %w", err)
 		}
@@ -306,8 +317,7 @@ func (n *Node) handleReady(rd raft.Ready) error {
 	}
 	// 2. Send.
 	if !sent {
-		n.trans.send(rd.Messages)
-		yieldToSenders(rd.Messages)
+		n.send(rd.Messages)
 	}
 	// 3. Apply, then answer.
 	if err := n.apply(rd.CommittedEntries); err != nil {
@@ -321,18 +331,16 @@ func (n *Node) handleReady(rd raft.Ready) error {
 	return nil
 }
 
-// yieldToSenders lets the peer senders just handed msgs run before the
-// Ready's handler goes on. A goroutine woken by a channel send waits in the
+// send hands msgs to the transport and, unless Config.NoSenderYield,
+// yields once so the peer senders just handed them run before the Ready's
+// handler goes on. A goroutine woken by a channel send waits in the
 // sender's P's next slot; a leader goes straight into its log write and
 // fdatasync, a blocking system call during which that P runs nothing until
-// the runtime takes it back. Measured at one client (3 nodes on 2 cores):
-// from a leader's Ready to its sender holding the append, p50 71 µs before,
-// 1.5 µs after; Claim p50 -9%. Under load the yield delays the handler
-// (15-20% of a leader's Ready loop at 16+ clients), so more proposals gather
-// per Ready: side by side at 64 and 256 clients -4..-9% server CPU per
-// lifecycle, and cheaper than yielding only when idle (see DESIGN.md).
-func yieldToSenders(msgs []raftpb.Message) {
-	if len(msgs) > 0 {
+// the runtime takes it back. Under load the yield also delays the handler,
+// so more proposals gather per Ready (docs/performance-notes.md).
+func (n *Node) send(msgs []raftpb.Message) {
+	n.trans.Send(msgs)
+	if len(msgs) > 0 && !n.cfg.NoSenderYield {
 		runtime.Gosched()
 	}
 }
@@ -468,7 +476,7 @@ func (n *Node) Status() Status {
 		SnapshotsApplied: n.snapshots.Load(),
 		Healthy:          n.failed.Load() == nil,
 
-		InstallingSnapshot: n.trans.installing.Load() > 0,
+		InstallingSnapshot: n.installing.Load() > 0,
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"time"
 
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
@@ -53,7 +54,13 @@ func (n *Node) propose(ctx context.Context, reqID uint64, command []byte) (*stat
 		case n.cfg.ID:
 			res, _, err = n.proposeLocal(ctx, reqID, command)
 		default:
-			res, err = n.trans.forward(ctx, lead, reqID, command)
+			var index uint64
+			res, index, err = n.trans.Forward(ctx, lead, reqID, command)
+			if err == nil {
+				n.catchUp(ctx, index)
+			} else if !errors.Is(err, errRetry) && !errors.Is(err, ErrTimeout) && !errors.Is(err, ErrOverloaded) && !errors.Is(err, ErrStopped) {
+				err = fmt.Errorf("%w: %v", errRetry, err)
+			}
 		}
 		if err == nil || !errors.Is(err, errRetry) {
 			return res, err
@@ -68,6 +75,24 @@ func (n *Node) propose(ctx context.Context, reqID uint64, command []byte) (*stat
 			backoff = min(2*backoff, 200*time.Millisecond)
 		}
 	}
+}
+
+// forwardCatchUp bounds how long a forwarding node waits to apply the
+// entry its forwarded proposal went into: the write is committed either
+// way, and a node cut off from the leader right after must not turn it
+// into an error.
+const forwardCatchUp = 500 * time.Millisecond
+
+// catchUp waits, briefly, until this node has applied index: then a STALE
+// read here sees the write it forwarded (the leader sends the commit
+// before it answers, see Forward).
+func (n *Node) catchUp(ctx context.Context, index uint64) {
+	if index == 0 || n.sm.AppliedIndex() >= index {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, forwardCatchUp)
+	defer cancel()
+	_ = n.waitApplied(ctx, index)
 }
 
 // proposeLocal proposes on this node, which believes it is the leader, and

@@ -97,8 +97,12 @@ type peerListener struct {
 
 // SplitPeerListener returns the listener the peer gRPC server should serve
 // on; raft connections arriving on lis are served by n.
+// Without the TCP transport (Config.Transport set), lis is returned as is.
 func (n *Node) SplitPeerListener(lis net.Listener) net.Listener {
-	pl := &peerListener{Listener: lis, serveRaft: n.trans.serveRaft, serveSnapshot: n.trans.serveSnapshot, conns: make(chan net.Conn), done: make(chan struct{})}
+	if n.tcp == nil {
+		return lis
+	}
+	pl := &peerListener{Listener: lis, serveRaft: n.tcp.serveRaft, serveSnapshot: n.tcp.serveSnapshot, conns: make(chan net.Conn), done: make(chan struct{})}
 	go pl.acceptLoop()
 	return pl
 }
@@ -189,7 +193,7 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 
 // serveRaft reads the messages of one raft connection until it breaks or
 // the transport stops. preamble is the connection's, already read.
-func (t *transport) serveRaft(c net.Conn, preamble []byte) {
+func (t *tcpTransport) serveRaft(c net.Conn, preamble []byte) {
 	from, ok := t.accept(c, preamble)
 	if !ok {
 		return
@@ -229,11 +233,11 @@ func (t *transport) serveRaft(c net.Conn, preamble []byte) {
 // (cluster, membership, addressee) and tracks the connection so that stop
 // closes it. It closes a refused connection; the caller of an accepted one
 // must untrack it.
-func (t *transport) accept(c net.Conn, preamble []byte) (from uint64, ok bool) {
+func (t *tcpTransport) accept(c net.Conn, preamble []byte) (from uint64, ok bool) {
 	clusterID := binary.LittleEndian.Uint64(preamble[len(peerMagic):])
 	from = binary.LittleEndian.Uint64(preamble[len(peerMagic)+8:])
 	to := binary.LittleEndian.Uint64(preamble[len(peerMagic)+16:])
-	if err := t.node.checkSender(clusterID, from); err != nil || to != t.self {
+	if err := t.checkSender(clusterID, from); err != nil || to != t.self {
 		if to != t.self && err == nil {
 			t.logger.Warn("refused a peer connection for another node", "from", fmt.Sprintf("%x", from), "to", fmt.Sprintf("%x", to))
 		}
@@ -253,7 +257,7 @@ var errPeerStopped = errors.New("raftnode: stopped")
 // stepFrame decodes the messages of one frame from node from and steps
 // them into raft, all or (if one is bad) none. msgs is scratch space,
 // returned for the next frame.
-func (t *transport) stepFrame(b []byte, from uint64, msgs []raftpb.Message) ([]raftpb.Message, error) {
+func (t *tcpTransport) stepFrame(b []byte, from uint64, msgs []raftpb.Message) ([]raftpb.Message, error) {
 	clear(msgs)
 	msgs = msgs[:0]
 	for len(b) > 0 {
@@ -276,7 +280,7 @@ func (t *transport) stepFrame(b []byte, from uint64, msgs []raftpb.Message) ([]r
 		}
 		msgs = append(msgs, m)
 	}
-	if err := t.node.rn.StepFrame(msgs); err != nil {
+	if err := t.local.Step(msgs); err != nil {
 		return msgs, errPeerStopped
 	}
 	return msgs, nil
@@ -284,7 +288,7 @@ func (t *transport) stepFrame(b []byte, from uint64, msgs []raftpb.Message) ([]r
 
 // track registers an inbound connection, so stop can close it; false once
 // the transport stopped.
-func (t *transport) track(c net.Conn) bool {
+func (t *tcpTransport) track(c net.Conn) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.stopped {
@@ -295,7 +299,7 @@ func (t *transport) track(c net.Conn) bool {
 	return true
 }
 
-func (t *transport) untrack(c net.Conn) {
+func (t *tcpTransport) untrack(c net.Conn) {
 	t.mu.Lock()
 	delete(t.inbound, c)
 	t.mu.Unlock()
@@ -305,7 +309,7 @@ func (t *transport) untrack(c net.Conn) {
 
 // dial opens a raft (magic peerMagic) or snapshot (snapMagic) connection
 // to p and sends its preamble.
-func (t *transport) dial(p *peer, magic string) (net.Conn, error) {
+func (t *tcpTransport) dial(p *peer, magic string) (net.Conn, error) {
 	// Keepalives notice a peer that vanished while the connection is
 	// idle; the user timeout, while writes wait for acknowledgements.
 	d := net.Dialer{Timeout: time.Second, KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 2 * time.Second, Interval: time.Second, Count: 3}}
@@ -315,7 +319,7 @@ func (t *transport) dial(p *peer, magic string) (net.Conn, error) {
 	}
 	setUserTimeout(c, peerUserTimeout)
 	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-	pre := PeerPreamble(t.node.cfg.ClusterID, t.self, p.id)
+	pre := PeerPreamble(t.clusterID, t.self, p.id)
 	copy(pre, magic)
 	if _, err := c.Write(pre); err != nil {
 		_ = c.Close()

@@ -61,7 +61,9 @@ func testNode(t *testing.T, id uint64, peers map[uint64]string) (*Node, *recordi
 	t.Helper()
 	rc := &recordingCore{}
 	n := &Node{cfg: Config{ID: id, ClusterID: 77, Peers: peers}, logger: slog.New(slog.DiscardHandler), rn: rc}
-	n.trans = newTransport(id, peers, n, n.logger)
+	n.tcp = newTCPTransport(id, 77, peers, 2*time.Millisecond, n.logger)
+	n.tcp.local = nodeLocal{n} // inbound traffic; Start also starts the senders
+	n.trans = n.tcp
 	return n, rc
 }
 
@@ -87,9 +89,9 @@ func pairOverTCP(t *testing.T) (a *Node, arc *recordingCore, b *Node, brc *recor
 	a, arc = testNode(t, 1, peers)
 	b, brc = testNode(t, 2, peers)
 	serveSplit(t, b, lis)
-	a.trans.start()
-	t.Cleanup(b.trans.stop)
-	t.Cleanup(a.trans.stop)
+	_ = a.tcp.Start(nodeLocal{a})
+	t.Cleanup(b.tcp.Stop)
+	t.Cleanup(a.tcp.Stop)
 	return a, arc, b, brc, lis.Addr().String()
 }
 
@@ -123,7 +125,7 @@ func TestRawPeerDeliversInOrder(t *testing.T) {
 			m.Entries[0].Data = big
 		}
 		sent = append(sent, m)
-		a.trans.send([]raftpb.Message{m})
+		a.tcp.Send([]raftpb.Message{m})
 	}
 	got := waitMessages(t, brc, len(sent))
 	if len(got) != len(sent) {
@@ -160,17 +162,17 @@ func TestRawPeerReconnects(t *testing.T) {
 	hb := func(term uint64) raftpb.Message {
 		return raftpb.Message{Type: raftpb.MsgHeartbeat, From: 1, To: 2, Term: term}
 	}
-	a.trans.send([]raftpb.Message{hb(1)})
+	a.tcp.Send([]raftpb.Message{hb(1)})
 	waitMessages(t, brc, 1)
 	// Break it from the receiving side.
-	b.trans.mu.Lock()
-	for c := range b.trans.inbound {
+	b.tcp.mu.Lock()
+	for c := range b.tcp.inbound {
 		_ = c.Close()
 	}
-	b.trans.mu.Unlock()
+	b.tcp.mu.Unlock()
 	deadline := time.Now().Add(10 * time.Second)
 	for term := uint64(2); ; term++ {
-		a.trans.send([]raftpb.Message{hb(term)})
+		a.tcp.Send([]raftpb.Message{hb(term)})
 		got := brc.messages()
 		if len(got) > 1 {
 			break
@@ -217,14 +219,14 @@ func TestRawPeerStopUnblocksWrite(t *testing.T) {
 		mu.Unlock()
 	}()
 	a, _ := testNode(t, 1, map[uint64]string{1: "127.0.0.1:1", 2: lis.Addr().String()})
-	a.trans.start()
+	_ = a.tcp.Start(nodeLocal{a})
 	chunk := bytes.Repeat([]byte("y"), 1<<20)
 	for i := uint64(1); i <= 64; i++ {
-		a.trans.send([]raftpb.Message{{Type: raftpb.MsgApp, From: 1, To: 2, Index: i, Entries: []raftpb.Entry{{Index: i + 1, Data: chunk}}}})
+		a.tcp.Send([]raftpb.Message{{Type: raftpb.MsgApp, From: 1, To: 2, Index: i, Entries: []raftpb.Entry{{Index: i + 1, Data: chunk}}}})
 	}
 	time.Sleep(300 * time.Millisecond) // let the writer fill the buffers and block
 	start := time.Now()
-	a.trans.stop()
+	a.tcp.Stop()
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("stop took %v with a write blocked; want it at once", took)
 	}
@@ -246,13 +248,13 @@ func TestStepFrameRefusesForgedSender(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := n.trans.stepFrame(frame[4:], 1, nil); err == nil {
+		if _, err := n.tcp.stepFrame(frame[4:], 1, nil); err == nil {
 			t.Errorf("frame with %v: accepted; want refused", bad)
 		}
 	}
 	// A cut message is refused too.
 	frame, _ := PeerFrame(ok)
-	if _, err := n.trans.stepFrame(frame[4:len(frame)-1], 1, nil); err == nil {
+	if _, err := n.tcp.stepFrame(frame[4:len(frame)-1], 1, nil); err == nil {
 		t.Error("cut frame accepted; want refused")
 	}
 	if got := rc.messages(); len(got) != 0 {
@@ -260,7 +262,7 @@ func TestStepFrameRefusesForgedSender(t *testing.T) {
 	}
 	// And a good frame is stepped whole.
 	frame, _ = PeerFrame(ok, ok)
-	if _, err := n.trans.stepFrame(frame[4:], 1, nil); err != nil {
+	if _, err := n.tcp.stepFrame(frame[4:], 1, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := rc.messages(); len(got) != 2 {
@@ -293,15 +295,15 @@ func TestRawPeerSlowReaderKeepsFramesWhole(t *testing.T) {
 					return
 				}
 				time.Sleep(500 * time.Millisecond) // read nothing for a while
-				b.trans.serveRaft(c, head)
+				b.tcp.serveRaft(c, head)
 			}()
 		}
 	}()
-	a.trans.start()
-	defer a.trans.stop()
-	defer b.trans.stop()
+	_ = a.tcp.Start(nodeLocal{a})
+	defer a.tcp.Stop()
+	defer b.tcp.Stop()
 
-	a.trans.send([]raftpb.Message{{Type: raftpb.MsgHeartbeat, From: 1, To: 2, Term: 1}}) // dials
+	a.tcp.Send([]raftpb.Message{{Type: raftpb.MsgHeartbeat, From: 1, To: 2, Term: 1}}) // dials
 	body := bytes.Repeat([]byte("z"), 64<<10)
 	sent := []raftpb.Message{{Type: raftpb.MsgHeartbeat, From: 1, To: 2, Term: 1}}
 	deadline := time.Now().Add(5 * time.Second)
@@ -309,12 +311,12 @@ func TestRawPeerSlowReaderKeepsFramesWhole(t *testing.T) {
 		m := raftpb.Message{Type: raftpb.MsgApp, From: 1, To: 2, Term: 1, Index: i,
 			Entries: []raftpb.Entry{{Term: 1, Index: i + 1, Data: append([]byte{byte(i), byte(i >> 8)}, body...)}}}
 		sent = append(sent, m)
-		a.trans.send([]raftpb.Message{m})
+		a.tcp.Send([]raftpb.Message{m})
 		if i == 1 {
 			for { // let the connection open
-				a.trans.peers[2].mu.Lock()
-				open := a.trans.peers[2].raft != nil
-				a.trans.peers[2].mu.Unlock()
+				a.tcp.peers[2].mu.Lock()
+				open := a.tcp.peers[2].raft != nil
+				a.tcp.peers[2].mu.Unlock()
 				if open || time.Now().After(deadline) {
 					break
 				}

@@ -68,7 +68,7 @@ const (
 
 // sendSnapshot starts streaming m's snapshot to p, unless a transfer to p
 // is under way (its report will settle raft's view of p).
-func (t *transport) sendSnapshot(p *peer, m raftpb.Message) {
+func (t *tcpTransport) sendSnapshot(p *peer, m raftpb.Message) {
 	if !p.snapping.CompareAndSwap(false, true) {
 		t.logger.Debug("snapshot to peer already under way", "peer", fmt.Sprintf("%x", p.id))
 		return
@@ -96,14 +96,14 @@ func (t *transport) sendSnapshot(p *peer, m raftpb.Message) {
 		// Free the slot before raft hears: its next MsgSnap to p comes
 		// only after the report.
 		p.snapping.Store(false)
-		t.node.rn.ReportSnapshot(p.id, status)
+		t.local.ReportSnapshot(p.id, status)
 	}()
 }
 
 // streamSnapshot sends the current state to p as the snapshot of m. It
 // returns the data bytes sent and the snapshot's index.
-func (t *transport) streamSnapshot(p *peer, m raftpb.Message) (sent int64, index uint64, err error) {
-	md, data, err := t.node.store.OpenSnapshot()
+func (t *tcpTransport) streamSnapshot(p *peer, m raftpb.Message) (sent int64, index uint64, err error) {
+	md, data, err := t.local.OpenSnapshot()
 	if err != nil {
 		return 0, 0, fmt.Errorf("open snapshot: %w", err)
 	}
@@ -186,21 +186,12 @@ func (t *transport) streamSnapshot(p *peer, m raftpb.Message) (sent int64, index
 }
 
 // serveSnapshot receives one snapshot on c, whose preamble was read.
-func (t *transport) serveSnapshot(c net.Conn, preamble []byte) {
+func (t *tcpTransport) serveSnapshot(c net.Conn, preamble []byte) {
 	from, ok := t.accept(c, preamble)
 	if !ok {
 		return
 	}
 	defer t.untrack(c)
-	// One snapshot at a time: a second sender (an old leader's transfer
-	// still running) is refused and retries later.
-	if !t.receiving.TryLock() {
-		t.logger.Info("refused a snapshot while receiving another", "from", fmt.Sprintf("%x", from))
-		return
-	}
-	defer t.receiving.Unlock()
-	t.installing.Add(1)
-	defer t.installing.Add(-1)
 	start := time.Now()
 	cr := &chunkReader{c: c, r: bufio.NewReaderSize(c, 64<<10)}
 	m, err := cr.header()
@@ -208,19 +199,19 @@ func (t *transport) serveSnapshot(c net.Conn, preamble []byte) {
 		err = fmt.Errorf("a %v from %x to %x on a snapshot connection from %x", m.Type, m.From, m.To, from)
 	}
 	if err == nil {
-		err = t.node.store.ReceiveSnapshot(m.Snapshot.Metadata, cr)
-	}
-	if err == nil {
-		err = cr.drain()
-	}
-	if err == nil {
-		err = t.node.rn.StepFrame([]raftpb.Message{m})
+		// One snapshot at a time: a second sender (an old leader's
+		// transfer still running) is refused and retries later.
+		err = t.local.ReceiveSnapshot(m, cr)
 	}
 	ack := []byte{0}
-	if err != nil {
+	switch {
+	case errors.Is(err, errSnapshotBusy):
+		t.logger.Info("refused a snapshot while receiving another", "from", fmt.Sprintf("%x", from))
+		return
+	case err != nil:
 		ack[0] = 1
 		t.logger.Warn("receiving snapshot failed", "from", fmt.Sprintf("%x", from), "err", err)
-	} else {
+	default:
 		t.logger.Info("received snapshot", "from", fmt.Sprintf("%x", from), "index", m.Snapshot.Metadata.Index,
 			"bytes", cr.bytes, "duration", time.Since(start).Round(time.Millisecond))
 	}
@@ -295,17 +286,4 @@ func (cr *chunkReader) Read(p []byte) (int, error) {
 		err = io.ErrUnexpectedEOF
 	}
 	return n, err
-}
-
-// drain reads to the end of the stream, which must hold nothing more.
-func (cr *chunkReader) drain() error {
-	var b [1]byte
-	n, err := cr.Read(b[:])
-	if n > 0 {
-		return errors.New("data after the end of the snapshot")
-	}
-	if err == io.EOF {
-		return nil
-	}
-	return err
 }

@@ -88,7 +88,7 @@ func snapPair(t *testing.T, data []byte) (a *Node, arc *recordingCore, as *snapS
 func TestSnapshotStreamsBesideRaft(t *testing.T) {
 	data := bytes.Repeat([]byte("0123456789abcdef"), (3<<20+12345)/16)
 	a, arc, _, _, brc, bs := snapPair(t, data)
-	a.trans.send([]raftpb.Message{{Type: raftpb.MsgSnap, From: 1, To: 2, Term: 2,
+	a.tcp.Send([]raftpb.Message{{Type: raftpb.MsgSnap, From: 1, To: 2, Term: 2,
 		Snapshot: &raftpb.Snapshot{Data: []byte("KSS2"), Metadata: raftpb.SnapshotMetadata{Index: 5, Term: 2}}}})
 	if got := waitReports(t, arc, 1, 10*time.Second); got[0] != raft.SnapshotFinish {
 		t.Fatalf("raft heard %v; want SnapshotFinish", got)
@@ -103,8 +103,8 @@ func TestSnapshotStreamsBesideRaft(t *testing.T) {
 	if !bytes.Equal(bs.got, data) || bs.gotMD.Index != 7 {
 		t.Fatalf("receiver staged %d bytes at %d; want the %d sent at 7", len(bs.got), bs.gotMD.Index, len(data))
 	}
-	if a.trans.installing.Load() != 0 {
-		t.Errorf("installing = %d after the transfer; want 0", a.trans.installing.Load())
+	if a.installing.Load() != 0 {
+		t.Errorf("installing = %d after the transfer; want 0", a.installing.Load())
 	}
 }
 
@@ -117,10 +117,10 @@ func TestSnapshotFailureBacksOff(t *testing.T) {
 	bs.failReceive.Store(1)
 	msg := raftpb.Message{Type: raftpb.MsgSnap, From: 1, To: 2, Term: 2, Snapshot: &raftpb.Snapshot{Metadata: raftpb.SnapshotMetadata{Index: 5, Term: 2}}}
 	start := time.Now()
-	a.trans.send([]raftpb.Message{msg})
+	a.tcp.Send([]raftpb.Message{msg})
 	// A second MsgSnap while the first transfer runs is not a second
 	// transfer: the first one's report settles raft's view of the peer.
-	a.trans.send([]raftpb.Message{msg})
+	a.tcp.Send([]raftpb.Message{msg})
 	got := waitReports(t, arc, 1, 10*time.Second)
 	if got[0] != raft.SnapshotFailure {
 		t.Fatalf("raft heard %v; want SnapshotFailure", got)
@@ -131,7 +131,7 @@ func TestSnapshotFailureBacksOff(t *testing.T) {
 	if n := len(brc.messages()); n != 0 {
 		t.Errorf("receiver's raft got %d messages from a refused snapshot; want none", n)
 	}
-	a.trans.send([]raftpb.Message{msg})
+	a.tcp.Send([]raftpb.Message{msg})
 	if got := waitReports(t, arc, 2, 10*time.Second); got[1] != raft.SnapshotFinish || len(got) != 2 {
 		t.Fatalf("raft heard %v; want failure then finish (and no report for the duplicate)", got)
 	}
