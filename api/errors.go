@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/keystore-dev/keystore/rules"
 	"log/slog"
 
 	"github.com/keystore-dev/keystore/raftnode"
-	"github.com/keystore-dev/keystore/storage"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -33,13 +33,13 @@ const (
 // server's log.
 func errorStatus(logger *slog.Logger, err error) error {
 	switch {
-	case errors.Is(err, storage.ErrNotFound):
+	case errors.Is(err, rules.ErrNotFound):
 		return withInfo(codes.NotFound, "record not found", ReasonNotFound)
-	case errors.Is(err, storage.ErrFingerprintMismatch):
+	case errors.Is(err, rules.ErrFingerprintMismatch):
 		return withInfo(codes.FailedPrecondition, "fingerprint differs from the one the key was claimed with", ReasonFingerprintMismatch)
-	case errors.Is(err, storage.ErrClaimLost):
+	case errors.Is(err, rules.ErrClaimLost):
 		return withInfo(codes.Aborted, "the claim is lost: the token is not the record's current one, or the record is gone; claim again to learn what happened", ReasonClaimLost)
-	case errors.Is(err, storage.ErrAlreadyCompleted):
+	case errors.Is(err, rules.ErrAlreadyCompleted):
 		return withInfo(codes.FailedPrecondition, "the record is already completed", ReasonAlreadyCompleted)
 	case errors.Is(err, raftnode.ErrTimeout), errors.Is(err, raftnode.ErrStopped):
 		return withInfo(codes.Unavailable, "no quorum within the deadline; retry", ReasonNoQuorum)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/keystore-dev/keystore/rules"
 	"log/slog"
 	"strings"
 	"testing"
@@ -50,24 +51,24 @@ func TestErrorStatus(t *testing.T) {
 		wantReason string // "" means no ErrorInfo expected
 	}{
 		{"not found", storage.ErrNotFound, codes.NotFound, ReasonNotFound},
-		{"fingerprint mismatch", storage.ErrFingerprintMismatch, codes.FailedPrecondition, ReasonFingerprintMismatch},
-		{"claim lost", storage.ErrClaimLost, codes.Aborted, ReasonClaimLost},
-		{"already completed", storage.ErrAlreadyCompleted, codes.FailedPrecondition, ReasonAlreadyCompleted},
+		{"fingerprint mismatch", rules.ErrFingerprintMismatch, codes.FailedPrecondition, ReasonFingerprintMismatch},
+		{"claim lost", rules.ErrClaimLost, codes.Aborted, ReasonClaimLost},
+		{"already completed", rules.ErrAlreadyCompleted, codes.FailedPrecondition, ReasonAlreadyCompleted},
 		{"raft timeout", raftnode.ErrTimeout, codes.Unavailable, ReasonNoQuorum},
 		{"raft stopped", raftnode.ErrStopped, codes.Unavailable, ReasonNoQuorum},
 		{"raft overloaded", raftnode.ErrOverloaded, codes.Unavailable, ReasonOverloaded},
 		{"wrapped overloaded", fmt.Errorf("propose: %w", raftnode.ErrOverloaded), codes.Unavailable, ReasonOverloaded},
 		{"wrapped not found", fmt.Errorf("get: %w", storage.ErrNotFound), codes.NotFound, ReasonNotFound},
-		{"wrapped fingerprint mismatch", fmt.Errorf("x: %w", storage.ErrFingerprintMismatch), codes.FailedPrecondition, ReasonFingerprintMismatch},
-		{"wrapped claim lost", fmt.Errorf("x: %w", storage.ErrClaimLost), codes.Aborted, ReasonClaimLost},
-		{"wrapped already completed", fmt.Errorf("x: %w", storage.ErrAlreadyCompleted), codes.FailedPrecondition, ReasonAlreadyCompleted},
+		{"wrapped fingerprint mismatch", fmt.Errorf("x: %w", rules.ErrFingerprintMismatch), codes.FailedPrecondition, ReasonFingerprintMismatch},
+		{"wrapped claim lost", fmt.Errorf("x: %w", rules.ErrClaimLost), codes.Aborted, ReasonClaimLost},
+		{"wrapped already completed", fmt.Errorf("x: %w", rules.ErrAlreadyCompleted), codes.FailedPrecondition, ReasonAlreadyCompleted},
 		{"wrapped timeout", fmt.Errorf("propose: %w", raftnode.ErrTimeout), codes.Unavailable, ReasonNoQuorum},
 		{"doubly wrapped stopped", fmt.Errorf("a: %w", fmt.Errorf("b: %w", raftnode.ErrStopped)), codes.Unavailable, ReasonNoQuorum},
-		{"joined", errors.Join(errors.New("other"), storage.ErrClaimLost), codes.Aborted, ReasonClaimLost},
+		{"joined", errors.Join(errors.New("other"), rules.ErrClaimLost), codes.Aborted, ReasonClaimLost},
 		{"canceled", context.Canceled, codes.Canceled, ""},
 		{"wrapped canceled", fmt.Errorf("x: %w", context.Canceled), codes.Canceled, ""},
 		{"deadline exceeded", context.DeadlineExceeded, codes.DeadlineExceeded, ""},
-		{"invalid command", storage.ErrInvalidCommand, codes.Internal, ""},
+		{"invalid command", rules.ErrInvalidCommand, codes.Internal, ""},
 		{"unknown", errors.New(secret), codes.Internal, ""},
 		{"wrapped unknown", fmt.Errorf("apply: %w", errors.New(secret)), codes.Internal, ""},
 	} {

@@ -3,13 +3,13 @@ package api
 import (
 	"context"
 	"errors"
+	"github.com/keystore-dev/keystore/rules"
 	"log/slog"
 	"time"
 
 	"github.com/keystore-dev/keystore/internal/bugs"
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
-	"github.com/keystore-dev/keystore/storage"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -26,7 +26,7 @@ type Replicator interface {
 
 // Store reads the local replica.
 type Store interface {
-	// Get returns the live record, or storage.ErrNotFound.
+	// Get returns the live record, or rules.ErrNotFound.
 	Get(namespace, key string) (*statev1.Record, int64, error)
 	// Watch fires the next time the record changes.
 	Watch(namespace, key string) (<-chan struct{}, func())
@@ -158,11 +158,11 @@ func (s *service) claimByRead(ctx context.Context, requestID uint64, c *statev1.
 	if !s.cfg.IsLeader() {
 		return nil, false, nil // now is an estimate, not this node's stamp
 	}
-	res, readOnly := storage.DecideClaim(cur, c, requestID, now)
+	res, readOnly := rules.DecideClaim(cur, c, requestID, now)
 	if !readOnly {
 		return nil, false, nil
 	}
-	if err := storage.ResultError(res); err != nil {
+	if err := rules.ResultError(res); err != nil {
 		return nil, false, errorStatus(s.logger, err)
 	}
 	return res, true, nil
@@ -272,7 +272,7 @@ func (s *service) Get(ctx context.Context, req *keystorev1.GetRequest) (*keystor
 	// idle cluster trails by up to a tick; judge again at the current log
 	// time, as the next Claim would.
 	if rec.GetExpiresAt() <= s.cfg.LogNow() {
-		return nil, errorStatus(s.logger, storage.ErrNotFound)
+		return nil, errorStatus(s.logger, rules.ErrNotFound)
 	}
 	return &keystorev1.GetResponse{Record: toRecord(req.GetNamespace(), req.GetKey(), rec)}, nil
 }
@@ -286,7 +286,7 @@ func (s *service) propose(ctx context.Context, requestID uint64, cmd []byte) (*s
 	if err != nil {
 		return nil, s.callError(ctx, err)
 	}
-	if err := storage.ResultError(res); err != nil {
+	if err := rules.ResultError(res); err != nil {
 		return nil, errorStatus(s.logger, err)
 	}
 	return res, nil

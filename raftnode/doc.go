@@ -18,7 +18,13 @@
 // view (SnapshotStore.OpenSnapshot) into the follower's staging area
 // (ReceiveSnapshot) before raft sees the message (snapshot.go).
 //
-// Entries carry an envelope (statev1.Entry) with a request id (or several
-// packed proposals) and the leader's clock; commands are opaque here, except
-// for the record the state machine's PackKey names. See DESIGN.md.
+// The traffic to peers goes through Transport (transport.go): the TCP
+// transport in production (tcp.go, rawpeer.go, snapshot.go), InmemNetwork's
+// in tests, which can partition, delay and drop.
+//
+// Entries are in package entry's format (an envelope with the leader's log
+// time and one request id or several packed proposals); entry also holds
+// the packing rules and routes each apply result to its proposer. Commands
+// are opaque here: raftnode never decodes one, and knows nothing of the
+// contract's rules. See DESIGN.md.
 package raftnode

@@ -3,8 +3,6 @@ package raftnode
 import (
 	"sync"
 	"time"
-
-	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // logClock decides the time the leader stamps into each entry.
@@ -116,35 +114,4 @@ func (c *logClock) estimateLocked() int64 {
 		return c.wall().UnixNano()
 	}
 	return c.applied + int64(c.mono().Sub(c.appliedAt))
-}
-
-// envelopeHeader reads the request id and time of an entry's envelope
-// (statev1.Entry fields 1 and 2) without decoding the command.
-func envelopeHeader(data []byte) (requestID uint64, t int64, ok bool) {
-	for len(data) > 0 {
-		num, typ, n := protowire.ConsumeTag(data)
-		if n < 0 {
-			return 0, 0, false
-		}
-		data = data[n:]
-		if typ == protowire.VarintType && (num == 1 || num == 2) {
-			v, m := protowire.ConsumeVarint(data)
-			if m < 0 {
-				return 0, 0, false
-			}
-			if num == 1 {
-				requestID = v
-			} else {
-				t = int64(v)
-			}
-			data = data[m:]
-			continue
-		}
-		m := protowire.ConsumeFieldValue(num, typ, data)
-		if m < 0 {
-			return 0, 0, false
-		}
-		data = data[m:]
-	}
-	return requestID, t, true
 }

@@ -5,10 +5,8 @@ import (
 	"testing"
 	"time"
 
-	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
-	"google.golang.org/protobuf/proto"
 )
 
 // fakeClocks is a wall clock and a monotonic clock the test moves apart.
@@ -94,23 +92,6 @@ func TestLogClockFollowerEstimate(t *testing.T) {
 	f.advance(750 * time.Millisecond)
 	if got := c.now(); got != t0+int64(750*time.Millisecond) {
 		t.Fatalf("follower estimate = t0+%s; want t0+750ms", time.Duration(got-t0))
-	}
-}
-
-func TestEnvelopeHeader(t *testing.T) {
-	data, err := proto.Marshal(&statev1.Entry{RequestId: 42, Time: 1_234_567, Command: []byte("payload")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, at, ok := envelopeHeader(data)
-	if !ok || id != 42 || at != 1_234_567 {
-		t.Fatalf("envelopeHeader = %d, %d, %v; want 42, 1234567, true", id, at, ok)
-	}
-	if _, _, ok := envelopeHeader([]byte{0xff, 0xff, 0xff}); ok {
-		t.Fatal("envelopeHeader(garbage) ok; want false")
-	}
-	if id, at, ok := envelopeHeader(nil); !ok || id != 0 || at != 0 {
-		t.Fatalf("envelopeHeader(empty) = %d, %d, %v; want 0, 0, true", id, at, ok)
 	}
 }
 

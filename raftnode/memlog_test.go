@@ -75,10 +75,8 @@ func (l *memLog) ReceiveSnapshot(raftpb.SnapshotMetadata, io.Reader) error {
 }
 
 // memSM is a StateMachine that answers every proposal with an empty result
-// carrying its request id. Commands are their own pack key unless alone.
+// carrying its request id.
 type memSM struct {
-	alone bool
-
 	mu      sync.Mutex
 	applied uint64
 	logTime int64
@@ -129,8 +127,14 @@ func (m *memSM) LogTime() int64 {
 	return m.logTime
 }
 
-func (m *memSM) PackKey(command []byte) (string, bool, bool) {
-	return string(command), false, !m.alone
+// keyCmd is a command on record ns/key, which the packer may pack with
+// commands on other records (any other bytes travel alone).
+func keyCmd(key string) []byte {
+	b, err := proto.Marshal(&statev1.Command{Op: &statev1.Command_Release{Release: &statev1.Release{Namespace: "ns", Key: key, Token: 1}}})
+	if err != nil {
+		panic(err)
+	}
+	return b
 }
 
 // memPeers is a cluster of n members (ids 1..n) whose peers other than the

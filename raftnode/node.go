@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keystore-dev/keystore/entry"
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -33,7 +34,10 @@ type LogStore interface {
 	SnapshotStore
 }
 
-// StateMachine is what committed entries are applied to.
+// StateMachine is what committed entries are applied to. Entries are in
+// package entry's format; Apply's results follow it too (a packed entry's
+// result holds one result per proposal), so that entry.Answers can route
+// each to its proposer.
 type StateMachine interface {
 	// Apply applies entries in order, persisting the applied index (and cs,
 	// if not nil) atomically with their effects. It returns one result per
@@ -44,12 +48,6 @@ type StateMachine interface {
 	// LogTime returns the largest entry time applied (Unix nanoseconds),
 	// or the installed snapshot's.
 	LogTime() int64
-	// PackKey names the record command changes; commands on different
-	// records may be packed into one entry (statev1.Entry.proposals), and
-	// Apply then returns their results in the entry's Result.packed. grants:
-	// the command may grant a token, which is the entry's index, so an
-	// entry holds at most one such. ok false: the command travels alone.
-	PackKey(command []byte) (key string, grants, ok bool)
 }
 
 // Errors returned by Node.
@@ -291,7 +289,7 @@ func (n *Node) handleReady(rd raft.Ready) error {
 	// this Ready sends only after persisting: its votes and append
 	// acknowledgements do promise durable state.
 	//
-	// After queueing messages the handler yields once (yieldToSenders).
+	// After queueing messages the handler yields once (send).
 	sent := false
 	if n.leading {
 		n.send(rd.Messages)
@@ -375,22 +373,13 @@ func (n *Node) apply(ents []raftpb.Entry) error {
 		if ents[i].Type != raftpb.EntryNormal || len(ents[i].Data) == 0 {
 			continue
 		}
-		id, t, ok := envelopeHeader(ents[i].Data)
+		id, t, ok := entry.Header(ents[i].Data)
 		if !ok {
 			continue
 		}
 		n.clock.observe(t)
-		res := results[i]
-		if res == nil {
-			continue
-		}
-		if res.Packed != nil {
-			for _, r := range res.Packed {
-				n.answer(r.RequestId, r, ents[i].Index)
-			}
-			continue
-		}
-		n.answer(id, res, ents[i].Index)
+		index := ents[i].Index
+		entry.Answers(id, results[i], func(id uint64, r *statev1.Result) { n.answer(id, r, index) })
 	}
 	n.mu.Unlock()
 	n.notifyApplied()

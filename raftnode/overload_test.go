@@ -17,7 +17,7 @@ import (
 // (or retrying) until their deadline. A follower's dropped proposal stays
 // a plain drop (it is retried elsewhere), not overload.
 func TestLeaderWithFollowersDownAnswersOverloaded(t *testing.T) {
-	sm := &memSM{alone: true}
+	sm := &memSM{}
 	cfg := Config{ID: 1, Peers: memPeers(3), TickInterval: time.Hour, IdleTickInterval: -1, MaxUncommittedBytes: 4 << 10}
 	n, _ := startMemNode(t, cfg, sm)
 	n.core.Pump() // bootstrap

@@ -8,8 +8,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/keystore-dev/keystore/entry"
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
-	"google.golang.org/protobuf/proto"
 )
 
 // errRetry marks a proposal attempt that did not get an answer but may be
@@ -99,10 +99,7 @@ func (n *Node) catchUp(ctx context.Context, index uint64) {
 // waits for the entry to apply here. Concurrent proposals on different
 // records share an entry (see packer).
 func (n *Node) proposeLocal(ctx context.Context, reqID uint64, command []byte) (*statev1.Result, uint64, error) {
-	p := &pending{id: reqID, cmd: command, ch: make(chan outcome, 1)}
-	if key, grants, ok := n.sm.PackKey(command); ok {
-		p.key, p.grants = key, grants
-	}
+	p := &pending{Proposal: entry.NewProposal(reqID, command), ch: make(chan outcome, 1)}
 	n.mu.Lock()
 	if n.halted {
 		n.mu.Unlock()
@@ -162,8 +159,7 @@ func (n *Node) idleTickLoop() {
 		if !idle {
 			continue
 		}
-		data, _ := proto.Marshal(&statev1.Entry{Time: n.clock.stamp()})
-		if n.rn.Propose(data) == nil { // best effort: the next interval tries again
+		if n.rn.Propose(entry.Tick(n.clock.stamp())) == nil { // best effort: the next interval tries again
 			n.rn.Pump()
 		}
 	}

@@ -62,7 +62,7 @@ func TestFailureWithProposersQueued(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		start := time.Now()
-		_, err := n.Propose(ctx, 0, []byte(cmd))
+		_, err := n.Propose(ctx, 0, keyCmd(cmd))
 		results <- result{cmd, err, time.Since(start)}
 	}
 	go propose("a")
@@ -121,7 +121,7 @@ func hammer(n *Node, workers int, forward bool) <-chan error {
 		go func() {
 			for i := 0; ; i++ {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				cmd := []byte(fmt.Sprintf("w%d-%d", w, i))
+				cmd := keyCmd(fmt.Sprintf("w%d-%d", w, i))
 				var err error
 				if forward && w%2 == 1 {
 					// A follower's forwarded proposal, as the peer gRPC

@@ -6,11 +6,11 @@
 // driver makes (Append, Compact, ApplySnapshot), the two ends of a
 // snapshot's stream (OpenSnapshot, ReceiveSnapshot: snapshots of any size
 // travel beside raft and are installed by one atomic ingest, see
-// snapstream.go), Apply, which runs the
-// contract's rules over committed entries, and PackKey, which tells the
-// driver the record a command names, so that commands on different records
-// can share an entry. The rules themselves are the pure
-// function transition in apply.go. An in-memory Bloom filter of the record
+// snapstream.go), and Apply, which decodes committed entries (package
+// entry's format, packed ones included) and runs the contract's rules
+// (package rules, pure functions) over the records they name, writing the
+// results, the expiry index and the applied index in one batch. An
+// in-memory Bloom filter of the record
 // keys (keyfilter.go) spares apply the Pebble lookup of a key that has no
 // record, which is what nearly every Claim names. See DESIGN.md for the
 // log's files, the key layout, the batches, the filter and what is synced

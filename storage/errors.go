@@ -3,27 +3,15 @@ package storage
 import (
 	"errors"
 	"fmt"
-
-	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
+	"github.com/keystore-dev/keystore/rules"
 )
 
-// Errors returned by the store. They are the rules of the contract that
-// refuse a command; the API maps them to gRPC codes in one place.
+// Errors returned by the store (the contract's refusals of a command are
+// rules' errors); the API maps them to gRPC codes in one place.
 var (
-	// ErrNotFound is returned when a record is absent or expired.
-	ErrNotFound = errors.New("storage: record not found")
-	// ErrFingerprintMismatch is returned when a Claim's fingerprint differs
-	// from the record's (both non-empty).
-	ErrFingerprintMismatch = errors.New("storage: fingerprint mismatch")
-	// ErrClaimLost is returned when a token is not the record's current one,
-	// or the record is gone.
-	ErrClaimLost = errors.New("storage: claim lost")
-	// ErrAlreadyCompleted is returned by Release and Heartbeat on a
-	// completed record.
-	ErrAlreadyCompleted = errors.New("storage: already completed")
-	// ErrInvalidCommand is returned for a command that cannot be applied
-	// (the API validates first, so this means a bug or a corrupt entry).
-	ErrInvalidCommand = errors.New("storage: invalid command")
+	// ErrNotFound is returned when a record is absent or expired; it is
+	// rules.ErrNotFound, so that the API need not import the store.
+	ErrNotFound = rules.ErrNotFound
 	// ErrCorrupt is returned when stored bytes cannot be decoded, or when
 	// the Raft log is damaged or does not match the state machine (then
 	// the error says where and what to do: see logCorruptError).
@@ -31,22 +19,6 @@ var (
 	// ErrClosed is returned after Close.
 	ErrClosed = errors.New("storage: closed")
 )
-
-// ResultError returns the error a Result carries, or nil.
-func ResultError(r *statev1.Result) error {
-	switch r.GetError() {
-	case statev1.Error_ERROR_UNSPECIFIED:
-		return nil
-	case statev1.Error_ERROR_FINGERPRINT_MISMATCH:
-		return ErrFingerprintMismatch
-	case statev1.Error_ERROR_CLAIM_LOST:
-		return ErrClaimLost
-	case statev1.Error_ERROR_ALREADY_COMPLETED:
-		return ErrAlreadyCompleted
-	default:
-		return ErrInvalidCommand
-	}
-}
 
 // logCorruptError is damage found in the Raft log, or a log that cannot be
 // the one the state machine was applied from: where it is, what it is, and

@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/keystore-dev/keystore/entry"
 	"github.com/keystore-dev/keystore/internal/bugs"
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
+	"github.com/keystore-dev/keystore/rules"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 )
@@ -46,7 +48,7 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 			continue
 		}
 		d := &decoded[i]
-		if err := proto.Unmarshal(e.Data, &d.env); err != nil {
+		if err := entry.Decode(e.Data, &d.env); err != nil {
 			// Only the leader writes entries, always well formed; an
 			// undecodable one is applied as a no-op on every replica.
 			s.logger.Error("undecodable entry", "index", e.Index, "err", err)
@@ -86,7 +88,7 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 		}
 		d := &decoded[i]
 		if d.bad {
-			results[i] = failure(statev1.Error_ERROR_INVALID_COMMAND)
+			results[i] = rules.Invalid()
 			continue
 		}
 		// Log time is the largest stamp applied: never backwards.
@@ -165,28 +167,24 @@ func decodeCommand(b []byte) *statev1.Command {
 
 // applyPacked applies the proposals of a packed entry in order, each at the
 // entry's index, and returns a result holding one result per proposal
-// (carrying its request id). The token of a claim is the index of its
-// entry, so a proposal that is not a single-record command, names a record
-// an earlier proposal of the entry named, or is a second Claim, is refused
-// as an invalid command (the packer never sends one): no two claims, of one
-// key or of two, share a token.
+// (carrying its request id). An undecodable proposal, or one the packing
+// rules would not have admitted (entry.Packer: one that must travel alone, names a record an
+// earlier proposal of the entry named, or is a second Claim) is refused
+// as an invalid command; the leader never packs one. So no two claims, of
+// one key or of two, share a token (the entry's index).
 func (s *Store) applyPacked(b *applyBatch, d *decodedEntry, index uint64, meta *statev1.Meta) (*statev1.Result, [][]byte, error) {
 	subs := make([]*statev1.Result, len(d.packed))
-	seen := make(map[string]struct{}, len(d.packed))
-	claimed := false
+	pk := entry.NewPacker(entry.Limits{})
 	var touched [][]byte
 	for j, cmd := range d.packed {
-		reqID := d.env.Proposals[j].GetRequestId()
+		prop := d.env.Proposals[j]
+		reqID := prop.GetRequestId()
+		p := entry.NewProposal(reqID, prop.GetCommand())
 		var res *statev1.Result
-		ns, key, ok := commandTarget(cmd)
-		target := string(recordKey(ns, key))
-		_, dup := seen[target]
-		_, claim := cmd.GetOp().(*statev1.Command_Claim)
-		if !ok || dup || (claim && claimed) {
-			res = failure(statev1.Error_ERROR_INVALID_COMMAND)
+		if cmd == nil || !pk.Admits(&p) {
+			res = rules.Invalid()
 		} else {
-			seen[target] = struct{}{}
-			claimed = claimed || claim
+			pk.Add(&p)
 			var (
 				keys [][]byte
 				err  error
@@ -282,14 +280,14 @@ func (a *applyBatch) deleteRecord(k []byte) error {
 // and the record keys it changed.
 func (s *Store) applyCommand(b *applyBatch, cmd *statev1.Command, requestID, index uint64, meta *statev1.Meta) (*statev1.Result, [][]byte, error) {
 	if cmd == nil {
-		return failure(statev1.Error_ERROR_INVALID_COMMAND), nil, nil
+		return rules.Invalid(), nil, nil
 	}
 	if e, ok := cmd.GetOp().(*statev1.Command_Expire); ok {
 		return applyExpire(b, e.Expire, meta)
 	}
-	ns, key, ok := commandTarget(cmd)
-	if !ok {
-		return failure(statev1.Error_ERROR_INVALID_COMMAND), nil, nil
+	ns, key, ok := rules.Target(cmd)
+	if !ok || len(ns) > maxNamespaceLen {
+		return rules.Invalid(), nil, nil
 	}
 	k := recordKey(ns, key)
 	// The stored record is read even if expired: transition treats it as
@@ -298,7 +296,7 @@ func (s *Store) applyCommand(b *applyBatch, cmd *statev1.Command, requestID, ind
 	if err != nil {
 		return nil, nil, fmt.Errorf("record %q/%q: %w", ns, key, err)
 	}
-	next, write, res := transition(stored, cmd, index, requestID, meta.LogTime)
+	next, write, res := rules.Transition(stored, cmd, index, requestID, meta.LogTime)
 	if !write {
 		return res, nil, nil
 	}

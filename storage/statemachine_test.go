@@ -3,6 +3,7 @@ package storage
 import (
 	"errors"
 	"fmt"
+	"github.com/keystore-dev/keystore/rules"
 	"reflect"
 	"testing"
 	"time"
@@ -88,16 +89,16 @@ func TestApplyResults(t *testing.T) {
 	wants := []*want{
 		{nil, statev1.Outcome_OUTCOME_ACQUIRED, 1, statev1.State_STATE_IN_PROGRESS, at(1)},
 		{nil, statev1.Outcome_OUTCOME_IN_PROGRESS, 1, statev1.State_STATE_IN_PROGRESS, at(2)},
-		{ErrFingerprintMismatch, 0, 0, 0, at(3)},
-		{ErrClaimLost, 0, 0, 0, at(4)},
+		{rules.ErrFingerprintMismatch, 0, 0, 0, at(3)},
+		{rules.ErrClaimLost, 0, 0, 0, at(4)},
 		{nil, 0, 1, statev1.State_STATE_COMPLETED, at(5)},
 		{nil, statev1.Outcome_OUTCOME_COMPLETED, 1, statev1.State_STATE_COMPLETED, at(6)},
-		{ErrAlreadyCompleted, 0, 0, 0, at(7)},
+		{rules.ErrAlreadyCompleted, 0, 0, 0, at(7)},
 		nil,
 		nil,
-		{ErrInvalidCommand, 0, 0, 0, 0},
-		{ErrInvalidCommand, 0, 0, 0, at(11)},
-		{ErrInvalidCommand, 0, 0, 0, at(12)},
+		{rules.ErrInvalidCommand, 0, 0, 0, 0},
+		{rules.ErrInvalidCommand, 0, 0, 0, at(11)},
+		{rules.ErrInvalidCommand, 0, 0, 0, at(12)},
 		nil,
 	}
 	for i, w := range wants {
@@ -112,7 +113,7 @@ func TestApplyResults(t *testing.T) {
 			t.Errorf("entry %d: no result; want one", i+1)
 			continue
 		}
-		if err := ResultError(r); !errors.Is(err, w.err) || (w.err == nil && err != nil) {
+		if err := rules.ResultError(r); !errors.Is(err, w.err) || (w.err == nil && err != nil) {
 			t.Errorf("entry %d: ResultError = %v; want %v", i+1, err, w.err)
 		}
 		if r.GetOutcome() != w.outcome || r.GetRecord().GetToken() != w.token || r.GetRecord().GetState() != w.state {

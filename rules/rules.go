@@ -1,4 +1,4 @@
-package storage
+package rules
 
 import (
 	"bytes"
@@ -9,16 +9,16 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// transition is the pure core of the state machine: the contract's rules as
+// Transition is the pure core of the state machine: the contract's rules as
 // a function of (current record, command, entry index, request id, log
 // time). cur is nil when the key has no record. It returns the record to
 // store (nil with write=true deletes the key), whether to write at all, and
 // the result returned to the proposer.
 //
-// NB: transition must stay deterministic: it reads no clock, no randomness
+// NB: Transition must stay deterministic: it reads no clock, no randomness
 // and iterates no map, because every replica runs it on the same log and
 // must end with byte-identical state. cur is never modified.
-func transition(cur *statev1.Record, cmd *statev1.Command, index, requestID uint64, now int64) (next *statev1.Record, write bool, res *statev1.Result) {
+func Transition(cur *statev1.Record, cmd *statev1.Command, index, requestID uint64, now int64) (next *statev1.Record, write bool, res *statev1.Result) {
 	// A record at or past expires_at is gone: it lives while now < expires_at.
 	if cur != nil && now >= cur.GetExpiresAt() {
 		cur = nil
@@ -33,7 +33,7 @@ func transition(cur *statev1.Record, cmd *statev1.Command, index, requestID uint
 	case *statev1.Command_Heartbeat:
 		return heartbeat(cur, op.Heartbeat, now)
 	default:
-		return nil, false, failure(statev1.Error_ERROR_INVALID_COMMAND)
+		return nil, false, Invalid()
 	}
 }
 
@@ -146,6 +146,9 @@ func heartbeat(cur *statev1.Record, h *statev1.Heartbeat, now int64) (*statev1.R
 
 func failure(e statev1.Error) *statev1.Result { return &statev1.Result{Error: e} }
 
+// Invalid returns the result of a command that cannot be applied.
+func Invalid() *statev1.Result { return failure(statev1.Error_ERROR_INVALID_COMMAND) }
+
 // fingerprintsDiffer reports whether both fingerprints are set and differ;
 // an empty fingerprint means "do not check".
 func fingerprintsDiffer(a, b []byte) bool {
@@ -160,8 +163,10 @@ func addSat(a, b int64) int64 {
 	return a + b
 }
 
-// commandTarget returns the namespace and key a command addresses.
-func commandTarget(cmd *statev1.Command) (namespace, key string, ok bool) {
+// Target returns the namespace and key a command addresses; ok is false
+// for a command that addresses no single record (an Expire, or one with an
+// empty namespace or key).
+func Target(cmd *statev1.Command) (namespace, key string, ok bool) {
 	switch op := cmd.GetOp().(type) {
 	case *statev1.Command_Claim:
 		namespace, key = op.Claim.GetNamespace(), op.Claim.GetKey()
@@ -174,7 +179,7 @@ func commandTarget(cmd *statev1.Command) (namespace, key string, ok bool) {
 	default:
 		return "", "", false
 	}
-	if namespace == "" || len(namespace) > maxNamespaceLen || key == "" {
+	if namespace == "" || key == "" {
 		return "", "", false
 	}
 	return namespace, key, true
@@ -187,6 +192,6 @@ func commandTarget(cmd *statev1.Command) (namespace, key string, ok bool) {
 // answer the log would give. A Claim that would create or take over a
 // record (readOnly false) must be proposed.
 func DecideClaim(cur *statev1.Record, c *statev1.Claim, requestID uint64, now int64) (res *statev1.Result, readOnly bool) {
-	_, write, res := transition(cur, &statev1.Command{Op: &statev1.Command_Claim{Claim: c}}, 0, requestID, now)
+	_, write, res := Transition(cur, &statev1.Command{Op: &statev1.Command_Claim{Claim: c}}, 0, requestID, now)
 	return res, !write
 }

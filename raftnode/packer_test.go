@@ -2,6 +2,7 @@ package raftnode
 
 import (
 	"fmt"
+	"github.com/keystore-dev/keystore/entry"
 	"sync"
 	"testing"
 	"time"
@@ -61,7 +62,7 @@ func packerNode(rn raftCore) *Node {
 }
 
 func pend(id uint64, key string, size int) *pending {
-	return &pending{id: id, key: key, cmd: make([]byte, size), ch: make(chan outcome, 1)}
+	return &pending{Proposal: entry.Proposal{RequestID: id, Key: key, Command: make([]byte, size)}, ch: make(chan outcome, 1)}
 }
 
 // TestProposePackedCuts: entries keep the queue's order, never hold one
@@ -70,12 +71,12 @@ func pend(id uint64, key string, size int) *pending {
 func TestProposePackedCuts(t *testing.T) {
 	rr := &recordingRaft{}
 	n := packerNode(rr)
-	claim := func(p *pending) *pending { p.grants = true; return p }
+	claim := func(p *pending) *pending { p.Grants = true; return p }
 	q := []*pending{
 		pend(1, "a", 10), pend(2, "b", 10), pend(3, "a", 10), // a twice: cut before 3
 		pend(4, "", 10),                    // alone
 		pend(5, "c", 10), pend(6, "d", 10), // together
-		pend(7, "e", maxPackBytes-15), pend(8, "f", 10), // 7 and 8 exceed the size bound with 5, 6
+		pend(7, "e", n.cfg.MaxPackBytes-15), pend(8, "f", 10), // 7 and 8 exceed the size bound with 5, 6
 		claim(pend(9, "g", 1)), pend(10, "h", 1), claim(pend(11, "i", 1)), // two claims: cut before 11
 	}
 	n.proposePacked(q)
@@ -97,11 +98,11 @@ func TestProposePackedCuts(t *testing.T) {
 
 	rr.entries = nil
 	q = q[:0]
-	for i := range maxPackProposals + 1 {
+	for i := range n.cfg.MaxPackProposals + 1 {
 		q = append(q, pend(uint64(i+1), fmt.Sprint(i), 1))
 	}
 	n.proposePacked(q)
-	if len(rr.entries) != 2 || len(rr.entries[0].GetProposals()) != maxPackProposals {
+	if len(rr.entries) != 2 || len(rr.entries[0].GetProposals()) != n.cfg.MaxPackProposals {
 		t.Errorf("%d proposals on distinct keys: %d entries; want 2, the first full", len(q), len(rr.entries))
 	}
 }
@@ -127,7 +128,7 @@ func TestSubmitConcurrent(t *testing.T) {
 				if grants {
 					cmd[0] = 'c'
 				}
-				n.submit(&pending{id: id, key: key, grants: grants, cmd: cmd, ch: make(chan outcome, 1)})
+				n.submit(&pending{Proposal: entry.Proposal{RequestID: id, Key: key, Grants: grants, Command: cmd}, ch: make(chan outcome, 1)})
 			}
 		}()
 	}
@@ -192,10 +193,10 @@ func TestProposeEntryFailure(t *testing.T) {
 			select {
 			case o := <-p.ch:
 				if o.err != tc.want {
-					t.Errorf("raft error %v: proposer %d heard %v; want %v", tc.err, p.id, o.err, tc.want)
+					t.Errorf("raft error %v: proposer %d heard %v; want %v", tc.err, p.RequestID, o.err, tc.want)
 				}
 			default:
-				t.Errorf("raft error %v: proposer %d heard nothing", tc.err, p.id)
+				t.Errorf("raft error %v: proposer %d heard nothing", tc.err, p.RequestID)
 			}
 		}
 	}

@@ -4,16 +4,9 @@ import (
 	"errors"
 	"sync"
 
+	"github.com/keystore-dev/keystore/entry"
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
 	"go.etcd.io/raft/v3"
-	"google.golang.org/protobuf/proto"
-)
-
-// Packing bounds: a packed entry holds at most this many proposals and
-// bytes of commands (a larger command travels alone).
-const (
-	maxPackProposals = 1024
-	maxPackBytes     = 256 << 10
 )
 
 // outcome is what a proposer waiting on the leader hears: the apply result,
@@ -27,19 +20,16 @@ type outcome struct {
 
 // pending is one proposal waiting to be put into the log by the packer.
 type pending struct {
-	id     uint64
-	cmd    []byte
-	key    string // the record it names; "" travels alone
-	grants bool   // it may grant a token (a Claim)
+	entry.Proposal
 	// ch has room for one outcome; it is only ever sent to, never
 	// closed, and without blocking: the first outcome wins (see Node.halt).
 	ch chan outcome
 }
 
 // packer turns proposals queued on the leader into log entries, packing
-// concurrent proposals on different records into one entry: one raft
-// proposal, one log key and one envelope for all of them, instead of one
-// each. It is a combiner, not a goroutine: the proposer that finds it idle
+// concurrent proposals on different records into one entry (by the rules
+// of entry.Packer): one raft proposal, one log key and one envelope for
+// all of them, instead of one each. It is a combiner, not a goroutine: the proposer that finds it idle
 // drains the queue itself (a lone proposer goes straight through, no hand-
 // off), and whoever else arrives meanwhile only queues.
 type packer struct {
@@ -48,8 +38,9 @@ type packer struct {
 	busy  bool
 }
 
-// submit queues p and, if no one is draining, drains the queue: at most two
-// rounds on the caller's time, then a goroutine takes over the rest.
+// submit queues p and, if no one is draining, drains the queue: at most
+// Config.PackRounds rounds on the caller's time, then a goroutine takes
+// over the rest.
 func (n *Node) submit(p *pending) {
 	pk := &n.pack
 	pk.mu.Lock()
@@ -60,7 +51,7 @@ func (n *Node) submit(p *pending) {
 	}
 	pk.busy = true
 	pk.mu.Unlock()
-	if !n.drain(2) {
+	if !n.drain(n.cfg.PackRounds) {
 		go n.drain(-1)
 	}
 }
@@ -86,40 +77,39 @@ func (n *Node) drain(rounds int) bool {
 	return true
 }
 
-// proposePacked cuts q, in order, into entries and proposes them together.
-// A token is the index of the entry that granted it, so an entry never
-// holds two proposals naming the same record, nor two that may grant a
-// token: every token stays unique.
+// proposePacked cuts q, in order, into entries under the packing rules
+// (entry.Packer) and proposes them together.
 func (n *Node) proposePacked(q []*pending) {
 	var (
 		data [][]byte
 		cuts [][]*pending // the proposals of each entry in data
 	)
 	add := func(ps []*pending) {
-		d, err := n.encodeEntry(ps)
+		props := make([]*entry.Proposal, len(ps))
+		for i, p := range ps {
+			props[i] = &p.Proposal
+		}
+		d, err := entry.Encode(n.clock.stamp(), props)
 		if err != nil {
 			fail(ps, errRetry)
 			return
 		}
 		data, cuts = append(data, d), append(cuts, ps)
 	}
-	seen := make(map[string]struct{}, len(q))
-	start, size, grants := 0, 0, false
+	pk := entry.NewPacker(entry.Limits{MaxProposals: n.cfg.MaxPackProposals, MaxBytes: n.cfg.MaxPackBytes})
+	start := 0
 	for i, p := range q {
-		_, dup := seen[p.key]
-		if i > start && (p.key == "" || dup || (p.grants && grants) || i-start == maxPackProposals || size+len(p.cmd) > maxPackBytes) {
+		if !pk.Fits(&p.Proposal) {
 			add(q[start:i])
-			clear(seen)
-			start, size, grants = i, 0, false
+			pk.Reset()
+			start = i
 		}
-		if p.key == "" {
-			add(q[i : i+1])
+		pk.Add(&p.Proposal)
+		if p.Key == "" { // travels alone
+			add(q[start : i+1])
+			pk.Reset()
 			start = i + 1
-			continue
 		}
-		seen[p.key] = struct{}{}
-		size += len(p.cmd)
-		grants = grants || p.grants
 	}
 	if start < len(q) {
 		add(q[start:])
@@ -143,21 +133,6 @@ func (n *Node) proposePacked(q []*pending) {
 		}
 	}
 	n.rn.Pump()
-}
-
-// encodeEntry encodes the entry holding ps (the single-proposal form for
-// one).
-func (n *Node) encodeEntry(ps []*pending) ([]byte, error) {
-	env := &statev1.Entry{Time: n.clock.stamp()}
-	if len(ps) == 1 {
-		env.RequestId, env.Command = ps[0].id, ps[0].cmd
-	} else {
-		env.Proposals = make([]*statev1.Proposal, len(ps))
-		for i, p := range ps {
-			env.Proposals[i] = &statev1.Proposal{RequestId: p.id, Command: p.cmd}
-		}
-	}
-	return proto.Marshal(env)
 }
 
 // fail tells each proposer in ps that its proposal did not make it into

@@ -1,4 +1,4 @@
-package storage
+package rules
 
 import (
 	"math"
@@ -95,7 +95,7 @@ func runTransitionCases(t *testing.T, tests []transitionCase) {
 			if tt.cur != nil {
 				before = proto.Clone(tt.cur).(*statev1.Record)
 			}
-			next, write, res := transition(tt.cur, tt.cmd, tt.index, tt.requestID, tt.now)
+			next, write, res := Transition(tt.cur, tt.cmd, tt.index, tt.requestID, tt.now)
 			if write != tt.wantWrite {
 				t.Errorf("write = %v; want %v", write, tt.wantWrite)
 			}
@@ -490,7 +490,7 @@ func TestTransitionInvalidCommands(t *testing.T) {
 // record (nil deletes it).
 func step(t *testing.T, cur *statev1.Record, cmd *statev1.Command, index uint64, now int64) (*statev1.Record, *statev1.Result) {
 	t.Helper()
-	next, write, res := transition(cur, cmd, index, index+1000, now)
+	next, write, res := Transition(cur, cmd, index, index+1000, now)
 	if write {
 		return next, res
 	}
@@ -520,7 +520,7 @@ func TestTransitionTakeoverFencesOldToken(t *testing.T) {
 		{"heartbeat", heartbeatCmd(1, testLease)},
 		{"release", releaseCmd(1)},
 	} {
-		next, write, res := transition(rec, tt.cmd, 8, 0, now)
+		next, write, res := Transition(rec, tt.cmd, 8, 0, now)
 		if res.GetError() != statev1.Error_ERROR_CLAIM_LOST || write || next != nil {
 			t.Errorf("%s with the old token = (%v, %v, %v); want (nil, false, CLAIM_LOST)", tt.name, next, write, res)
 		}
@@ -607,8 +607,7 @@ func TestAddSat(t *testing.T) {
 	}
 }
 
-func TestCommandTarget(t *testing.T) {
-	long := string(make([]byte, maxNamespaceLen+1))
+func TestTarget(t *testing.T) {
 	tests := []struct {
 		name   string
 		cmd    *statev1.Command
@@ -623,12 +622,11 @@ func TestCommandTarget(t *testing.T) {
 		{"no op", &statev1.Command{}, "", "", false},
 		{"empty namespace", &statev1.Command{Op: &statev1.Command_Release{Release: &statev1.Release{Key: "k"}}}, "", "", false},
 		{"empty key", &statev1.Command{Op: &statev1.Command_Release{Release: &statev1.Release{Namespace: "ns"}}}, "", "", false},
-		{"namespace too long", &statev1.Command{Op: &statev1.Command_Release{Release: &statev1.Release{Namespace: long, Key: "k"}}}, "", "", false},
 	}
 	for _, tt := range tests {
-		ns, k, ok := commandTarget(tt.cmd)
+		ns, k, ok := Target(tt.cmd)
 		if ns != tt.ns || k != tt.k || ok != tt.wantOK {
-			t.Errorf("%s: commandTarget = %q, %q, %v; want %q, %q, %v", tt.name, ns, k, ok, tt.ns, tt.k, tt.wantOK)
+			t.Errorf("%s: Target = %q, %q, %v; want %q, %q, %v", tt.name, ns, k, ok, tt.ns, tt.k, tt.wantOK)
 		}
 	}
 }
@@ -668,7 +666,7 @@ func TestDecideClaim(t *testing.T) {
 				t.Fatalf("readOnly = %v; want %v", readOnly, tc.readOnly)
 			}
 			// The log's answer at the same time, for comparison.
-			_, write, want := transition(tc.cur, &statev1.Command{Op: &statev1.Command_Claim{Claim: tc.c}}, 1000, tc.reqID, tc.now)
+			_, write, want := Transition(tc.cur, &statev1.Command{Op: &statev1.Command_Claim{Claim: tc.c}}, 1000, tc.reqID, tc.now)
 			if write == readOnly {
 				t.Fatalf("readOnly %v but the log would write: %v", readOnly, write)
 			}
