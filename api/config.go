@@ -54,7 +54,7 @@ func (c Config) Validate() error {
 	c = c.WithDefaults()
 	switch {
 	case c.MaxLease > contractMaxLease:
-		return errors.New("api: MaxLease must be at most 1h (CONTRACT.md)")
+		return errors.New("api: MaxLease must be at most 1h (docs/contract.md)")
 	case c.DefaultLease <= 0 || c.DefaultLease > c.MaxLease:
 		return errors.New("api: DefaultLease must be in (0, MaxLease]")
 	case c.DefaultRetention <= 0 || c.DefaultRetention > c.MaxRetention:

@@ -56,7 +56,7 @@ func NewService(cfg Config, repl Replicator, store Store) (keystorev1.KeyStoreSe
 	return &service{cfg: cfg, repl: repl, store: store, logger: cfg.Logger.With("component", "api"), recent: newRecentKeys(recentKeysSize)}, nil
 }
 
-// Claim implements CONTRACT.md's Claim, including wait: the call blocks on
+// Claim implements docs/contract.md's Claim, including wait: the call blocks on
 // the record's apply notifications (and a timer at its lease end), never by
 // polling, then answers as of that moment.
 func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*keystorev1.ClaimResponse, error) {
@@ -179,7 +179,7 @@ func claimResponse(ns, key string, res *statev1.Result) *keystorev1.ClaimRespons
 	return out
 }
 
-// Complete implements CONTRACT.md's Complete.
+// Complete implements docs/contract.md's Complete.
 func (s *service) Complete(ctx context.Context, req *keystorev1.CompleteRequest) (*keystorev1.CompleteResponse, error) {
 	var v validator
 	v.namespace(req.GetNamespace())
@@ -204,7 +204,7 @@ func (s *service) Complete(ctx context.Context, req *keystorev1.CompleteRequest)
 	return &keystorev1.CompleteResponse{Record: toRecord(req.GetNamespace(), req.GetKey(), res.GetRecord())}, nil
 }
 
-// Release implements CONTRACT.md's Release.
+// Release implements docs/contract.md's Release.
 func (s *service) Release(ctx context.Context, req *keystorev1.ReleaseRequest) (*keystorev1.ReleaseResponse, error) {
 	var v validator
 	v.namespace(req.GetNamespace())
@@ -224,7 +224,7 @@ func (s *service) Release(ctx context.Context, req *keystorev1.ReleaseRequest) (
 	return &keystorev1.ReleaseResponse{}, nil
 }
 
-// Heartbeat implements CONTRACT.md's Heartbeat.
+// Heartbeat implements docs/contract.md's Heartbeat.
 func (s *service) Heartbeat(ctx context.Context, req *keystorev1.HeartbeatRequest) (*keystorev1.HeartbeatResponse, error) {
 	var v validator
 	v.namespace(req.GetNamespace())
@@ -246,7 +246,7 @@ func (s *service) Heartbeat(ctx context.Context, req *keystorev1.HeartbeatReques
 	return &keystorev1.HeartbeatResponse{Record: toRecord(req.GetNamespace(), req.GetKey(), res.GetRecord())}, nil
 }
 
-// Get implements CONTRACT.md's Get: linearizable through ReadIndex unless
+// Get implements docs/contract.md's Get: linearizable through ReadIndex unless
 // the caller asks for STALE.
 func (s *service) Get(ctx context.Context, req *keystorev1.GetRequest) (*keystorev1.GetResponse, error) {
 	var v validator

@@ -794,7 +794,7 @@ func TestClaimWaitEndsInProgress(t *testing.T) {
 
 func TestNewServiceRejectsLeaseAboveContract(t *testing.T) {
 	// config.go: "configuration may lower the maxima, not raise them past
-	// these"; CONTRACT.md fixes the lease maximum at 1h.
+	// these"; docs/contract.md fixes the lease maximum at 1h.
 	if _, err := api.NewService(api.Config{MaxLease: 2 * time.Hour}, &fakeReplicator{}, nil); err == nil {
 		t.Errorf("NewService(MaxLease 2h): got nil error; want a configuration error")
 	}

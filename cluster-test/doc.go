@@ -1,5 +1,5 @@
 // Package clustertest runs keystore as real processes and proves the
-// promises of CONTRACT.md under faults.
+// promises of docs/contract.md under faults.
 //
 //   - process_test.go: kill -9 of one node, of the leader, of all three.
 //   - fault_test.go (TestFaults, make cluster-test): seeded runs of three

@@ -1,5 +1,5 @@
 // Package checker judges a fault run's history (package history) against
-// CONTRACT.md.
+// docs/contract.md.
 //
 // Check does two things. It checks each key's operations for
 // linearizability with porcupine against a model of one record (model.go),

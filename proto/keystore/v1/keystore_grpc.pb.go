@@ -5,7 +5,7 @@
 // source: keystore/v1/keystore.proto
 
 // Package keystore.v1 is the public API of keystore: a replicated store of
-// idempotency keys. The semantics of every RPC are in CONTRACT.md.
+// idempotency keys. The semantics of every RPC are in docs/contract.md.
 
 package keystorev1
 
