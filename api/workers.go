@@ -4,8 +4,8 @@ import "time"
 
 // workers runs functions on long-lived goroutines. A fresh goroutine per
 // batch operation starts with a small stack and grows it, by copying, as
-// the operation descends into replication and raft (measured at 4-7% of a
-// leader's CPU under load); a worker grows it once. A function goes to an
+// the operation descends into replication and raft, a visible cost on a
+// loaded leader (docs/performance-notes.md); a worker grows it once. A function goes to an
 // idle worker, or to a new one if none is idle; a worker idle for
 // workerIdle exits.
 type workers struct {

@@ -38,8 +38,8 @@ type raftCore interface {
 // pump themselves, but handle at most callerReadies Readies per call, then
 // wake the run loop for the rest: under load raft has a new Ready after
 // every one, and a caller that handled them until none was left would wait
-// for everyone's fsyncs (measured: one Propose call of four proposers held
-// for a whole 1 s burst) with its own result and deadline waiting. The run
+// for everyone's fsyncs, for as long as the burst lasts, with its own
+// result and deadline waiting (docs/performance-notes.md). The run
 // loop (ticks, and wake-ups) handles Readies until raft has none. A peer
 // connection only steps and wakes the run loop to pump, so that it keeps
 // reading while a Ready is being persisted. So Readies are handled one at
@@ -170,7 +170,7 @@ func (c *core) Propose(data ...[]byte) error {
 // connection that handled the Ready itself would not read its next frames
 // meanwhile, and those would miss this Ready's fsync. (A leader's reader
 // pumping itself, its Readies being mostly acknowledgements that need no
-// fsync, measured no better at one client: p50 0.60 against 0.55 ms.) Like
+// fsync, was tried and was no better: docs/performance-notes.md.) Like
 // raft.Node.Step, it reports only a stopped node: raft's refusal of a
 // message (a local type from the network, a response from a non-member) is
 // not the sender's problem.

@@ -14,12 +14,11 @@ import (
 )
 
 // Raft messages travel over plain TCP connections on the peer port, beside
-// the peer gRPC service (which keeps Forward). gRPC cost a raft round trip
-// (leader to follower and back) about 60 µs more than a plain socket on
-// this kind of machine (measured ping-pong on loopback, 300-byte messages:
-// bidirectional gRPC stream p50 83–100 µs, TCP 30–39 µs): its reader hands
-// each message to the handler goroutine and its writer is one more
-// goroutine, on both ends.
+// the peer gRPC service (which keeps Forward). A gRPC stream adds two
+// goroutine hand-offs to every message (its reader hands each message to
+// the handler goroutine and its writer is one more goroutine, on both
+// ends), and a raft commit pays a round trip of them (leader to follower
+// and back); docs/performance-notes.md has the figures.
 //
 // A connection carries messages one way, from the dialling node to the
 // accepting one. It starts with a preamble:

@@ -12,9 +12,9 @@ import (
 
 // keyFilter is a Bloom filter over record keys. Nearly every Claim names a
 // key that does not exist yet, and Pebble answers such a lookup only after
-// searching every memtable and consulting every level's filters (measured
-// at 10-28% of a node's CPU under load); a key the filter does not hold is
-// certainly absent, so apply skips the lookup. A key it holds may or may not
+// searching every memtable and consulting every level's filters (a large
+// share of a node's CPU under load: docs/performance-notes.md); a key the
+// filter does not hold is certainly absent, so apply skips the lookup. A key it holds may or may not
 // exist, and is looked up.
 //
 // The filter is a superset of the record keys: apply adds a key when it

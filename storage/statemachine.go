@@ -208,7 +208,7 @@ func (s *Store) applyPacked(b *applyBatch, d *decodedEntry, index uint64, meta *
 // writes go through an overlay map of the records written so far, over a
 // plain batch; only a batch with an Expire, which scans the expiry index
 // with an iterator, pays for an indexed batch (Pebble keeps a skiplist of
-// every write in one: measured at a tenth of a node's CPU under load).
+// every write in one, costly under load: docs/performance-notes.md).
 type applyBatch struct {
 	b       *pebble.Batch
 	db      *pebble.DB

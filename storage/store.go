@@ -87,8 +87,9 @@ var marshal = proto.MarshalOptions{Deterministic: true}
 
 // cacheSize is Pebble's block cache: it keeps index and filter blocks (and
 // the hot records) in memory. NB: the memtable stays at Pebble's 4 MiB
-// default; 32 MiB made the churn benchmark's disk grow by a WAL's worth at
-// every flush (102 MB after 5 minutes instead of a flat 13 MB).
+// default: a larger one holds more sweep tombstones, and under churn the
+// disk grows by a WAL's worth at every flush (storage/DESIGN.md, Pebble
+// settings; the trials are in docs/performance-notes.md).
 const cacheSize = 64 << 20
 
 // Open opens (or creates) the store in cfg.Dir and loads the log index,

@@ -110,8 +110,7 @@ var walSegmentBytes int64 = 32 << 20
 // prepared by a goroutine while the log writes elsewhere): an fdatasync of
 // blocks the file already has writes the data only, while one that grew the
 // file must also commit the file system's journal (the new size, the new
-// extents). Measured on this project's VMs (ext4): 1.6x as many fdatasyncs
-// per second, and 40% less CPU each. Replay ends a segment where only zeros
+// extents); docs/performance-notes.md has the figures. Replay ends a segment where only zeros
 // are left to the end of the file.
 //
 // walPrealloc turns it off (tests of torn or damaged tails that write past
