@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/big"
 	"sync"
 	"sync/atomic"
@@ -85,11 +86,18 @@ type Client struct {
 	tracking  sync.WaitGroup
 }
 
-// New connects to every endpoint. Connections are made lazily by gRPC, so
-// New succeeds while nodes are down; calls find the live ones. ctx is
-// reserved for connection setup that needs it and is not stored.
+// New makes a client of the cluster's endpoints. Connections are made
+// lazily by gRPC, so New waits for no node and succeeds while nodes are
+// down; calls find the live ones, and the client looks for the leader in
+// the background.
+//
+// ctx bounds New alone: if it is done before New returns, New returns an
+// error wrapping ctx.Err() and no client. It is not stored: ending it later
+// does not affect the client.
 func New(ctx context.Context, cfg Config) (*Client, error) {
-	_ = ctx
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("keystore: new client: %w", err)
+	}
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("keystore: Config.Endpoints is empty")
 	}
@@ -123,6 +131,10 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			timeout:     cfg.AttemptTimeout,
 		})
 		c.cluster = append(c.cluster, keystorev1.NewClusterServiceClient(conn))
+	}
+	if err := ctx.Err(); err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("keystore: new client: %w", err)
 	}
 	if len(c.conns) > 1 && cfg.LeaderRefresh > 0 {
 		c.tracking.Add(1)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/status"
@@ -56,7 +55,7 @@ func WithRetention(d time.Duration) DoOption { return func(c *doConfig) { c.rete
 // wait).
 func WithWait(d time.Duration) DoOption { return func(c *doConfig) { c.wait = max(d, 0) } }
 
-// WithOwner sets the claim's owner text (default host:pid).
+// WithOwner sets the claim's owner text (default DefaultOwner()).
 func WithOwner(owner string) DoOption { return func(c *doConfig) { c.owner = owner } }
 
 // Retryable marks err as a transient failure: Do releases the claim so the
@@ -79,27 +78,38 @@ type retryableError struct{ err error }
 func (r retryableError) Error() string { return r.err.Error() }
 func (r retryableError) Unwrap() error { return r.err }
 
+// DefaultOwner returns the owner text that Do, grpcidem and httpidem give
+// their claims unless told otherwise: this process's host name and id,
+// "host:pid".
+func DefaultOwner() string { return defaultOwner }
+
 var defaultOwner = func() string {
 	host, _ := os.Hostname()
 	return fmt.Sprintf("%s:%d", host, os.Getpid())
 }()
+
+// errorMetadataKey is the Response metadata entry of a response Do stores
+// in place of one it could not: an operation's error without a response,
+// or a response over the store's limits.
+const errorMetadataKey = "keystore-error"
 
 // Do runs fn at most once per record lifetime of (namespace, key) across
 // every caller and retry:
 //   - the key completed earlier: its stored response is returned, Replayed;
 //   - another caller holds it: Do waits (WithWait) for it to resolve, then
 //     replays, acquires, or returns ErrInProgress;
-//   - acquired: fn runs while Do heartbeats the lease; its response is
-//     stored with Complete. A Retryable error releases the claim; any other
+//   - acquired: fn runs while Do holds the claim (see Hold); its response
+//     is stored with Complete. A Retryable error releases the claim; any other
 //     error is stored as the response (its Response, or one built from the
 //     error) and returned with it.
 //
-// If the claim is lost while fn runs (the lease could not be renewed in
-// time, or another caller took over), fn's ctx is cancelled and Do returns
-// ErrClaimLost. A fingerprint that differs from the key's returns
-// ErrFingerprintMismatch without running fn.
+// If the claim is lost while fn runs (a heartbeat found that another
+// caller took the key over, or none was delivered for a whole lease), fn's
+// ctx is cancelled and Do returns an error wrapping ErrClaimLost. A
+// fingerprint that differs from the key's returns ErrFingerprintMismatch
+// without running fn.
 func (c *Client) Do(ctx context.Context, namespace, key string, fingerprint []byte, fn Func, opts ...DoOption) (*Result, error) {
-	cfg := doConfig{lease: 30 * time.Second, wait: 10 * time.Second, owner: defaultOwner}
+	cfg := doConfig{lease: defaultLease, wait: 10 * time.Second, owner: defaultOwner}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -127,11 +137,11 @@ func (c *Client) Do(ctx context.Context, namespace, key string, fingerprint []by
 		return nil, fmt.Errorf("keystore: unexpected claim outcome %v", claim.Outcome)
 	}
 
-	// The lease counts from the grant, which the answer follows; a Claim
-	// that waited for another holder did not hold anything meanwhile.
-	resp, ferr, lost := c.runHeld(ctx, namespace, key, claim.Token, cfg.lease, time.Now(), fn)
-	if lost {
-		return nil, ErrClaimLost
+	// NB: Hold counts the lease from now, just after the grant: a Claim
+	// that waited for another holder held nothing meanwhile.
+	resp, ferr, lost := c.runHeld(ctx, namespace, key, claim.Token, cfg.lease, fn)
+	if lost != nil {
+		return nil, lost
 	}
 	// The caller may be gone; finishing the record must not depend on it.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -145,14 +155,14 @@ func (c *Client) Do(ctx context.Context, namespace, key string, fingerprint []by
 	if ferr != nil && resp.Code == 0 && len(resp.Body) == 0 {
 		// NB: not the error's text, which would be replayed to every
 		// caller of the key: return a Response to store a message.
-		resp = Response{Code: int32(status.Code(ferr)), Metadata: map[string]string{"keystore-error": "operation failed"}}
+		resp = Response{Code: int32(status.Code(ferr)), Metadata: map[string]string{errorMetadataKey: "operation failed"}}
 	}
 	rec, err := c.Complete(fctx, CompleteRequest{Namespace: namespace, Key: key, Token: claim.Token, Response: resp})
 	if errors.Is(err, ErrInvalidArgument) {
 		// The operation ran but its response cannot be stored (too large,
 		// say). Store a marker instead: releasing would let a retry run
 		// the operation again.
-		resp = Response{Code: resp.Code, Metadata: map[string]string{"keystore-error": "response not storable: " + err.Error()}}
+		resp = Response{Code: resp.Code, Metadata: map[string]string{errorMetadataKey: "response not storable: " + err.Error()}}
 		rec, err = c.Complete(fctx, CompleteRequest{Namespace: namespace, Key: key, Token: claim.Token, Response: resp})
 	}
 	if err != nil {
@@ -165,67 +175,23 @@ func (c *Client) Do(ctx context.Context, namespace, key string, fingerprint []by
 	return res, ferr
 }
 
-// runHeld runs fn while heartbeating the claim. lost reports that the claim
-// was lost while fn ran: a heartbeat said so, or none succeeded before the
-// lease ran out. fn's ctx follows the caller's; the heartbeats do not: if
-// the caller gives up while fn goes on, the claim stays held until fn
-// returns, so a retry cannot take over and run fn a second time.
-func (c *Client) runHeld(ctx context.Context, namespace, key string, token uint64, lease time.Duration, granted time.Time, fn Func) (resp Response, err error, lost bool) {
-	fctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	hbctx := context.WithoutCancel(ctx)
-	var lostClaim atomic.Bool
-	done := make(chan struct{})
-	hbDone := make(chan struct{})
-	go func() {
-		defer close(hbDone)
-		// The claim is lost only when a heartbeat says so, or when none
-		// was delivered for a full lease since the grant or the last one
-		// that was: a lapsed lease stays valid until someone takes over,
-		// and that someone's takeover is what a heartbeat reports.
-		leaseEnd := granted.Add(lease)
-		every := max(lease/3, 10*time.Millisecond)
-		tick := time.NewTicker(every)
-		defer tick.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-tick.C:
-			}
-			sent := time.Now()
-			hctx, hcancel := context.WithDeadline(hbctx, leaseEnd)
-			_, herr := c.Heartbeat(hctx, namespace, key, token, lease)
-			hcancel()
-			switch {
-			case herr == nil:
-				leaseEnd = sent.Add(lease)
-				continue
-			case errors.Is(herr, ErrClaimLost), errors.Is(herr, ErrAlreadyCompleted):
-			case time.Now().Before(leaseEnd):
-				continue // not renewed yet, but the lease still runs
-			}
-			// Fenced, or could not renew in time: assume taken over.
-			lostClaim.Store(true)
-			cancel(ErrClaimLost)
-			return
+// runHeld runs fn while Hold keeps the claim. lost, unless nil, says why
+// the claim was lost while fn ran (it wraps ErrClaimLost). fn's ctx follows
+// the caller's; the heartbeats do not: if the caller gives up while fn goes
+// on, the claim stays held until fn returns, so a retry cannot take over
+// and run fn a second time.
+func (c *Client) runHeld(ctx context.Context, namespace, key string, token uint64, lease time.Duration, fn Func) (resp Response, err, lost error) {
+	held, stop := c.Hold(ctx, namespace, key, token, lease)
+	defer func() {
+		if p := recover(); p != nil {
+			_ = stop()
+			// Let the next caller run it: the work did not finish.
+			rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = c.Release(rctx, namespace, key, token)
+			rcancel()
+			panic(p)
 		}
 	}()
-	func() {
-		defer func() {
-			if p := recover(); p != nil {
-				close(done)
-				<-hbDone
-				// Let the next caller run it: the work did not finish.
-				rctx, rcancel := context.WithTimeout(hbctx, 5*time.Second)
-				_ = c.Release(rctx, namespace, key, token)
-				rcancel()
-				panic(p)
-			}
-		}()
-		resp, err = fn(fctx)
-	}()
-	close(done)
-	<-hbDone
-	return resp, err, lostClaim.Load()
+	resp, err = fn(held)
+	return resp, err, stop()
 }

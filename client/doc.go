@@ -21,5 +21,6 @@
 // runs the operation only when the claim is acquired, keeps the lease alive
 // while it runs, stores its response, and replays that response to every
 // retry. Subpackages grpcidem and httpidem do the same for gRPC methods and
-// HTTP handlers.
+// HTTP handlers. Hold is the part of Do that keeps a claim alive, for
+// callers that claim and complete keys themselves.
 package client

@@ -38,6 +38,14 @@ var (
 // errorDomain is the ErrorInfo domain of keystore's errors.
 const errorDomain = "keystore"
 
+// ErrorInfo reasons that fromStatus maps to the errors above, as
+// docs/contract.md spells them.
+const (
+	reasonFingerprintMismatch = "FINGERPRINT_MISMATCH"
+	reasonClaimLost           = "CLAIM_LOST"
+	reasonAlreadyCompleted    = "ALREADY_COMPLETED"
+)
+
 // fromStatus maps an error of a gRPC call to the package's errors. This is
 // the only place that reads codes and reasons.
 func fromStatus(err error) error {
@@ -59,11 +67,11 @@ func fromStatus(err error) error {
 	}
 	var sentinel error
 	switch {
-	case reason == "FINGERPRINT_MISMATCH":
+	case reason == reasonFingerprintMismatch:
 		sentinel = ErrFingerprintMismatch
-	case reason == "CLAIM_LOST":
+	case reason == reasonClaimLost:
 		sentinel = ErrClaimLost
-	case reason == "ALREADY_COMPLETED":
+	case reason == reasonAlreadyCompleted:
 		sentinel = ErrAlreadyCompleted
 	case st.Code() == codes.NotFound:
 		sentinel = ErrNotFound

@@ -288,8 +288,8 @@ const watchInterval = 20 * time.Millisecond
 // deadline would have, until the stream has none in flight or breaks. The
 // server bounds each write by the same time and answers it then; watch is
 // for a node or network that went quiet. One ticker per stream replaces a
-// timer per write (context.WithDeadline was a tenth of a busy client's
-// CPU).
+// timer per write, which was costly in a busy client
+// (docs/performance-notes.md).
 func (sc *streamConn) watch() {
 	mu := &sc.owner.mu
 	t := time.NewTicker(watchInterval)

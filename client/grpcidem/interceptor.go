@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// maxKeyLen is keystore's limit on a key (CONTRACT.md).
+// maxKeyLen is keystore's limit on a key (docs/contract.md).
 const maxKeyLen = 255
 
 // fingerprintMethod is the method part of client.Fingerprint for gRPC
@@ -139,12 +139,8 @@ func (i *interceptor) key(ctx context.Context) (string, error) {
 }
 
 func (i *interceptor) doOptions() []client.DoOption {
-	// NB: client.Do's zero lease is not "the default" (it would heartbeat
-	// against an already ended lease), so a zero lease is never passed.
-	opts := []client.DoOption{client.WithWait(i.cfg.wait)}
-	if i.cfg.lease > 0 {
-		opts = append(opts, client.WithLease(i.cfg.lease))
-	}
+	// client.WithLease keeps Do's default for a zero or negative lease.
+	opts := []client.DoOption{client.WithWait(i.cfg.wait), client.WithLease(i.cfg.lease)}
 	if i.cfg.retention > 0 {
 		opts = append(opts, client.WithRetention(i.cfg.retention))
 	}

@@ -182,6 +182,7 @@ func TestUnaryServerInterceptor(t *testing.T) {
 		{"RequireKey", testRequireKey},
 		{"InvalidKey", testInvalidKey},
 		{"CustomMetadataKey", testCustomMetadataKey},
+		{"WaitedLongHoldsItsClaim", func(t *testing.T, kc *client.Client, ns string) { testWaitedLong(t, tc, kc, ns) }},
 	} {
 		ns := "grpcidem-" + strings.ToLower(s.name)
 		t.Run(s.name, func(t *testing.T) {
@@ -446,6 +447,90 @@ func testCustomMetadataKey(t *testing.T, kc *client.Client, ns string) {
 		}
 	}
 	if n := e.svc.Runs("status"); n != 1 {
+		t.Fatalf("handler ran %d times; want 1", n)
+	}
+}
+
+// heartbeatRefuser refuses the first refuse Heartbeat calls of a client
+// with RESOURCE_EXHAUSTED, which the client does not retry, so each refusal
+// is one failed heartbeat. The client must send writes as unary calls
+// (client.Config.MaxInflight < 0) for it to see them.
+type heartbeatRefuser struct {
+	refuse  atomic.Int64
+	refused atomic.Int64
+}
+
+func (h *heartbeatRefuser) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if method == "/keystore.v1.KeyStoreService/Heartbeat" && h.refuse.Add(-1) >= 0 {
+		h.refused.Add(1)
+		return status.Error(codes.ResourceExhausted, "heartbeat refused by the test")
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// testWaitedLong: a call that waited longer than its lease for another
+// holder holds its claim from the grant, not from when its Claim was sent.
+// Its first heartbeat fails and is tried again while the lease runs; the
+// handler, running longer than the lease, gets its response stored.
+// Counting from the send, as client.Do did before client.Hold, the lease
+// had ended by the time the key was granted, so Do gave the claim up at
+// once (the failed heartbeat, or one sent against the ended lease): the
+// handler's context was cancelled and the call failed with ABORTED, its
+// outcome not stored.
+func testWaitedLong(t *testing.T, tc *testcluster.Cluster, kc *client.Client, ns string) {
+	const lease = 900 * time.Millisecond
+	held, err := kc.Claim(withKey(t, ""), client.ClaimRequest{Namespace: ns, Key: "k", Lease: 2 * time.Second})
+	if err != nil || held.Outcome != client.Acquired {
+		t.Fatalf("first holder's claim: %+v, %v; want Acquired", held, err)
+	}
+	go func() {
+		// The holder keeps the key past the call's lease, then gives it up.
+		time.Sleep(700 * time.Millisecond)
+		_, _ = kc.Heartbeat(context.Background(), ns, "k", held.Token, 2*time.Second)
+		time.Sleep(700 * time.Millisecond)
+		_ = kc.Release(context.Background(), ns, "k", held.Token)
+	}()
+	refuser := &heartbeatRefuser{}
+	refuser.refuse.Store(1)
+	waiter, err := client.New(context.Background(), client.Config{
+		Endpoints:   tc.Endpoints(),
+		MaxInflight: -1,
+		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(refuser.intercept)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = waiter.Close() })
+	svc := newFakeService()
+	e := serve(t, waiter, svc, grpcidem.WithNamespace(ns), grpcidem.WithMethods(checkMethod),
+		grpcidem.WithLease(lease), grpcidem.WithWait(5*time.Second))
+	began := make(chan time.Time, 1)
+	go func() {
+		<-svc.started
+		began <- time.Now()
+		time.Sleep(lease + 400*time.Millisecond) // longer than the lease
+		close(svc.unblock)
+	}()
+	req := &healthpb.HealthCheckRequest{Service: "stubborn"}
+	sent := time.Now()
+	var h metadata.MD
+	resp, err := e.health.Check(withKey(t, "k"), req, grpc.Header(&h))
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING || replayed(h) {
+		t.Fatalf("call that waited for the key: got %v, %v, header %v; want the handler's SERVING", resp, err, h)
+	}
+	if waited := (<-began).Sub(sent); waited < lease {
+		t.Fatalf("the handler began %s after the call; want the call to wait longer than its %s lease", waited, lease)
+	}
+	if err := <-svc.ctxErr; err != nil {
+		t.Fatalf("handler's context ended (%v) while it held the claim", err)
+	}
+	if n := refuser.refused.Load(); n != 1 {
+		t.Fatalf("%d heartbeats refused; want 1", n)
+	}
+	if _, err := e.health.Check(withKey(t, "k"), req, grpc.Header(&h)); err != nil || !replayed(h) {
+		t.Fatalf("retry: %v, header %v; want a replay", err, h)
+	}
+	if n := svc.Runs("stubborn"); n != 1 {
 		t.Fatalf("handler ran %d times; want 1", n)
 	}
 }

@@ -14,7 +14,7 @@ const DefaultMetadataKey = "idempotency-key"
 // to "true" when it answers a call with a stored outcome.
 const ReplayedHeader = "idempotent-replayed"
 
-// maxNamespaceLen is keystore's limit on a namespace (CONTRACT.md).
+// maxNamespaceLen is keystore's limit on a namespace (docs/contract.md).
 const maxNamespaceLen = 64
 
 // Option configures UnaryServerInterceptor.

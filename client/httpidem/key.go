@@ -38,7 +38,7 @@ func parseKey(values []string, maxLen int) (string, error) {
 }
 
 // validKey applies keystore's rule for keys: 1-maxLen bytes of printable
-// UTF-8 (CONTRACT.md).
+// UTF-8 (docs/contract.md).
 func validKey(k string, maxLen int) error {
 	if len(k) == 0 || len(k) > maxLen {
 		return errors.New("must be 1-" + strconv.Itoa(maxLen) + " bytes long")

@@ -8,7 +8,6 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/keystore-dev/keystore/client"
@@ -20,11 +19,6 @@ const finishTimeout = 10 * time.Second
 
 // unavailableRetryAfter is the Retry-After, in seconds, of a 503.
 const unavailableRetryAfter = 1
-
-var defaultOwner = func() string {
-	host, _ := os.Hostname()
-	return fmt.Sprintf("%s:%d", host, os.Getpid())
-}()
 
 // Middleware returns middleware that makes the requests it protects
 // effectively-once with keystore, following the IETF Idempotency-Key header
@@ -113,7 +107,6 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	fp := client.Fingerprint(r.Method, h.cfg.route(r), body)
 
-	sent := time.Now()
 	claim, err := h.c.Claim(r.Context(), client.ClaimRequest{
 		Namespace: h.cfg.namespace, Key: key, Fingerprint: fp,
 		Lease: h.cfg.lease, Retention: h.cfg.retention, Wait: h.cfg.wait, Owner: h.cfg.owner,
@@ -130,7 +123,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			"Another request with this idempotency key is being processed. Retry it after Retry-After seconds.",
 			retryAfter(claim.Record, time.Now()))
 	case client.Acquired:
-		h.run(w, r, body, key, claim.Token, sent)
+		h.run(w, r, body, key, claim.Token)
 	default:
 		h.cfg.logger.Error("unexpected claim outcome", "key", key, "outcome", claim.Outcome)
 		writeProblem(w, ProblemInternal, http.StatusInternalServerError, "The request could not be processed.", 0)
@@ -191,12 +184,11 @@ func retryAfter(rec *client.Record, now time.Time) int {
 }
 
 // run runs the handler under the claim (token) and stores its response, or
-// releases the claim when the response is transient.
-func (h *handler) run(w http.ResponseWriter, r *http.Request, body []byte, key string, token uint64, claimSent time.Time) {
+// releases the claim when the response is transient. Call it as soon as
+// the claim is granted: the lease is counted from then (client.Hold).
+func (h *handler) run(w http.ResponseWriter, r *http.Request, body []byte, key string, token uint64) {
 	ns := h.cfg.namespace
-	ctx, cancel := context.WithCancelCause(r.Context())
-	defer cancel(nil)
-	stop := h.hold(ns, key, token, claimSent, func() { cancel(client.ErrClaimLost) })
+	ctx, stop := h.c.Hold(r.Context(), ns, key, token, h.cfg.lease)
 	// Ending the claim must not depend on the caller, who may be gone; its
 	// time starts once the handler has returned.
 	finishCtx := func() (context.Context, context.CancelFunc) {
@@ -209,7 +201,7 @@ func (h *handler) run(w http.ResponseWriter, r *http.Request, body []byte, key s
 	finished := false
 	defer func() {
 		if !finished {
-			stop()
+			_ = stop()
 			fctx, fcancel := finishCtx()
 			defer fcancel()
 			h.release(fctx, key, token)
@@ -220,11 +212,12 @@ func (h *handler) run(w http.ResponseWriter, r *http.Request, body []byte, key s
 	rec := newRecorder()
 	h.next.ServeHTTP(rec, hr)
 	finished = true
-	stop()
+	lost := stop()
 	fctx, fcancel := finishCtx()
 	defer fcancel()
 
-	if errors.Is(context.Cause(ctx), client.ErrClaimLost) {
+	if lost != nil {
+		h.cfg.logger.Warn("claim lost while the handler ran", "namespace", ns, "key", key, "token", token, "err", lost)
 		claimLost(w)
 		return
 	}

@@ -19,6 +19,9 @@ import (
 	"github.com/keystore-dev/keystore/client"
 	"github.com/keystore-dev/keystore/client/httpidem"
 	"github.com/keystore-dev/keystore/internal/testcluster"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 const ns = "httpidem-test"
@@ -157,6 +160,7 @@ func TestMiddleware(t *testing.T) {
 		{"InProgress409WithRetryAfter", testInProgress},
 		{"WaitThenReplay", testWaitThenReplay},
 		{"WaitThenTakeOver", testWaitThenTakeOver},
+		{"WaitedLongHoldsItsClaim", testWaitedLongHoldsItsClaim},
 		{"KeyReused422", testKeyReused},
 		{"ReplayStatusHeadersBody", testReplay},
 		{"ConcurrentRequestsRunOnce", testConcurrent},
@@ -319,6 +323,86 @@ func testWaitThenTakeOver(t *testing.T, e *env) {
 	}), httpidem.WithWait(5*time.Second), httpidem.WithLease(300*time.Millisecond))
 	if r := do(t, "POST", url, key, "{}"); r.status != http.StatusCreated || r.replayed() {
 		t.Fatalf("request outwaiting a dead holder: got %d %q; want the handler's 201", r.status, r.body)
+	}
+	if n := runs.Load(); n != 1 {
+		t.Fatalf("handler ran %d times; want 1", n)
+	}
+}
+
+// heartbeatRefuser refuses the first refuse Heartbeat calls of a client
+// with RESOURCE_EXHAUSTED, which the client does not retry, so each refusal
+// is one failed heartbeat. The client must send writes as unary calls
+// (client.Config.MaxInflight < 0) for it to see them.
+type heartbeatRefuser struct {
+	refuse  atomic.Int64
+	refused atomic.Int64
+}
+
+func (h *heartbeatRefuser) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if method == "/keystore.v1.KeyStoreService/Heartbeat" && h.refuse.Add(-1) >= 0 {
+		h.refused.Add(1)
+		return status.Error(codes.ResourceExhausted, "heartbeat refused by the test")
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// testWaitedLongHoldsItsClaim: a request that waited longer than its
+// lease for another holder holds its claim from the grant, not from when
+// it sent its Claim. Its first heartbeat fails and is tried again while
+// the lease runs; the handler, running longer than the lease, gets its
+// response stored. Counting from the send, as the middleware did before
+// client.Hold, the lease had ended by the time the key was granted, so
+// that one failed heartbeat gave the claim up at once: the handler's
+// context was cancelled and the request answered 409 ProblemClaimLost,
+// with nothing stored.
+func testWaitedLongHoldsItsClaim(t *testing.T, e *env) {
+	const lease = 900 * time.Millisecond
+	key := t.Name()
+	held, err := e.c.Claim(ctxT(t, 5*time.Second), client.ClaimRequest{Namespace: ns, Key: key, Lease: 2 * time.Second})
+	if err != nil || held.Outcome != client.Acquired {
+		t.Fatalf("first holder's claim: %+v, %v; want Acquired", held, err)
+	}
+	go func() {
+		// The holder keeps the key past the request's lease, then gives
+		// it up.
+		time.Sleep(700 * time.Millisecond)
+		_, _ = e.c.Heartbeat(context.Background(), ns, key, held.Token, 2*time.Second)
+		time.Sleep(700 * time.Millisecond)
+		_ = e.c.Release(context.Background(), ns, key, held.Token)
+	}()
+	refuser := &heartbeatRefuser{}
+	refuser.refuse.Store(1)
+	c := newClient(t, client.Config{
+		Endpoints:   e.tc.Endpoints(),
+		MaxInflight: -1,
+		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(refuser.intercept)},
+	})
+	var runs atomic.Int32
+	began := make(chan time.Time, 1)
+	url := serveWith(t, c, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs.Add(1)
+		began <- time.Now()
+		select {
+		case <-time.After(lease + 400*time.Millisecond): // longer than the lease
+		case <-r.Context().Done():
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+		io.WriteString(w, "created")
+	}), httpidem.WithLease(lease), httpidem.WithWait(5*time.Second))
+	sent := time.Now()
+	r := do(t, "POST", url, key, "{}")
+	if r.status != http.StatusCreated || r.body != "created" || r.replayed() {
+		t.Fatalf("request that waited for the key: got %d %q; want the handler's 201 stored", r.status, r.body)
+	}
+	if waited := (<-began).Sub(sent); waited < lease {
+		t.Fatalf("the handler began %s after the request; want the request to wait longer than its %s lease", waited, lease)
+	}
+	if n := refuser.refused.Load(); n != 1 {
+		t.Fatalf("%d heartbeats refused; want 1", n)
+	}
+	if again := do(t, "POST", url, key, "{}"); again.status != http.StatusCreated || again.body != "created" || !again.replayed() {
+		t.Fatalf("retry: got %d %q (replayed %v); want the stored 201 replayed", again.status, again.body, again.replayed())
 	}
 	if n := runs.Load(); n != 1 {
 		t.Fatalf("handler ran %d times; want 1", n)

@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"net/http"
 	"time"
+
+	"github.com/keystore-dev/keystore/client"
 )
 
 // DefaultHeader is the request header that carries the idempotency key
@@ -15,7 +17,7 @@ const DefaultHeader = "Idempotency-Key"
 // response.
 const ReplayedHeader = "Idempotent-Replayed"
 
-// Limits of keystore (CONTRACT.md) and of the defaults.
+// Limits of keystore (docs/contract.md) and of the defaults.
 const (
 	maxNamespaceLen     = 64
 	maxKeyLen           = 255
@@ -150,7 +152,7 @@ func newConfig(opts []Option) (config, error) {
 		route:       func(r *http.Request) string { return r.URL.Path + "?" + r.URL.RawQuery },
 		keyRequired: true,
 		logger:      slog.New(slog.DiscardHandler),
-		owner:       defaultOwner,
+		owner:       client.DefaultOwner(),
 	}
 	for _, o := range opts {
 		o(&c)
