@@ -66,7 +66,7 @@ var (
 
 // Node drives one member of the Raft group: it handles raft's Readies in a
 // single goroutine (run), persists through LogStore, applies to
-// StateMachine, and exchanges messages with peers over gRPC. Propose and ReadIndex are its
+// StateMachine, and exchanges messages with peers through its Transport. Propose and ReadIndex are its
 // seams for the rest of the server.
 type Node struct {
 	cfg    Config
@@ -140,8 +140,9 @@ func New(cfg Config, store LogStore, sm StateMachine) (*Node, error) {
 	return n, nil
 }
 
-// Start starts Raft, the transport and the loops. The peer gRPC service
-// (PeerServer) must be served for the node to hear from its peers.
+// Start starts Raft, the transport and the loops. On the TCP transport (the
+// default) the peer port must be served (SplitPeerListener, PeerServer) for
+// the node to hear from its peers.
 func (n *Node) Start() error {
 	rc := &raft.Config{
 		ID:                        n.cfg.ID,
