@@ -9,7 +9,7 @@ BIN       := bin
 PKGS      := ./...
 TESTFLAGS ?=
 
-.PHONY: all build test unit verify fmt vet staticcheck buf-lint proto proto-check cluster cluster-test cluster-test-long cluster-test-bugs bench-churn bench bench-large bench-peers image compose-up compose-down docker-test clean
+.PHONY: all build test unit verify fmt vet staticcheck buf-lint buf-breaking proto proto-check cluster cluster-test cluster-test-long cluster-test-bugs bench-churn bench bench-large bench-peers image compose-up compose-down docker-test clean
 
 all: build
 
@@ -41,8 +41,9 @@ cluster-test-long:
 	$(GO) test -count=1 -timeout 0 -run 'TestFaults' ./cluster-test -v \
 		-faults.runs $(RUNS) -faults.seed $(SEED) -faults.duration $(LONG_DURATION)
 
-## verify: formatting, vet, staticcheck, buf lint, generated code fresh.
-verify: fmt vet staticcheck buf-lint proto-check
+## verify: formatting, vet, staticcheck, buf lint, buf breaking, generated
+## code fresh.
+verify: fmt vet staticcheck buf-lint buf-breaking proto-check
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files --cached --others --exclude-standard '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -60,6 +61,31 @@ staticcheck:
 
 buf-lint:
 	cd proto && $(GO) tool buf lint
+
+## buf-breaking: proto/ stays compatible with the main branch (the FILE
+## rules of proto/buf.yaml). The baseline is BUF_AGAINST when given (any git
+## revision: make buf-breaking BUF_AGAINST=v1.2.0), else the first of these
+## that exists: the branch main (a clone of main has it), origin/main (a
+## detached checkout may have only that), HEAD (catches uncommitted changes
+## at least). The target prints the one it used. A checkout with no commit to
+## compare with says SKIPPED; one whose baseline cannot be read fails.
+BUF_AGAINST ?=
+buf-breaking:
+	@if ! git rev-parse --git-dir >/dev/null 2>&1; then \
+		if [ -e .git ]; then echo "buf-breaking: .git exists but git cannot read it"; exit 1; fi; \
+		echo "buf-breaking: SKIPPED: not a git checkout, no baseline to compare proto/ with"; exit 0; \
+	fi; \
+	against="$(BUF_AGAINST)"; \
+	if [ -z "$$against" ]; then \
+		for ref in refs/heads/main refs/remotes/origin/main HEAD; do \
+			if git rev-parse -q --verify "$$ref^{commit}" >/dev/null; then against=$$ref; break; fi; \
+		done; \
+		if [ -z "$$against" ]; then echo "buf-breaking: SKIPPED: no main, origin/main or HEAD commit to compare proto/ with"; exit 0; fi; \
+	fi; \
+	sha=$$(git rev-parse -q --verify "$$against^{commit}") || { echo "buf-breaking: baseline $$against is not a commit"; exit 1; }; \
+	gitdir=$$(git rev-parse --path-format=absolute --git-common-dir) || exit 1; \
+	echo "buf breaking: proto/ against $$against ($$sha)"; \
+	cd proto && $(GO) tool buf breaking --against "$$gitdir#ref=$$sha,subdir=proto"
 
 ## proto: regenerate the committed Go code from proto/.
 proto:

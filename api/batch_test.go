@@ -1,6 +1,8 @@
 package api_test
 
 import (
+	"context"
+	"net"
 	"testing"
 	"time"
 
@@ -9,8 +11,11 @@ import (
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
 	"github.com/keystore-dev/keystore/storage"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -135,5 +140,179 @@ func TestBatchSizeLimits(t *testing.T) {
 	}
 	if _, _, err := env.repl.store.Get(ns, "k"); err != storage.ErrNotFound {
 		t.Errorf("store holds k after refused batches: %v", err)
+	}
+}
+
+// oneOfEach returns a valid operation of every kind a batch takes, named
+// by its field in BatchOperation's oneof. An operation kind added to the
+// proto fails the tests that use it until it has a sample here: they
+// check that each kind is answered by its deadline.
+func oneOfEach(t *testing.T) map[string]*keystorev1.BatchOperation {
+	t.Helper()
+	samples := map[string]*keystorev1.BatchOperation{
+		"claim": claimOp("k"),
+		"complete": {Operation: &keystorev1.BatchOperation_Complete{Complete: &keystorev1.CompleteRequest{
+			Namespace: ns, Key: "k", Token: 1, Response: &keystorev1.Response{Code: 200},
+		}}},
+		"release": {Operation: &keystorev1.BatchOperation_Release{Release: &keystorev1.ReleaseRequest{Namespace: ns, Key: "k", Token: 1}}},
+		"heartbeat": {Operation: &keystorev1.BatchOperation_Heartbeat{Heartbeat: &keystorev1.HeartbeatRequest{
+			Namespace: ns, Key: "k", Token: 1, Lease: durationpb.New(time.Minute),
+		}}},
+	}
+	kinds := (&keystorev1.BatchOperation{}).ProtoReflect().Descriptor().Oneofs().ByName("operation").Fields()
+	if kinds.Len() != len(samples) {
+		t.Fatalf("BatchOperation has %d kinds of operation; oneOfEach has samples of %d", kinds.Len(), len(samples))
+	}
+	for i := range kinds.Len() {
+		if samples[string(kinds.Get(i).Name())] == nil {
+			t.Fatalf("oneOfEach has no sample of operation %s: add one", kinds.Get(i).Name())
+		}
+	}
+	return samples
+}
+
+// TestStreamOperationOfEachKindKeepsItsTimeout: with no quorum, a streamed
+// operation of every kind is answered UNAVAILABLE by its own timeout (a
+// little before it, so that the caller hears it), although nothing ends
+// the stream: the service keeps the timeout with timers of its own.
+func TestStreamOperationOfEachKindKeepsItsTimeout(t *testing.T) {
+	env := newEnv(t, api.Config{}, false)
+	env.repl.set(func(f *fakeReplicator) { f.block = true })
+	st, err := env.batch.Stream(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const timeout = 400 * time.Millisecond
+	kindOf := make(map[uint64]string)
+	var req keystorev1.StreamRequest
+	for kind, op := range oneOfEach(t) {
+		id := uint64(len(kindOf) + 1)
+		kindOf[id] = kind
+		sop := streamOp(id, op)
+		sop.Timeout = durationpb.New(timeout)
+		req.Operations = append(req.Operations, sop)
+	}
+	start := time.Now()
+	if err := st.Send(&req); err != nil {
+		t.Fatal(err)
+	}
+	for len(kindOf) > 0 {
+		resp, err := st.Recv()
+		if err != nil {
+			t.Fatalf("Recv with %v unanswered: %v", kindOf, err)
+		}
+		took := time.Since(start)
+		for _, r := range resp.GetResults() {
+			kind, ok := kindOf[r.GetId()]
+			if !ok {
+				t.Fatalf("result for unknown or answered id %d", r.GetId())
+			}
+			delete(kindOf, r.GetId())
+			checkStatus(t, client.BatchResultError(r.GetResult()), codes.Unavailable, "")
+			if took > timeout || took < timeout/2 {
+				t.Errorf("%s answered after %v; want within its %v timeout, and not long before it", kind, took, timeout)
+			}
+		}
+	}
+}
+
+// TestBatchOperationOfEachKindKeepsCallersDeadline: with no quorum, a
+// Batch holding an operation of every kind answers each UNAVAILABLE before
+// the caller's deadline, rather than leave the caller DEADLINE_EXCEEDED.
+func TestBatchOperationOfEachKindKeepsCallersDeadline(t *testing.T) {
+	env := newEnv(t, api.Config{}, false)
+	env.repl.set(func(f *fakeReplicator) { f.block = true })
+	var req keystorev1.BatchRequest
+	var kinds []string
+	for kind, op := range oneOfEach(t) {
+		kinds = append(kinds, kind)
+		req.Operations = append(req.Operations, op)
+	}
+	ctx, cancel := context.WithTimeout(ctxT(t), 500*time.Millisecond)
+	defer cancel()
+	resp, err := env.batch.Batch(ctx, &req)
+	if err != nil {
+		t.Fatalf("Batch: %v; want every operation answered before the deadline", err)
+	}
+	for i, r := range resp.GetResults() {
+		if code := status.Code(client.BatchResultError(r)); code != codes.Unavailable {
+			t.Errorf("%s: got %v; want UNAVAILABLE", kinds[i], code)
+		}
+	}
+}
+
+// contextOnlyKV is a KeyStoreService that keeps no timer of its own: every
+// method waits for its context to end.
+type contextOnlyKV struct {
+	keystorev1.UnimplementedKeyStoreServiceServer
+}
+
+func waitDone(ctx context.Context) error {
+	<-ctx.Done()
+	return status.FromContextError(ctx.Err()).Err()
+}
+
+func (contextOnlyKV) Claim(ctx context.Context, _ *keystorev1.ClaimRequest) (*keystorev1.ClaimResponse, error) {
+	return nil, waitDone(ctx)
+}
+
+func (contextOnlyKV) Complete(ctx context.Context, _ *keystorev1.CompleteRequest) (*keystorev1.CompleteResponse, error) {
+	return nil, waitDone(ctx)
+}
+
+func (contextOnlyKV) Release(ctx context.Context, _ *keystorev1.ReleaseRequest) (*keystorev1.ReleaseResponse, error) {
+	return nil, waitDone(ctx)
+}
+
+func (contextOnlyKV) Heartbeat(ctx context.Context, _ *keystorev1.HeartbeatRequest) (*keystorev1.HeartbeatResponse, error) {
+	return nil, waitDone(ctx)
+}
+
+// TestStreamTimeoutEndsContextOfOtherServices: over a KeyStoreService that
+// only waits for its context, a streamed operation's context ends at the
+// operation's timeout. Only the service of this package is trusted to keep
+// a timeout it is not handed on the context.
+func TestStreamTimeoutEndsContextOfOtherServices(t *testing.T) {
+	lis := bufconn.Listen(1 << 20)
+	srv := grpc.NewServer()
+	keystorev1.RegisterBatchServiceServer(srv, api.NewBatchService(contextOnlyKV{}, api.BatchConfig{}))
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient("passthrough:///bufnet",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	st, err := keystorev1.NewBatchServiceClient(conn).Stream(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const timeout = 300 * time.Millisecond
+	var req keystorev1.StreamRequest
+	for _, op := range oneOfEach(t) {
+		sop := streamOp(uint64(len(req.Operations)+1), op)
+		sop.Timeout = durationpb.New(timeout)
+		req.Operations = append(req.Operations, sop)
+	}
+	start := time.Now()
+	if err := st.Send(&req); err != nil {
+		t.Fatal(err)
+	}
+	for answered := 0; answered < len(req.Operations); {
+		resp, err := st.Recv()
+		if err != nil {
+			t.Fatalf("Recv after %d of %d answers: %v", answered, len(req.Operations), err)
+		}
+		for _, r := range resp.GetResults() {
+			answered++
+			if code := status.Code(client.BatchResultError(r.GetResult())); code != codes.DeadlineExceeded {
+				t.Errorf("operation %d: got %v; want DEADLINE_EXCEEDED", r.GetId(), code)
+			}
+		}
+	}
+	if took := time.Since(start); took < timeout || took > timeout+2*time.Second {
+		t.Errorf("answered after %v; want at the %v timeout", took, timeout)
 	}
 }

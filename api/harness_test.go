@@ -156,7 +156,7 @@ func newEnv(t *testing.T, cfg api.Config, realTime bool) *testEnv {
 	lis := bufconn.Listen(4 << 20)
 	srv := grpc.NewServer()
 	keystorev1.RegisterKeyStoreServiceServer(srv, svc)
-	env.bsvc = api.NewBatchService(svc)
+	env.bsvc = api.NewBatchService(svc, api.BatchConfig{})
 	keystorev1.RegisterBatchServiceServer(srv, env.bsvc)
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)

@@ -60,6 +60,12 @@ func NewService(cfg Config, repl Replicator, store Store) (keystorev1.KeyStoreSe
 // the record's apply notifications (and a timer at its lease end), never by
 // polling, then answers as of that moment.
 func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*keystorev1.ClaimResponse, error) {
+	return s.claim(ctx, deadlineOf(ctx), req)
+}
+
+// claim is Claim answered by the deadline by (batchOps): its waits end a
+// little before.
+func (s *service) claim(ctx context.Context, by deadline, req *keystorev1.ClaimRequest) (*keystorev1.ClaimResponse, error) {
 	var v validator
 	v.namespace(req.GetNamespace())
 	v.key(req.GetKey())
@@ -83,9 +89,9 @@ func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*key
 	cmd := mustMarshal(&statev1.Command{Op: &statev1.Command_Claim{Claim: claim}})
 
 	waitUntil := time.Now().Add(wait)
-	if dl, ok := ctx.Deadline(); ok {
+	if by.ok {
 		// Answer IN_PROGRESS before the caller's deadline rather than fail.
-		waitUntil = earliest(waitUntil, dl.Add(-margin(time.Until(dl))))
+		waitUntil = earliest(waitUntil, by.t.Add(-margin(time.Until(by.t))))
 	}
 	slack := 5 * time.Millisecond
 	recent := recentKey(ns, key)
@@ -96,9 +102,9 @@ func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*key
 			// Subscribe before proposing so no change is missed.
 			changed, cancel = s.store.Watch(ns, key)
 		}
-		res, ok, err := s.claimByRead(ctx, req.GetRequestId(), claim, recent)
+		res, ok, err := s.claimByRead(ctx, by, req.GetRequestId(), claim, recent)
 		if err == nil && !ok {
-			res, err = s.propose(ctx, req.GetRequestId(), cmd)
+			res, err = s.propose(ctx, by, req.GetRequestId(), cmd)
 		}
 		if err != nil {
 			cancel()
@@ -134,7 +140,7 @@ func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*key
 // answer is the one that entry would get, linearized at that moment. ok is
 // false when the Claim must be proposed; a non-nil error is the caller's
 // answer.
-func (s *service) claimByRead(ctx context.Context, requestID uint64, c *statev1.Claim, recent string) (res *statev1.Result, ok bool, err error) {
+func (s *service) claimByRead(ctx context.Context, by deadline, requestID uint64, c *statev1.Claim, recent string) (res *statev1.Result, ok bool, err error) {
 	if s.cfg.IsLeader == nil || !s.cfg.IsLeader() {
 		return nil, false, nil
 	}
@@ -144,7 +150,7 @@ func (s *service) claimByRead(ctx context.Context, requestID uint64, c *statev1.
 	if !s.recent.has(recent) {
 		return nil, false, nil
 	}
-	octx, cancel := s.opContext(ctx)
+	octx, cancel := s.opContext(ctx, by)
 	err = s.repl.ReadIndex(octx)
 	cancel()
 	if err != nil {
@@ -181,6 +187,11 @@ func claimResponse(ns, key string, res *statev1.Result) *keystorev1.ClaimRespons
 
 // Complete implements docs/contract.md's Complete.
 func (s *service) Complete(ctx context.Context, req *keystorev1.CompleteRequest) (*keystorev1.CompleteResponse, error) {
+	return s.complete(ctx, deadlineOf(ctx), req)
+}
+
+// complete is Complete answered by the deadline by (batchOps).
+func (s *service) complete(ctx context.Context, by deadline, req *keystorev1.CompleteRequest) (*keystorev1.CompleteResponse, error) {
 	var v validator
 	v.namespace(req.GetNamespace())
 	v.key(req.GetKey())
@@ -190,7 +201,7 @@ func (s *service) Complete(ctx context.Context, req *keystorev1.CompleteRequest)
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	res, err := s.propose(ctx, 0, mustMarshal(&statev1.Command{Op: &statev1.Command_Complete{Complete: &statev1.Complete{
+	res, err := s.propose(ctx, by, 0, mustMarshal(&statev1.Command{Op: &statev1.Command_Complete{Complete: &statev1.Complete{
 		Namespace: req.GetNamespace(),
 		Key:       req.GetKey(),
 		Token:     req.GetToken(),
@@ -206,6 +217,11 @@ func (s *service) Complete(ctx context.Context, req *keystorev1.CompleteRequest)
 
 // Release implements docs/contract.md's Release.
 func (s *service) Release(ctx context.Context, req *keystorev1.ReleaseRequest) (*keystorev1.ReleaseResponse, error) {
+	return s.release(ctx, deadlineOf(ctx), req)
+}
+
+// release is Release answered by the deadline by (batchOps).
+func (s *service) release(ctx context.Context, by deadline, req *keystorev1.ReleaseRequest) (*keystorev1.ReleaseResponse, error) {
 	var v validator
 	v.namespace(req.GetNamespace())
 	v.key(req.GetKey())
@@ -213,7 +229,7 @@ func (s *service) Release(ctx context.Context, req *keystorev1.ReleaseRequest) (
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	_, err := s.propose(ctx, 0, mustMarshal(&statev1.Command{Op: &statev1.Command_Release{Release: &statev1.Release{
+	_, err := s.propose(ctx, by, 0, mustMarshal(&statev1.Command{Op: &statev1.Command_Release{Release: &statev1.Release{
 		Namespace: req.GetNamespace(),
 		Key:       req.GetKey(),
 		Token:     req.GetToken(),
@@ -226,6 +242,11 @@ func (s *service) Release(ctx context.Context, req *keystorev1.ReleaseRequest) (
 
 // Heartbeat implements docs/contract.md's Heartbeat.
 func (s *service) Heartbeat(ctx context.Context, req *keystorev1.HeartbeatRequest) (*keystorev1.HeartbeatResponse, error) {
+	return s.heartbeat(ctx, deadlineOf(ctx), req)
+}
+
+// heartbeat is Heartbeat answered by the deadline by (batchOps).
+func (s *service) heartbeat(ctx context.Context, by deadline, req *keystorev1.HeartbeatRequest) (*keystorev1.HeartbeatResponse, error) {
 	var v validator
 	v.namespace(req.GetNamespace())
 	v.key(req.GetKey())
@@ -234,7 +255,7 @@ func (s *service) Heartbeat(ctx context.Context, req *keystorev1.HeartbeatReques
 	if err := v.err(); err != nil {
 		return nil, err
 	}
-	res, err := s.propose(ctx, 0, mustMarshal(&statev1.Command{Op: &statev1.Command_Heartbeat{Heartbeat: &statev1.Heartbeat{
+	res, err := s.propose(ctx, by, 0, mustMarshal(&statev1.Command{Op: &statev1.Command_Heartbeat{Heartbeat: &statev1.Heartbeat{
 		Namespace: req.GetNamespace(),
 		Key:       req.GetKey(),
 		Token:     req.GetToken(),
@@ -257,7 +278,7 @@ func (s *service) Get(ctx context.Context, req *keystorev1.GetRequest) (*keystor
 		return nil, err
 	}
 	if req.GetConsistency() != keystorev1.Consistency_CONSISTENCY_STALE && !bugs.LeaseReads {
-		octx, cancel := s.opContext(ctx)
+		octx, cancel := s.opContext(ctx, deadlineOf(ctx))
 		err := s.repl.ReadIndex(octx)
 		cancel()
 		if err != nil {
@@ -277,10 +298,10 @@ func (s *service) Get(ctx context.Context, req *keystorev1.GetRequest) (*keystor
 	return &keystorev1.GetResponse{Record: toRecord(req.GetNamespace(), req.GetKey(), rec)}, nil
 }
 
-// propose replicates cmd and decodes its result; a refusal by the state
-// machine comes back as the matching gRPC status.
-func (s *service) propose(ctx context.Context, requestID uint64, cmd []byte) (*statev1.Result, error) {
-	octx, cancel := s.opContext(ctx)
+// propose replicates cmd by the deadline by and decodes its result; a
+// refusal by the state machine comes back as the matching gRPC status.
+func (s *service) propose(ctx context.Context, by deadline, requestID uint64, cmd []byte) (*statev1.Result, error) {
+	octx, cancel := s.opContext(ctx, by)
 	defer cancel()
 	res, err := s.repl.Propose(octx, requestID, cmd)
 	if err != nil {
@@ -301,21 +322,15 @@ func (s *service) callError(ctx context.Context, err error) error {
 	return errorStatus(s.logger, err)
 }
 
-// keepsDeadlines: every wait of service ends by its context's deadline,
-// even a context whose Done does not fire then (see deadlineKeeper).
-func (s *service) keepsDeadlines() {}
-
 // opContext bounds one replication round by RequestTimeout and ends it a
-// little before the caller's deadline, so that the caller hears UNAVAILABLE
-// from the server rather than its own DEADLINE_EXCEEDED.
-//
-// The end is computed as a time never after ctx's deadline: were it after,
-// context.WithDeadline would hand back ctx itself, and a Stream
-// operation's context (withDeadline) never fires on its own.
-func (s *service) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+// little before the deadline by, so that the caller hears UNAVAILABLE from
+// the server rather than its own DEADLINE_EXCEEDED. Its timer is the one
+// that keeps a streamed operation's timeout, which is not on ctx (see
+// deadline in batch.go).
+func (s *service) opContext(ctx context.Context, by deadline) (context.Context, context.CancelFunc) {
 	end := time.Now().Add(s.cfg.RequestTimeout)
-	if dl, ok := ctx.Deadline(); ok {
-		end = earliest(end, dl.Add(-margin(time.Until(dl))))
+	if by.ok {
+		end = earliest(end, by.t.Add(-margin(time.Until(by.t))))
 	}
 	return context.WithDeadline(ctx, end)
 }

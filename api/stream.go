@@ -38,7 +38,7 @@ const (
 // handler itself waits for the reader to end (the stream broke or the
 // caller closed its side) or for Drain, then for the operations in flight.
 func (b *BatchService) Stream(st keystorev1.BatchService_StreamServer) error {
-	r := &streamReader{b: b, st: st, send: &streamSender{st: st}, slots: make(chan struct{}, MaxStreamInflight)}
+	r := &streamReader{b: b, st: st, send: &streamSender{st: st, yields: b.cfg.GatherYields}, slots: make(chan struct{}, MaxStreamInflight)}
 	ended := make(chan error, 1)
 	go func() { ended <- r.read() }()
 	var err error
@@ -114,12 +114,7 @@ func (b *BatchService) runTimed(ctx context.Context, op *keystorev1.StreamOperat
 		err := invalidArgument([]fieldError{{"timeout", fmt.Sprintf("must be set, positive and at most %s", MaxStreamTimeout)}})
 		return &keystorev1.BatchResult{Status: status.Convert(err).Proto()}
 	}
-	if b.ownTimers {
-		return b.run(withDeadline(ctx, time.Now().Add(d.AsDuration())), op.GetOperation())
-	}
-	octx, cancel := context.WithTimeout(ctx, d.AsDuration())
-	defer cancel()
-	return b.run(octx, op.GetOperation())
+	return b.run(ctx, deadlineIn(d.AsDuration()), op.GetOperation())
 }
 
 // streamSender sends results as workers add them. It is a combiner: the
@@ -127,6 +122,7 @@ func (b *BatchService) runTimed(ctx context.Context, op *keystorev1.StreamOperat
 // and whatever others add meanwhile; the others only queue.
 type streamSender struct {
 	st      keystorev1.BatchService_StreamServer
+	yields  int // bound on the gather's yields (BatchConfig.GatherYields)
 	mu      sync.Mutex
 	q       []*keystorev1.StreamResult
 	sizes   []int // of q's results, encoded
@@ -135,9 +131,6 @@ type streamSender struct {
 	// dropped.
 	failed bool
 }
-
-// gatherYields bounds how often add yields to let other results join.
-const gatherYields = 4
 
 // add sends r, with whatever else is queued, unless another worker is
 // sending (which then takes r along). others tells that other operations
@@ -160,7 +153,7 @@ func (s *streamSender) add(r *keystorev1.StreamResult, others bool) {
 	// microseconds, so without it each found no one sending and sent its
 	// result alone (docs/performance-notes.md).
 	// A result with no others in flight goes at once.
-	for i, n := 0, 0; others && i < gatherYields && len(s.q) > n; i++ {
+	for i, n := 0, 0; others && i < s.yields && len(s.q) > n; i++ {
 		n = len(s.q)
 		s.mu.Unlock()
 		runtime.Gosched()

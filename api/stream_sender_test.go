@@ -40,7 +40,7 @@ func (c *captureStream) Recv() (*keystorev1.StreamRequest, error) { return nil, 
 // every message.
 func TestStreamSenderBoundsMessages(t *testing.T) {
 	cs := &captureStream{release: make(chan struct{})}
-	s := &streamSender{st: cs}
+	s := &streamSender{st: cs, yields: 4}
 	result := func(id uint64, body int) *keystorev1.StreamResult {
 		return &keystorev1.StreamResult{Id: id, Result: &keystorev1.BatchResult{Response: &keystorev1.BatchResult_Claim{Claim: &keystorev1.ClaimResponse{
 			Record: &keystorev1.Record{Response: &keystorev1.Response{Body: bytes.Repeat([]byte("x"), body)}},
@@ -111,7 +111,7 @@ func TestResultsFinishedTogetherShareAMessage(t *testing.T) {
 	const workers = 64
 	for round := range 3 {
 		cs := &countStream{}
-		s := &streamSender{st: cs}
+		s := &streamSender{st: cs, yields: 4}
 		gate := make(chan struct{})
 		var wg sync.WaitGroup
 		for i := range workers {

@@ -22,6 +22,7 @@ var (
 	faultDuration = flag.Duration("faults.duration", 15*time.Second, "how long each run injects faults under load")
 	faultResults  = flag.String("faults.results", "results", "where a failing run saves its history, visualization and logs")
 	faultTags     = flag.String("faults.tags", "", "extra build tags for keystored, e.g. bug_notoken (see internal/bugs)")
+	faultArgs     = flag.String("faults.args", "", "extra keystored flags for every node, space-separated (e.g. --raft-commit-hold=-1ms)")
 	faultExpect   = flag.Bool("faults.expect-violations", false, "checker efficacy: pass only if some run finds a violation (stops at the first)")
 )
 
@@ -82,7 +83,7 @@ func TestFaults(t *testing.T) {
 // reported, not failed on.
 func faultRun(t *testing.T, bin string, seed int64, expectBug bool) runStats {
 	dir := t.TempDir()
-	c, err := harness.Start(harness.Config{Binary: bin, Dir: dir})
+	c, err := harness.Start(harness.Config{Binary: bin, Dir: dir, Args: strings.Fields(*faultArgs)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,16 @@
 // client address, and the peer service on the peer address. cmd/keystored
 // runs it; the in-process cluster tests run three.
 //
+// # Lifecycle
+//
+// New opens the store; Start listens and serves; Stop stops serving,
+// stops the node, closes the store and waits for every goroutine Start
+// started. A listener that fails (its Serve returns while the node is not
+// stopping) stops the node by itself, as Stop would; Wait returns once the
+// node has stopped, with that failure, or nil after a Stop. keystored runs
+// Wait and its signal handling under an errgroup. See Start in server.go
+// for the goroutines and how long each lives.
+//
 // # Health
 //
 // The gRPC health service (the whole server, "", and

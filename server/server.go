@@ -19,6 +19,7 @@ import (
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
 	"github.com/keystore-dev/keystore/raftnode"
 	"github.com/keystore-dev/keystore/storage"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -48,6 +49,8 @@ type Config struct {
 
 	// API holds the service's defaults and limits.
 	API api.Config
+	// Batch tunes the batch and stream service.
+	Batch api.BatchConfig
 	// Raft holds timings and compaction settings; ID and Peers are derived
 	// from Name and InitialCluster.
 	Raft raftnode.Config
@@ -124,12 +127,24 @@ type Server struct {
 	client, peer       *grpc.Server
 	batch              *api.BatchService // drained before client stops
 	clientLis, peerLis net.Listener
-	wg                 sync.WaitGroup
 	serving            atomic.Bool // what health reports
 	healthTimings      healthTimings
 	stopHealth         chan struct{}
-	stopOnce           sync.Once
+
+	// group runs the goroutines Start starts (see Start); failed is
+	// closed once one of them failed (the group's context is done).
+	group  *errgroup.Group
+	failed <-chan struct{}
+	// stopping is closed when Stop begins, stopped when it has finished;
+	// err, set before stopped closes, is what Wait returns.
+	stopping, stopped chan struct{}
+	err               error
+	stopOnce          sync.Once
 }
+
+// failureGrace is how long in-flight client calls get to finish when the
+// node stops itself because a listener failed (see Start).
+const failureGrace = 5 * time.Second
 
 // healthServices are the names whose health the node reports ("" is the
 // whole server).
@@ -194,6 +209,8 @@ func New(cfg Config) (*Server, error) {
 		health:        health.NewServer(),
 		healthTimings: defaultHealthTimings,
 		stopHealth:    make(chan struct{}),
+		stopping:      make(chan struct{}),
+		stopped:       make(chan struct{}),
 		// Room for the largest body plus metadata and framing, so that an
 		// oversize value gets INVALID_ARGUMENT naming the limit. Fixed
 		// windows turn off gRPC's bandwidth-delay probe (a PING and its
@@ -204,7 +221,7 @@ func New(cfg Config) (*Server, error) {
 		peer: grpc.NewServer(grpc.MaxRecvMsgSize(raftnode.MaxMessageBytes), fixedWindows, fixedConnWindows),
 	}
 	keystorev1.RegisterKeyStoreServiceServer(s.client, svc)
-	s.batch = api.NewBatchService(svc)
+	s.batch = api.NewBatchService(svc, cfg.Batch)
 	keystorev1.RegisterBatchServiceServer(s.client, s.batch)
 	keystorev1.RegisterClusterServiceServer(s.client, clusterService{s: s})
 	healthpb.RegisterHealthServer(s.client, s.health)
@@ -213,6 +230,8 @@ func New(cfg Config) (*Server, error) {
 	for _, name := range healthServices {
 		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
 	}
+	group, failed := errgroup.WithContext(context.Background())
+	s.group, s.failed = group, failed.Done()
 	return s, nil
 }
 
@@ -241,15 +260,59 @@ func (s *Server) Start() error {
 		return err
 	}
 	s.sweep.Start()
-	s.wg.Add(3)
-	// Raft's own connections are split off the peer port (raftnode's
-	// rawpeer.go); the peer gRPC server gets the rest (Forward).
+	// Goroutines. The raft node and the sweeper run their own, which their
+	// Stop waits for. Start runs three more under s.group; each returns
+	// once Stop has stopped what it runs, and Stop waits for them
+	// (group.Wait):
+	//   - the peer gRPC server on the peer port. Raft's own connections are
+	//     split off that port first (raftnode's rawpeer.go; Forward goes to
+	//     gRPC) by an accept loop that retries a failed Accept and ends when
+	//     the port's listener is closed, which then fails this Serve too;
+	//   - the client gRPC server on the client port;
+	//   - the health loop, until stopHealth closes.
+	// A Serve that returns while the node is not stopping is a failure
+	// (gRPC's Serve returns nil only after a Stop): the group records the
+	// first and closes s.failed, and the watcher below stops the node,
+	// so that Wait returns that error. The watcher lives until Stop begins
+	// (whoever calls it) or, after a failure, until its own Stop returns.
 	peerGRPC := s.node.SplitPeerListener(s.peerLis)
-	go func() { defer s.wg.Done(); _ = s.peer.Serve(peerGRPC) }()
-	go func() { defer s.wg.Done(); _ = s.client.Serve(s.clientLis) }()
-	go func() { defer s.wg.Done(); s.healthLoop() }()
+	s.group.Go(func() error { return s.serveError("peer", s.peer.Serve(peerGRPC)) })
+	s.group.Go(func() error { return s.serveError("client", s.client.Serve(s.clientLis)) })
+	s.group.Go(func() error { s.healthLoop(); return nil })
+	go func() {
+		select {
+		case <-s.failed:
+			s.Stop(failureGrace)
+		case <-s.stopping:
+		}
+	}()
 	s.logger.Info("serving", "client_addr", s.clientLis.Addr().String(), "peer_addr", s.peerLis.Addr().String())
 	return nil
+}
+
+// serveError is what the goroutine serving the what port returns when its
+// Serve returned err: nil once Stop has begun (Stop closes the listeners),
+// the error otherwise.
+func (s *Server) serveError(what string, err error) error {
+	select {
+	case <-s.stopping:
+		return nil
+	default:
+	}
+	if err == nil {
+		err = errors.New("stopped serving")
+	}
+	s.logger.Error("stopping: a listener failed", "port", what, "err", err)
+	return fmt.Errorf("server: serve %s port: %w", what, err)
+}
+
+// Wait blocks until the node has stopped, by Stop or by itself when a
+// listener failed, and returns the first failure of a listener before Stop
+// began: nil after a Stop of a node that was serving fine. Call it only
+// after a successful Start; any number of goroutines may.
+func (s *Server) Wait() error {
+	<-s.stopped
+	return s.err
 }
 
 // ClientAddr returns the address the KeyStoreService listens on.
@@ -262,9 +325,11 @@ func (s *Server) Store() *storage.Store { return s.store }
 func (s *Server) Status() raftnode.Status { return s.node.Status() }
 
 // Stop stops serving: in-flight client calls get up to grace to finish,
-// then the node stops and the store closes. Stop waits for all of it.
+// then the node stops and the store closes. Stop waits for all of it; a
+// second call waits for the first to finish.
 func (s *Server) Stop(grace time.Duration) {
 	s.stopOnce.Do(func() {
+		close(s.stopping)
 		// NOT_SERVING for good: a report of the health loop racing with
 		// Stop is ignored.
 		s.health.Shutdown()
@@ -280,11 +345,12 @@ func (s *Server) Stop(grace time.Duration) {
 		s.sweep.Stop()
 		s.node.Stop()
 		s.peer.Stop()
-		s.wg.Wait()
+		s.err = s.group.Wait()
 		if err := s.store.Close(); err != nil {
 			s.logger.Error("closing store", "err", err)
 		}
 		s.logger.Info("stopped")
+		close(s.stopped)
 	})
 }
 

@@ -55,8 +55,6 @@ var streamMagic = []byte("KSS2")
 const (
 	maxSnapshotKey   = 64 << 10
 	maxSnapshotValue = 256 << 20
-	// snapshotTableBytes is where a staged snapshot starts a new sstable.
-	XX
 	// snapshotDir is the staging directory under the Pebble directory.
 	snapshotDir = "snapshots"
 )

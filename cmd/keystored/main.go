@@ -20,13 +20,13 @@ import (
 	"github.com/keystore-dev/keystore/raftnode"
 	"github.com/keystore-dev/keystore/server"
 	"github.com/keystore-dev/keystore/storage"
+	"golang.org/x/sync/errgroup"
 )
 
 // gcPercent is keystored's GOGC unless the environment sets one: the heap
 // is small (records live in Pebble, not in Go memory) and every request
-// allocates, so collecting four times less often buys throughput (measured
-// in bench/: +15-40% lifecycles/s at 64-256 concurrent clients) for a few
-// tens of MB.
+// allocates, so collecting four times less often buys throughput for a few
+// tens of MB (docs/performance-notes.md, GOGC=400).
 const gcPercent = 400
 
 func main() {
@@ -65,6 +65,16 @@ func run(args []string) error {
 		keepEntries     = fs.Uint64("keep-entries", 5_000, "applied entries kept in the log for lagging followers")
 		sweepInterval   = fs.Duration("sweep-interval", time.Second, "longest time between two expiry sweeps (the leader also sweeps as soon as a record is due)")
 		sweepBatch      = fs.Uint("sweep-batch", 1000, "most records one expiry log entry deletes (max 10000)")
+		maxUncommitted  = fs.Uint64("raft-max-uncommitted-bytes", 64<<20, "command bytes a leader holds in entries no quorum acknowledged; beyond it writes fail fast with UNAVAILABLE/OVERLOADED")
+
+		// Tuning: defaults tuned for three nodes on two cores; each can be
+		// turned off (docs/performance-notes.md, raftnode/DESIGN.md).
+		commitHold    = fs.Duration("raft-commit-hold", 2*time.Millisecond, "how long a commit-only append waits for the next append to carry it (negative: off)")
+		senderYield   = fs.Bool("raft-sender-yield", true, "yield to the peer senders after queueing a Ready's messages")
+		callerReadies = fs.Int("raft-caller-readies", 2, "Readies a proposer handles itself before the run loop takes over (negative: no bound)")
+		packRounds    = fs.Int("raft-pack-rounds", 2, "packer rounds a proposer drains itself before a goroutine takes over (negative: no bound)")
+		maxPack       = fs.Int("raft-max-pack-proposals", 1024, "most proposals packed into one log entry (1: no packing)")
+		gatherYields  = fs.Int("stream-gather-yields", 4, "yields of a stream sender to let results woken together share a message (negative: off)")
 	)
 	registerTestFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -102,7 +112,15 @@ func run(args []string) error {
 			SnapshotEntries: *snapshotEntries,
 			KeepEntries:     *keepEntries,
 			Now:             testClock(),
+
+			MaxUncommittedBytes: *maxUncommitted,
+			CommitHold:          *commitHold,
+			NoSenderYield:       !*senderYield,
+			CallerReadies:       *callerReadies,
+			PackRounds:          *packRounds,
+			MaxPackProposals:    *maxPack,
 		},
+		Batch: api.BatchConfig{GatherYields: *gatherYields},
 		Expiry: expiry.Config{
 			Interval:  *sweepInterval,
 			BatchSize: uint32(min(*sweepBatch, storage.MaxExpireLimit)),
@@ -134,10 +152,26 @@ func run(args []string) error {
 			return err
 		}
 	}
-	<-ctx.Done()
-	logger.Info("shutting down")
-	srv.Stop(5 * time.Second)
-	return nil
+	// The node runs under g until it has stopped, watched by two
+	// goroutines, both ended by then:
+	//   - one waits for the node: srv.Wait returns once it has stopped,
+	//     with the error of a listener that failed (the node then stopped
+	//     itself), or nil after the Stop below, the only one;
+	//   - one stops the node at SIGINT or SIGTERM, or once the first failed
+	//     (the Stop then only waits for the node's own to finish).
+	// So a failing listener makes run return its error, and a signal makes
+	// it return nil once the node has stopped gracefully.
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(srv.Wait)
+	g.Go(func() error {
+		<-gctx.Done()
+		if ctx.Err() != nil {
+			logger.Info("shutting down")
+		}
+		srv.Stop(5 * time.Second)
+		return nil
+	})
+	return g.Wait()
 }
 
 func newLogger(level, format string) (*slog.Logger, error) {
