@@ -9,7 +9,7 @@ BIN       := bin
 PKGS      := ./...
 TESTFLAGS ?=
 
-.PHONY: all build test unit verify fmt vet staticcheck buf-lint buf-breaking proto proto-check cluster cluster-test cluster-test-long cluster-test-bugs bench-churn bench bench-large bench-peers image compose-up compose-down docker-test clean
+.PHONY: all build test unit verify fmt vet staticcheck buf-lint buf-breaking proto proto-check cluster cluster-test cluster-test-long cluster-test-knobs cluster-test-bugs bench-churn bench bench-large bench-peers image compose-up compose-down docker-test clean
 
 all: build
 
@@ -40,6 +40,17 @@ LONG_DURATION ?= 60s
 cluster-test-long:
 	$(GO) test -count=1 -timeout 0 -run 'TestFaults' ./cluster-test -v \
 		-faults.runs $(RUNS) -faults.seed $(SEED) -faults.duration $(LONG_DURATION)
+
+## cluster-test-knobs: the fault suite once with each tuning knob turned off
+## (KNOB_RUNS seeded runs of FAULT_DURATION each): the knobs are performance
+## choices, never correctness rules.
+KNOB_RUNS ?= 2
+KNOBS ?= --raft-commit-hold=-1ms --raft-sender-yield=false --raft-caller-readies=-1 --raft-pack-rounds=-1 --raft-max-pack-proposals=1 --stream-gather-yields=-1
+cluster-test-knobs:
+	@set -e; for k in $(KNOBS); do echo "=== fault suite with $$k"; \
+		$(GO) test -count=1 -timeout 30m -run 'TestFaults' ./cluster-test -v \
+			-faults.runs $(KNOB_RUNS) -faults.seed $(SEED) -faults.duration $(FAULT_DURATION) -faults.args "$$k"; \
+	done
 
 ## verify: formatting, vet, staticcheck, buf lint, buf breaking, generated
 ## code fresh.
