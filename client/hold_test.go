@@ -3,43 +3,22 @@ package client_test
 import (
 	"context"
 	"errors"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/keystore-dev/keystore/client"
 	"github.com/keystore-dev/keystore/internal/testcluster"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
-// heartbeatRefuser refuses the first refuse Heartbeat calls of a client
-// with RESOURCE_EXHAUSTED, which the client does not retry, so each refusal
-// is one failed heartbeat. The client must send writes as unary calls
-// (Config.MaxInflight < 0) for it to see them.
-type heartbeatRefuser struct {
-	refuse  atomic.Int64
-	refused atomic.Int64
-}
-
-func (h *heartbeatRefuser) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	if method == "/keystore.v1.KeyStoreService/Heartbeat" && h.refuse.Add(-1) >= 0 {
-		h.refused.Add(1)
-		return status.Error(codes.ResourceExhausted, "heartbeat refused by the test")
-	}
-	return invoker(ctx, method, req, reply, cc, opts...)
-}
-
 // refusingClient returns a client of tc whose first refuse heartbeats fail.
-func refusingClient(t *testing.T, tc *testcluster.Cluster, refuse int64) (*client.Client, *heartbeatRefuser) {
+func refusingClient(t *testing.T, tc *testcluster.Cluster, refuse int64) (*client.Client, *testcluster.HeartbeatRefuser) {
 	t.Helper()
-	h := &heartbeatRefuser{}
-	h.refuse.Store(refuse)
+	h := testcluster.NewHeartbeatRefuser(refuse)
 	c, err := client.New(context.Background(), client.Config{
 		Endpoints:   tc.Endpoints(),
 		MaxInflight: -1,
-		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(h.intercept)},
+		DialOptions: []grpc.DialOption{h.DialOption()},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +49,7 @@ func TestHold(t *testing.T) {
 		if err := stop(); err != nil {
 			t.Fatalf("stop: %v; want the claim held throughout", err)
 		}
-		if n := refuser.refused.Load(); n != 1 {
+		if n := refuser.Refused(); n != 1 {
 			t.Fatalf("%d heartbeats refused; want 1", n)
 		}
 		if _, err := c.Complete(ctxT(t, 5*time.Second), client.CompleteRequest{Namespace: "hold", Key: "kept", Token: claim.Token}); err != nil {
@@ -104,7 +83,7 @@ func TestHold(t *testing.T) {
 		if err := stop(); !errors.Is(err, client.ErrClaimLost) {
 			t.Fatalf("stop: %v; want ErrClaimLost", err)
 		}
-		if n := refuser.refused.Load(); n < 2 {
+		if n := refuser.Refused(); n < 2 {
 			t.Fatalf("%d heartbeats refused; want the hold to have tried at least twice", n)
 		}
 	})

@@ -1,15 +1,13 @@
 package entry
 
 import (
+	"github.com/keystore-dev/keystore/internal/commandtest"
 	"testing"
-	"time"
 
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
-
-const testLease = int64(30 * time.Second)
 
 func mustMarshal(m proto.Message) []byte {
 	b, err := proto.Marshal(m)
@@ -17,26 +15,6 @@ func mustMarshal(m proto.Message) []byte {
 		panic(err)
 	}
 	return b
-}
-
-func claimCmdFor(namespace, key, fp string) *statev1.Command {
-	return &statev1.Command{Op: &statev1.Command_Claim{Claim: &statev1.Claim{
-		Namespace: namespace, Key: key, Fingerprint: []byte(fp), Owner: "owner", Lease: testLease, Retention: testLease,
-	}}}
-}
-
-func completeCmd(token uint64, resp *statev1.Response, retention int64) *statev1.Command {
-	return &statev1.Command{Op: &statev1.Command_Complete{Complete: &statev1.Complete{
-		Namespace: "ns", Key: "k", Token: token, Response: resp, Retention: retention,
-	}}}
-}
-
-func releaseCmd(token uint64) *statev1.Command {
-	return &statev1.Command{Op: &statev1.Command_Release{Release: &statev1.Release{Namespace: "ns", Key: "k", Token: token}}}
-}
-
-func heartbeatCmd(token uint64, lease int64) *statev1.Command {
-	return &statev1.Command{Op: &statev1.Command_Heartbeat{Heartbeat: &statev1.Heartbeat{Namespace: "ns", Key: "k", Token: token, Lease: lease}}}
 }
 
 // TestPackerRules: a packed entry never names a record twice, never holds
@@ -78,7 +56,7 @@ func TestPackerRules(t *testing.T) {
 // TestEncodeHeaderAnswers: what Encode writes, Header and Decode read
 // back, and Answers routes each result to its proposer.
 func TestEncodeHeaderAnswers(t *testing.T) {
-	one := NewProposal(42, mustMarshal(releaseCmd(7)))
+	one := NewProposal(42, mustMarshal(commandtest.Release(7)))
 	data, err := Encode(1_234_567, []*Proposal{&one})
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +73,7 @@ func TestEncodeHeaderAnswers(t *testing.T) {
 		t.Fatalf("single: answered %v; want 42 only", got)
 	}
 
-	a, b := NewProposal(1, mustMarshal(claimCmdFor("ns", "a", ""))), NewProposal(2, mustMarshal(claimCmdFor("ns", "b", "")))
+	a, b := NewProposal(1, mustMarshal(commandtest.ClaimFor("ns", "a", ""))), NewProposal(2, mustMarshal(commandtest.ClaimFor("ns", "b", "")))
 	data, err = Encode(5, []*Proposal{&a, &b})
 	if err != nil {
 		t.Fatal(err)
@@ -130,8 +108,8 @@ func TestEncodeHeaderAnswers(t *testing.T) {
 
 // TestNewProposal: a proposal's key and grant come from PackKey.
 func TestNewProposal(t *testing.T) {
-	c := NewProposal(1, mustMarshal(claimCmdFor("ns", "k", "")))
-	r := NewProposal(2, mustMarshal(releaseCmd(7)))
+	c := NewProposal(1, mustMarshal(commandtest.ClaimFor("ns", "k", "")))
+	r := NewProposal(2, mustMarshal(commandtest.Release(7)))
 	e := NewProposal(3, mustMarshal(&statev1.Command{Op: &statev1.Command_Expire{Expire: &statev1.Expire{UpTo: 1}}}))
 	if c.Key == "" || !c.Grants || r.Key != c.Key || r.Grants || e.Key != "" {
 		t.Errorf("claim %+v, release %+v, expire %+v; want claim and release on one key, only the claim granting, the expire alone", c, r, e)
@@ -142,10 +120,10 @@ func TestNewProposal(t *testing.T) {
 // what must travel alone is refused.
 func TestPackKey(t *testing.T) {
 	cmds := []*statev1.Command{
-		claimCmdFor("ns", "k", "fp"),
-		completeCmd(7, &statev1.Response{Code: 200, Body: []byte("body")}, 0),
-		releaseCmd(7),
-		heartbeatCmd(7, testLease),
+		commandtest.ClaimFor("ns", "k", "fp"),
+		commandtest.Complete(7, &statev1.Response{Code: 200, Body: []byte("body")}, 0),
+		commandtest.Release(7),
+		commandtest.Heartbeat(7, commandtest.Lease),
 	}
 	var first string
 	for i, c := range cmds {
@@ -164,7 +142,7 @@ func TestPackKey(t *testing.T) {
 	}
 	distinct := map[string]bool{}
 	for _, target := range [][2]string{{"ns", "k"}, {"ns", "k2"}, {"ns2", "k"}, {"n", "sk"}, {"ns\x00", "k"}, {"ns", "\x00k"}} {
-		key, _, ok := PackKey(mustMarshal(claimCmdFor(target[0], target[1], "")))
+		key, _, ok := PackKey(mustMarshal(commandtest.ClaimFor(target[0], target[1], "")))
 		if !ok || distinct[key] {
 			t.Errorf("claim of %q/%q: key %q, %v; want a key of its own", target[0], target[1], key, ok)
 		}
@@ -172,7 +150,7 @@ func TestPackKey(t *testing.T) {
 	}
 	// Two ops in one command (decoding would merge them): refused rather
 	// than reasoned about.
-	twice := append(mustMarshal(claimCmdFor("ns", "first", "")), mustMarshal(claimCmdFor("ns", "k", ""))...)
+	twice := append(mustMarshal(commandtest.ClaimFor("ns", "first", "")), mustMarshal(commandtest.ClaimFor("ns", "k", ""))...)
 	if key, _, ok := PackKey(twice); ok {
 		t.Errorf("PackKey(two ops) = %q, true; want refused", key)
 	}
@@ -196,9 +174,9 @@ func TestPackKey(t *testing.T) {
 		"expire":       mustMarshal(&statev1.Command{Op: &statev1.Command_Expire{Expire: &statev1.Expire{UpTo: 1}}}),
 		"empty":        nil,
 		"garbage":      {0xff, 0xff, 0xff},
-		"no namespace": mustMarshal(claimCmdFor("", "k", "")),
-		"no key":       mustMarshal(claimCmdFor("ns", "", "")),
-		"truncated":    mustMarshal(claimCmdFor("ns", "k", "fp"))[:5],
+		"no namespace": mustMarshal(commandtest.ClaimFor("", "k", "")),
+		"no key":       mustMarshal(commandtest.ClaimFor("ns", "", "")),
+		"truncated":    mustMarshal(commandtest.ClaimFor("ns", "k", "fp"))[:5],
 	} {
 		if key, _, ok := PackKey(b); ok {
 			t.Errorf("%s: packKey = %q, true; want refused", name, key)

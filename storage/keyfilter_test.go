@@ -2,6 +2,7 @@ package storage
 
 import (
 	"fmt"
+	"github.com/keystore-dev/keystore/internal/commandtest"
 	"testing"
 	"time"
 
@@ -92,7 +93,7 @@ func TestFilterIsBuiltFromStoredRecords(t *testing.T) {
 	var keys []string
 	for i := range 200 {
 		keys = append(keys, fmt.Sprintf("k%d", i))
-		apply1(t, s, l.cmd(t0+int64(i), cmdClaim(keys[i], int64(time.Hour), int64(time.Hour))))
+		apply1(t, s, l.cmd(commandtest.T0+int64(i), cmdClaim(keys[i], int64(time.Hour), int64(time.Hour))))
 	}
 	s = reopen(t, s, fs)
 	f := waitFilter(t, s)
@@ -105,7 +106,7 @@ func TestFilterIsBuiltFromStoredRecords(t *testing.T) {
 	if !(filters{cur: f}).absent(recordKey("ns", "never-claimed")) {
 		t.Fatal("the filter holds a key never claimed (it would save no lookup)")
 	}
-	claimsFindRecords(t, s, l, t0+1000, keys)
+	claimsFindRecords(t, s, l, commandtest.T0+1000, keys)
 }
 
 // TestFilterKeepsKeysCreatedDuringBuilds rebuilds the filter all the time
@@ -120,13 +121,13 @@ func TestFilterKeepsKeysCreatedDuringBuilds(t *testing.T) {
 	var keys []string
 	for i := range 3000 {
 		keys = append(keys, fmt.Sprintf("k%d", i))
-		mustApply(t, s, []raftpb.Entry{l.cmd(t0+int64(i), cmdClaim(keys[i], int64(time.Hour), int64(time.Hour)))}, nil)
+		mustApply(t, s, []raftpb.Entry{l.cmd(commandtest.T0+int64(i), cmdClaim(keys[i], int64(time.Hour), int64(time.Hour)))}, nil)
 	}
 	f := waitFilter(t, s)
 	if n := filterHoldsAll(t, s, f); n != len(keys) {
 		t.Fatalf("%d records; want %d", n, len(keys))
 	}
-	claimsFindRecords(t, s, l, t0+10_000, keys)
+	claimsFindRecords(t, s, l, commandtest.T0+10_000, keys)
 }
 
 func TestFilterFollowsASnapshot(t *testing.T) {
@@ -135,11 +136,11 @@ func TestFilterFollowsASnapshot(t *testing.T) {
 	var keys []string
 	for i := range 50 {
 		keys = append(keys, fmt.Sprintf("a%d", i))
-		apply1(t, a, la.cmd(t0+int64(i), cmdClaim(keys[i], int64(time.Hour), int64(time.Hour))))
-		apply1(t, b, lb.cmd(t0+int64(i), cmdClaim(fmt.Sprintf("b%d", i), int64(time.Hour), int64(time.Hour))))
+		apply1(t, a, la.cmd(commandtest.T0+int64(i), cmdClaim(keys[i], int64(time.Hour), int64(time.Hour))))
+		apply1(t, b, lb.cmd(commandtest.T0+int64(i), cmdClaim(fmt.Sprintf("b%d", i), int64(time.Hour), int64(time.Hour))))
 	}
 	// a is ahead of b (a follower receives only newer states).
-	apply1(t, a, la.cmd(t0+50, cmdClaim("a-last", int64(time.Hour), int64(time.Hour))))
+	apply1(t, a, la.cmd(commandtest.T0+50, cmdClaim("a-last", int64(time.Hour), int64(time.Hour))))
 	keys = append(keys, "a-last")
 	waitFilter(t, b)
 	if err := transferSnapshot(t, a, b); err != nil {
@@ -149,5 +150,5 @@ func TestFilterFollowsASnapshot(t *testing.T) {
 	if n := filterHoldsAll(t, b, f); n != len(keys) {
 		t.Fatalf("%d records after the snapshot; want %d", n, len(keys))
 	}
-	claimsFindRecords(t, b, la, t0+1000, keys)
+	claimsFindRecords(t, b, la, commandtest.T0+1000, keys)
 }

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"errors"
+	"github.com/keystore-dev/keystore/internal/commandtest"
 	"github.com/keystore-dev/keystore/rules"
 	"strings"
 	"testing"
@@ -30,24 +31,24 @@ func (l *logBuilder) packed(at int64, firstID uint64, cmds ...*statev1.Command) 
 func TestApplyPackedEntry(t *testing.T) {
 	s := openStore(t, vfs.NewMem())
 	l := newLog()
-	at := func(sec int) int64 { return t0 + int64(sec)*int64(time.Second) }
+	at := func(sec int) int64 { return commandtest.T0 + int64(sec)*int64(time.Second) }
 	resp := &statev1.Response{Code: 200, Body: []byte("ok")}
 	expire := &statev1.Command{Op: &statev1.Command_Expire{Expire: &statev1.Expire{UpTo: at(2), Limit: 10}}}
 	otherHeartbeat := &statev1.Command{Op: &statev1.Command_Heartbeat{Heartbeat: &statev1.Heartbeat{
-		Namespace: "other", Key: "k", Token: 2, Lease: testLease}}}
+		Namespace: "other", Key: "k", Token: 2, Lease: commandtest.Lease}}}
 	ents := []raftpb.Entry{
-		l.cmd(at(1), claimCmd("fp", "alice", testLease, testRetention)), // 1: ns/k token 1
-		l.cmd(at(1), claimCmdFor("other", "k", "fb")),                   // 2: other/k token 2
+		l.cmd(at(1), commandtest.Claim("fp", "alice", commandtest.Lease, commandtest.Retention)), // 1: ns/k token 1
+		l.cmd(at(1), commandtest.ClaimFor("other", "k", "fb")),                                   // 2: other/k token 2
 		l.packed(at(2), 100, // 3
-			completeCmd(1, resp, 0),      // ns/k COMPLETED
-			claimCmdFor("ns", "a", "fa"), // ns/a ACQUIRED token 3
-			claimCmdFor("ns", "a", "fa"), // ns/a again in one entry: refused
-			nil,                          // undecodable: refused
-			expire,                       // not a single-record command: refused
-			claimCmdFor("ns", "b", "fb"), // a second claim would share token 3: refused
-			otherHeartbeat,               // same key, other namespace: applied
-			heartbeatCmd(1, testLease)),  // ns/k named twice: refused
-		l.cmd(at(3), claimCmdFor("ns", "a", "fa")), // 4: in progress with token 3
+			commandtest.Complete(1, resp, 0),      // ns/k COMPLETED
+			commandtest.ClaimFor("ns", "a", "fa"), // ns/a ACQUIRED token 3
+			commandtest.ClaimFor("ns", "a", "fa"), // ns/a again in one entry: refused
+			nil,                                   // undecodable: refused
+			expire,                                // not a single-record command: refused
+			commandtest.ClaimFor("ns", "b", "fb"), // a second claim would share token 3: refused
+			otherHeartbeat,                        // same key, other namespace: applied
+			commandtest.Heartbeat(1, commandtest.Lease)), // ns/k named twice: refused
+		l.cmd(at(3), commandtest.ClaimFor("ns", "a", "fa")), // 4: in progress with token 3
 	}
 	res := mustApply(t, s, ents, nil)
 	packed := res[2].GetPacked()
@@ -103,7 +104,7 @@ func TestApplyRefusesNamespaceBeyondKeyEncoding(t *testing.T) {
 	s := openStore(t, vfs.NewMem())
 	l := newLog()
 	long := strings.Repeat("n", maxNamespaceLen+1)
-	res := mustApply(t, s, []raftpb.Entry{l.cmd(t0, claimCmdFor(long, "k", ""))}, nil)
+	res := mustApply(t, s, []raftpb.Entry{l.cmd(commandtest.T0, commandtest.ClaimFor(long, "k", ""))}, nil)
 	if err := rules.ResultError(res[0]); !errors.Is(err, rules.ErrInvalidCommand) {
 		t.Errorf("claim in a %d-byte namespace: %v; want ErrInvalidCommand", len(long), err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/keystore-dev/keystore/internal/commandtest"
 	"math"
 	"reflect"
 	"testing"
@@ -38,7 +39,7 @@ func reopen(t *testing.T, s *Store, fs vfs.FS) *Store {
 // tickData is the data of a log entry that only advances log time. All
 // indexes below 128 give data of the same size.
 func tickData(i uint64) []byte {
-	return mustMarshal(&statev1.Entry{RequestId: i, Time: t0 + int64(i)})
+	return mustMarshal(&statev1.Entry{RequestId: i, Time: commandtest.T0 + int64(i)})
 }
 
 // termsOf returns entries lo..hi-1 with Terms given by term(i).
@@ -443,17 +444,17 @@ func TestReopenRestoresLog(t *testing.T) {
 }
 
 // claimEntries returns normal entries lo..hi-1 at term, each a Claim on its
-// own key of namespace "ns", proposed at t0 + index seconds.
+// own key of namespace "ns", proposed at commandtest.T0 + index seconds.
 func claimEntries(t *testing.T, lo, hi, term uint64) []raftpb.Entry {
 	t.Helper()
 	var ents []raftpb.Entry
 	for i := lo; i < hi; i++ {
 		cmd := &statev1.Command{Op: &statev1.Command_Claim{Claim: &statev1.Claim{
 			Namespace: "ns", Key: fmt.Sprintf("key-%d", i), Fingerprint: []byte("fp"),
-			Lease: testLease, Retention: testRetention, Owner: "owner",
+			Lease: commandtest.Lease, Retention: commandtest.Retention, Owner: "owner",
 		}}}
 		ents = append(ents, raftpb.Entry{Index: i, Term: term, Type: raftpb.EntryNormal,
-			Data: envelope(i, t0+int64(i)*1e9, cmd)})
+			Data: envelope(i, commandtest.T0+int64(i)*1e9, cmd)})
 	}
 	return ents
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/keystore-dev/keystore/internal/commandtest"
 	"hash/crc32"
 	"io"
 	"math"
@@ -123,7 +124,7 @@ func TestApplySnapshot(t *testing.T) {
 	b := openStore(t, fs)
 	// b has a log and state of its own, which the snapshot replaces.
 	own := claimEntries(t, 1, 4, 1)
-	own[0].Data = envelope(1, t0, claimCmdFor("other", "stale", "fp"))
+	own[0].Data = envelope(1, commandtest.T0, commandtest.ClaimFor("other", "stale", "fp"))
 	mustAppend(t, b, raftpb.HardState{Term: 1}, own)
 	mustApply(t, b, own, nil)
 	if err := install(b, md, data); err != nil {
@@ -181,7 +182,7 @@ func TestApplySnapshotSpansSeveralTables(t *testing.T) {
 	a := openStore(t, vfs.NewMem())
 	var ents []raftpb.Entry
 	for i := uint64(1); i <= 300; i++ {
-		ents = append(ents, raftpb.Entry{Index: i, Term: 1, Data: envelope(i, t0+int64(i), claimCmdFor("ns", fmt.Sprintf("key-%04d", i), "fp"))})
+		ents = append(ents, raftpb.Entry{Index: i, Term: 1, Data: envelope(i, commandtest.T0+int64(i), commandtest.ClaimFor("ns", fmt.Sprintf("key-%04d", i), "fp"))})
 	}
 	mustAppend(t, a, raftpb.HardState{Term: 1, Commit: 300}, ents)
 	mustApply(t, a, ents, nil)

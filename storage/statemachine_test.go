@@ -3,6 +3,7 @@ package storage
 import (
 	"errors"
 	"fmt"
+	"github.com/keystore-dev/keystore/internal/commandtest"
 	"github.com/keystore-dev/keystore/rules"
 	"reflect"
 	"testing"
@@ -22,13 +23,6 @@ func envelope(requestID uint64, at int64, cmd *statev1.Command) []byte {
 		env.Command = mustMarshal(cmd)
 	}
 	return mustMarshal(env)
-}
-
-func claimCmdFor(namespace, key, fp string) *statev1.Command {
-	return &statev1.Command{Op: &statev1.Command_Claim{Claim: &statev1.Claim{
-		Namespace: namespace, Key: key, Fingerprint: []byte(fp), Owner: "owner",
-		Lease: testLease, Retention: testRetention,
-	}}}
 }
 
 // logBuilder hands out consecutive log entries at one term.
@@ -59,19 +53,19 @@ func TestApplyResults(t *testing.T) {
 	s := openStore(t, vfs.NewMem())
 	l := newLog()
 	resp := &statev1.Response{Code: 201, Metadata: map[string]string{"x": "y"}, Body: []byte("done")}
-	at := func(sec int) int64 { return t0 + int64(sec)*int64(time.Second) }
+	at := func(sec int) int64 { return commandtest.T0 + int64(sec)*int64(time.Second) }
 	ents := []raftpb.Entry{
-		l.cmd(at(1), claimCmd("fp", "alice", testLease, testRetention)),                                   // 1: ACQUIRED token 1
-		l.cmd(at(2), claimCmd("fp", "bob", testLease, testRetention)),                                     // 2: IN_PROGRESS
-		l.cmd(at(3), claimCmd("zz", "bob", testLease, testRetention)),                                     // 3: mismatch
-		l.cmd(at(4), completeCmd(2, resp, 0)),                                                             // 4: CLAIM_LOST
-		l.cmd(at(5), completeCmd(1, resp, 0)),                                                             // 5: COMPLETED
-		l.cmd(at(6), claimCmd("fp", "bob", testLease, testRetention)),                                     // 6: replay
-		l.cmd(at(7), heartbeatCmd(1, testLease)),                                                          // 7: ALREADY_COMPLETED
+		l.cmd(at(1), commandtest.Claim("fp", "alice", commandtest.Lease, commandtest.Retention)),          // 1: ACQUIRED token 1
+		l.cmd(at(2), commandtest.Claim("fp", "bob", commandtest.Lease, commandtest.Retention)),            // 2: IN_PROGRESS
+		l.cmd(at(3), commandtest.Claim("zz", "bob", commandtest.Lease, commandtest.Retention)),            // 3: mismatch
+		l.cmd(at(4), commandtest.Complete(2, resp, 0)),                                                    // 4: CLAIM_LOST
+		l.cmd(at(5), commandtest.Complete(1, resp, 0)),                                                    // 5: COMPLETED
+		l.cmd(at(6), commandtest.Claim("fp", "bob", commandtest.Lease, commandtest.Retention)),            // 6: replay
+		l.cmd(at(7), commandtest.Heartbeat(1, commandtest.Lease)),                                         // 7: ALREADY_COMPLETED
 		l.raw(raftpb.EntryNormal, nil),                                                                    // 8: empty (new leader)
 		l.raw(raftpb.EntryConfChange, []byte{0x08, 0x01}),                                                 // 9: conf change
 		l.raw(raftpb.EntryNormal, []byte{0xff, 0xff, 0xff}),                                               // 10: undecodable
-		l.cmd(at(11), claimCmdFor("", "k", "")),                                                           // 11: no namespace
+		l.cmd(at(11), commandtest.ClaimFor("", "k", "")),                                                  // 11: no namespace
 		l.raw(raftpb.EntryNormal, mustMarshal(&statev1.Entry{Time: at(12), Command: []byte{0xff, 0xff}})), // 12: undecodable command
 		l.tick(at(13)), // 13: tick
 	}
@@ -145,9 +139,9 @@ func TestApplyPersistsAppliedIndex(t *testing.T) {
 	l := newLog()
 	l.term = 4
 	ents := []raftpb.Entry{
-		l.cmd(t0, claimCmd("fp", "a", testLease, testRetention)),
-		l.cmd(t0+5, completeCmd(1, &statev1.Response{Code: 200}, 0)),
-		l.tick(t0 + 9),
+		l.cmd(commandtest.T0, commandtest.Claim("fp", "a", commandtest.Lease, commandtest.Retention)),
+		l.cmd(commandtest.T0+5, commandtest.Complete(1, &statev1.Response{Code: 200}, 0)),
+		l.tick(commandtest.T0 + 9),
 	}
 	mustAppend(t, s, raftpb.HardState{Term: 4, Commit: 3}, ents)
 	mustApply(t, s, ents, nil)
@@ -160,8 +154,8 @@ func TestApplyPersistsAppliedIndex(t *testing.T) {
 	if got := s.AppliedIndex(); got != 3 {
 		t.Errorf("AppliedIndex() after reopen = %d; want 3", got)
 	}
-	if got := s.LogTime(); got != t0+9 {
-		t.Errorf("LogTime() after reopen = %d; want %d", got, t0+9)
+	if got := s.LogTime(); got != commandtest.T0+9 {
+		t.Errorf("LogTime() after reopen = %d; want %d", got, commandtest.T0+9)
 	}
 	if rec, _, err := s.Get("ns", "k"); err != nil || !proto.Equal(rec, wantRec) {
 		t.Errorf("Get(ns, k) after reopen = %v, %v; want %v", rec, err, wantRec)
@@ -179,16 +173,16 @@ func TestApplySkipsAppliedEntries(t *testing.T) {
 	s := openStore(t, vfs.NewMem())
 	l := newLog()
 	first := []raftpb.Entry{
-		l.cmd(t0, claimCmdFor("ns", "a", "")),
-		l.cmd(t0+1, claimCmdFor("ns", "b", "")),
-		l.cmd(t0+2, claimCmdFor("ns", "c", "")),
+		l.cmd(commandtest.T0, commandtest.ClaimFor("ns", "a", "")),
+		l.cmd(commandtest.T0+1, commandtest.ClaimFor("ns", "b", "")),
+		l.cmd(commandtest.T0+2, commandtest.ClaimFor("ns", "c", "")),
 	}
 	mustApply(t, s, first, nil)
 	sum3, _ := s.Checksum()
 	// Entries 2 and 3 again, with other commands: they must be skipped.
 	again := []raftpb.Entry{
-		{Index: 2, Term: 1, Data: envelope(900, t0+100, claimCmdFor("ns", "skipped-2", ""))},
-		{Index: 3, Term: 1, Data: envelope(901, t0+100, releaseCmd(1))},
+		{Index: 2, Term: 1, Data: envelope(900, commandtest.T0+100, commandtest.ClaimFor("ns", "skipped-2", ""))},
+		{Index: 3, Term: 1, Data: envelope(901, commandtest.T0+100, commandtest.Release(1))},
 	}
 	results := mustApply(t, s, again, nil)
 	for i, r := range results {
@@ -199,11 +193,11 @@ func TestApplySkipsAppliedEntries(t *testing.T) {
 	if got, _ := s.Checksum(); got != sum3 {
 		t.Errorf("Checksum() changed by re-applied entries")
 	}
-	if got := s.LogTime(); got != t0+2 {
-		t.Errorf("LogTime() = %d after skipped entries; want %d", got, t0+2)
+	if got := s.LogTime(); got != commandtest.T0+2 {
+		t.Errorf("LogTime() = %d after skipped entries; want %d", got, commandtest.T0+2)
 	}
 	// A batch straddling the applied index applies only the new part.
-	fourth := l.cmd(t0+3, claimCmdFor("ns", "d", ""))
+	fourth := l.cmd(commandtest.T0+3, commandtest.ClaimFor("ns", "d", ""))
 	results = mustApply(t, s, append(again, fourth), nil)
 	if results[0] != nil || results[1] != nil || results[2] == nil {
 		t.Errorf("results for entries 2, 3, 4 = %v; want nil, nil, non-nil", results)
@@ -226,22 +220,22 @@ func TestApplySkipsAppliedEntries(t *testing.T) {
 func TestLogTimeNeverMovesBackwards(t *testing.T) {
 	s := openStore(t, vfs.NewMem())
 	l := newLog()
-	late := t0 + int64(time.Hour)
+	late := commandtest.T0 + int64(time.Hour)
 	results := mustApply(t, s, []raftpb.Entry{
 		l.tick(late),
 		// A new leader with a clock an hour behind.
-		l.cmd(t0, claimCmd("fp", "a", testLease, testRetention)),
+		l.cmd(commandtest.T0, commandtest.Claim("fp", "a", commandtest.Lease, commandtest.Retention)),
 	}, nil)
 	r := (results[1])
-	if r.GetLogTime() != late || r.GetRecord().GetCreatedAt() != late || r.GetRecord().GetLeaseExpiresAt() != late+testLease {
+	if r.GetLogTime() != late || r.GetRecord().GetCreatedAt() != late || r.GetRecord().GetLeaseExpiresAt() != late+commandtest.Lease {
 		t.Errorf("claim at an older time: log time %d created_at %d lease_expires_at %d; want %d, %d, %d",
-			r.GetLogTime(), r.GetRecord().GetCreatedAt(), r.GetRecord().GetLeaseExpiresAt(), late, late, late+testLease)
+			r.GetLogTime(), r.GetRecord().GetCreatedAt(), r.GetRecord().GetLeaseExpiresAt(), late, late, late+commandtest.Lease)
 	}
 	if got := s.LogTime(); got != late {
 		t.Errorf("LogTime() = %d; want %d", got, late)
 	}
 	// Across batches too.
-	mustApply(t, s, []raftpb.Entry{l.tick(t0)}, nil)
+	mustApply(t, s, []raftpb.Entry{l.tick(commandtest.T0)}, nil)
 	if got := s.LogTime(); got != late {
 		t.Errorf("LogTime() after an older tick = %d; want %d", got, late)
 	}
@@ -252,11 +246,11 @@ func TestApplyBatchSeesItsOwnWrites(t *testing.T) {
 	l := newLog()
 	resp := &statev1.Response{Code: 200, Body: []byte("ok")}
 	ents := []raftpb.Entry{
-		l.cmd(t0, claimCmd("fp", "a", testLease, testRetention)), // 1
-		l.cmd(t0+1, completeCmd(1, resp, 0)),                     // 2
-		l.cmd(t0+2, claimCmdFor("ns", "r", "")),                  // 3
-		l.cmd(t0+3, &statev1.Command{Op: &statev1.Command_Release{Release: &statev1.Release{Namespace: "ns", Key: "r", Token: 3}}}), // 4
-		l.cmd(t0+4, claimCmdFor("ns", "r", "")), // 5
+		l.cmd(commandtest.T0, commandtest.Claim("fp", "a", commandtest.Lease, commandtest.Retention)),                                           // 1
+		l.cmd(commandtest.T0+1, commandtest.Complete(1, resp, 0)),                                                                               // 2
+		l.cmd(commandtest.T0+2, commandtest.ClaimFor("ns", "r", "")),                                                                            // 3
+		l.cmd(commandtest.T0+3, &statev1.Command{Op: &statev1.Command_Release{Release: &statev1.Release{Namespace: "ns", Key: "r", Token: 3}}}), // 4
+		l.cmd(commandtest.T0+4, commandtest.ClaimFor("ns", "r", "")),                                                                            // 5
 	}
 	results := mustApply(t, s, ents, nil)
 	if r := (results[1]); r.GetError() != statev1.Error_ERROR_UNSPECIFIED || r.GetRecord().GetState() != statev1.State_STATE_COMPLETED {
@@ -286,9 +280,9 @@ func TestConfStatePersisted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mustApply(t, s, []raftpb.Entry{l.tick(t0), l.raw(raftpb.EntryConfChange, data)}, &want)
+	mustApply(t, s, []raftpb.Entry{l.tick(commandtest.T0), l.raw(raftpb.EntryConfChange, data)}, &want)
 	// A later batch without a conf change keeps it.
-	mustApply(t, s, []raftpb.Entry{l.tick(t0 + 1)}, nil)
+	mustApply(t, s, []raftpb.Entry{l.tick(commandtest.T0 + 1)}, nil)
 	if _, cs, _ := s.InitialState(); !reflect.DeepEqual(cs, want) {
 		t.Errorf("InitialState() ConfState = %v; want %v", cs, want)
 	}
@@ -308,16 +302,16 @@ func TestGetJudgesExpiryAtLogTime(t *testing.T) {
 	claim := &statev1.Command{Op: &statev1.Command_Claim{Claim: &statev1.Claim{
 		Namespace: "ns", Key: "k", Lease: retention, Retention: retention,
 	}}}
-	mustApply(t, s, []raftpb.Entry{l.cmd(t0, claim)}, nil)
+	mustApply(t, s, []raftpb.Entry{l.cmd(commandtest.T0, claim)}, nil)
 	tests := []struct {
 		name    string
 		tick    int64 // 0: no tick
 		wantErr error
 	}{
 		{"at claim time", 0, nil},
-		{"one nanosecond before expires_at", t0 + retention - 1, nil},
-		{"at expires_at", t0 + retention, ErrNotFound},
-		{"after expires_at", t0 + retention + int64(time.Hour), ErrNotFound},
+		{"one nanosecond before expires_at", commandtest.T0 + retention - 1, nil},
+		{"at expires_at", commandtest.T0 + retention, ErrNotFound},
+		{"after expires_at", commandtest.T0 + retention + int64(time.Hour), ErrNotFound},
 	}
 	for _, tt := range tests {
 		if tt.tick != 0 {
@@ -362,7 +356,7 @@ func TestWatch(t *testing.T) {
 	cancelled, cancel := s.Watch("ns", "k")
 	cancel()
 
-	mustApply(t, s, []raftpb.Entry{l.cmd(t0, claimCmd("fp", "a", testLease, testRetention))}, nil)
+	mustApply(t, s, []raftpb.Entry{l.cmd(commandtest.T0, commandtest.Claim("fp", "a", commandtest.Lease, commandtest.Retention))}, nil)
 	if !closed(mine) {
 		t.Errorf("Watch(ns, k) open after a claim on ns/k; want closed")
 	}
@@ -377,12 +371,12 @@ func TestWatch(t *testing.T) {
 	// not fire.
 	again, cancelAgain := s.Watch("ns", "k")
 	defer cancelAgain()
-	mustApply(t, s, []raftpb.Entry{l.cmd(t0+1, claimCmd("fp", "b", testLease, testRetention))}, nil)
+	mustApply(t, s, []raftpb.Entry{l.cmd(commandtest.T0+1, commandtest.Claim("fp", "b", commandtest.Lease, commandtest.Retention))}, nil)
 	if closed(again) {
 		t.Errorf("Watch(ns, k) closed by a claim that changed nothing; want open")
 	}
 	// Release removes the record: fires.
-	mustApply(t, s, []raftpb.Entry{l.cmd(t0+2, releaseCmd(1))}, nil)
+	mustApply(t, s, []raftpb.Entry{l.cmd(commandtest.T0+2, commandtest.Release(1))}, nil)
 	if !closed(again) {
 		t.Errorf("Watch(ns, k) open after a release; want closed")
 	}
@@ -410,35 +404,35 @@ func workload() []raftpb.Entry {
 	var ents []raftpb.Entry
 	for i := range 5 {
 		key := fmt.Sprintf("key-%d", i)
-		at := t0 + int64(i)*int64(time.Second)
-		ents = append(ents, l.cmd(at, claimCmdFor("ns", key, "fp")))
+		at := commandtest.T0 + int64(i)*int64(time.Second)
+		ents = append(ents, l.cmd(at, commandtest.ClaimFor("ns", key, "fp")))
 	}
 	ents = append(ents,
-		l.cmd(t0+int64(6*time.Second), &statev1.Command{Op: &statev1.Command_Complete{Complete: &statev1.Complete{
+		l.cmd(commandtest.T0+int64(6*time.Second), &statev1.Command{Op: &statev1.Command_Complete{Complete: &statev1.Complete{
 			Namespace: "ns", Key: "key-0", Token: 1, Response: &statev1.Response{Code: 200, Metadata: map[string]string{"a": "1", "b": "2", "c": "3"}},
 		}}}),
-		l.cmd(t0+int64(7*time.Second), &statev1.Command{Op: &statev1.Command_Release{Release: &statev1.Release{Namespace: "ns", Key: "key-1", Token: 2}}}),
-		l.cmd(t0+int64(8*time.Second), &statev1.Command{Op: &statev1.Command_Heartbeat{Heartbeat: &statev1.Heartbeat{Namespace: "ns", Key: "key-2", Token: 3, Lease: testLease}}}),
-		l.tick(t0+int64(time.Minute)),
-		l.cmd(t0+int64(time.Minute)+1, claimCmdFor("ns", "key-3", "fp")), // takeover
-		l.cmd(t0+int64(time.Minute)+2, claimCmdFor("ns2", "key-0", "")),
+		l.cmd(commandtest.T0+int64(7*time.Second), &statev1.Command{Op: &statev1.Command_Release{Release: &statev1.Release{Namespace: "ns", Key: "key-1", Token: 2}}}),
+		l.cmd(commandtest.T0+int64(8*time.Second), &statev1.Command{Op: &statev1.Command_Heartbeat{Heartbeat: &statev1.Heartbeat{Namespace: "ns", Key: "key-2", Token: 3, Lease: commandtest.Lease}}}),
+		l.tick(commandtest.T0+int64(time.Minute)),
+		l.cmd(commandtest.T0+int64(time.Minute)+1, commandtest.ClaimFor("ns", "key-3", "fp")), // takeover
+		l.cmd(commandtest.T0+int64(time.Minute)+2, commandtest.ClaimFor("ns2", "key-0", "")),
 		// Short-lived records, swept in the middle of the log, and a key
 		// claimed again after its sweep: batches with an Expire read
 		// through an indexed batch, the others through an overlay.
-		l.cmd(t0+int64(time.Minute)+3, shortClaim("brief-0")),
-		l.cmd(t0+int64(time.Minute)+4, shortClaim("brief-1")),
-		l.cmd(t0+int64(time.Minute)+5, &statev1.Command{Op: &statev1.Command_Complete{Complete: &statev1.Complete{
+		l.cmd(commandtest.T0+int64(time.Minute)+3, shortClaim("brief-0")),
+		l.cmd(commandtest.T0+int64(time.Minute)+4, shortClaim("brief-1")),
+		l.cmd(commandtest.T0+int64(time.Minute)+5, &statev1.Command{Op: &statev1.Command_Complete{Complete: &statev1.Complete{
 			Namespace: "ns", Key: "brief-1", Token: 13, Response: &statev1.Response{Code: 201},
 		}}}),
-		l.tick(t0+int64(2*time.Minute)),
-		l.cmd(t0+int64(2*time.Minute)+1, &statev1.Command{Op: &statev1.Command_Expire{Expire: &statev1.Expire{UpTo: t0 + int64(2*time.Minute), Limit: 10}}}),
-		l.cmd(t0+int64(2*time.Minute)+2, shortClaim("brief-0")),
-		l.cmd(t0+int64(2*time.Minute)+3, claimCmdFor("ns", "key-4", "fp")),
+		l.tick(commandtest.T0+int64(2*time.Minute)),
+		l.cmd(commandtest.T0+int64(2*time.Minute)+1, &statev1.Command{Op: &statev1.Command_Expire{Expire: &statev1.Expire{UpTo: commandtest.T0 + int64(2*time.Minute), Limit: 10}}}),
+		l.cmd(commandtest.T0+int64(2*time.Minute)+2, shortClaim("brief-0")),
+		l.cmd(commandtest.T0+int64(2*time.Minute)+3, commandtest.ClaimFor("ns", "key-4", "fp")),
 		// A packed entry (index 19): several records at one index.
-		l.packed(t0+int64(2*time.Minute)+4, 900,
-			claimCmdFor("ns", "key-5", "fp"),
+		l.packed(commandtest.T0+int64(2*time.Minute)+4, 900,
+			commandtest.ClaimFor("ns", "key-5", "fp"),
 			&statev1.Command{Op: &statev1.Command_Complete{Complete: &statev1.Complete{Namespace: "ns", Key: "brief-0", Token: 17}}},
-			&statev1.Command{Op: &statev1.Command_Heartbeat{Heartbeat: &statev1.Heartbeat{Namespace: "ns", Key: "key-4", Token: 18, Lease: testLease}}}),
+			&statev1.Command{Op: &statev1.Command_Heartbeat{Heartbeat: &statev1.Heartbeat{Namespace: "ns", Key: "key-4", Token: 18, Lease: commandtest.Lease}}}),
 	)
 	return ents
 }
@@ -464,7 +458,7 @@ func TestReplicasConverge(t *testing.T) {
 		if _, _, err := s.Get("ns", "brief-1"); !errors.Is(err, ErrNotFound) {
 			t.Errorf("batches %v: brief-1 after its sweep: %v; want ErrNotFound", sizes, err)
 		}
-		if rec, _, err := s.Get("ns", "brief-0"); err != nil || rec.GetAttempt() != 1 || rec.GetCreatedAt() != t0+int64(2*time.Minute)+2 {
+		if rec, _, err := s.Get("ns", "brief-0"); err != nil || rec.GetAttempt() != 1 || rec.GetCreatedAt() != commandtest.T0+int64(2*time.Minute)+2 {
 			t.Errorf("batches %v: brief-0 claimed again after its sweep = %v, %v; want a fresh record", sizes, rec, err)
 		}
 	}
@@ -549,7 +543,7 @@ func TestApplyAfterClose(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if _, err := s.Apply([]raftpb.Entry{newLog().tick(t0)}, nil); !errors.Is(err, ErrClosed) {
+	if _, err := s.Apply([]raftpb.Entry{newLog().tick(commandtest.T0)}, nil); !errors.Is(err, ErrClosed) {
 		t.Errorf("Apply after Close error = %v; want ErrClosed", err)
 	}
 	if _, _, err := s.Get("ns", "k"); !errors.Is(err, ErrClosed) {

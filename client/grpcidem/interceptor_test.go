@@ -451,23 +451,6 @@ func testCustomMetadataKey(t *testing.T, kc *client.Client, ns string) {
 	}
 }
 
-// heartbeatRefuser refuses the first refuse Heartbeat calls of a client
-// with RESOURCE_EXHAUSTED, which the client does not retry, so each refusal
-// is one failed heartbeat. The client must send writes as unary calls
-// (client.Config.MaxInflight < 0) for it to see them.
-type heartbeatRefuser struct {
-	refuse  atomic.Int64
-	refused atomic.Int64
-}
-
-func (h *heartbeatRefuser) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	if method == "/keystore.v1.KeyStoreService/Heartbeat" && h.refuse.Add(-1) >= 0 {
-		h.refused.Add(1)
-		return status.Error(codes.ResourceExhausted, "heartbeat refused by the test")
-	}
-	return invoker(ctx, method, req, reply, cc, opts...)
-}
-
 // testWaitedLong: a call that waited longer than its lease for another
 // holder holds its claim from the grant, not from when its Claim was sent.
 // Its first heartbeat fails and is tried again while the lease runs; the
@@ -490,12 +473,11 @@ func testWaitedLong(t *testing.T, tc *testcluster.Cluster, kc *client.Client, ns
 		time.Sleep(700 * time.Millisecond)
 		_ = kc.Release(context.Background(), ns, "k", held.Token)
 	}()
-	refuser := &heartbeatRefuser{}
-	refuser.refuse.Store(1)
+	refuser := testcluster.NewHeartbeatRefuser(1)
 	waiter, err := client.New(context.Background(), client.Config{
 		Endpoints:   tc.Endpoints(),
 		MaxInflight: -1,
-		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(refuser.intercept)},
+		DialOptions: []grpc.DialOption{refuser.DialOption()},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -524,7 +506,7 @@ func testWaitedLong(t *testing.T, tc *testcluster.Cluster, kc *client.Client, ns
 	if err := <-svc.ctxErr; err != nil {
 		t.Fatalf("handler's context ended (%v) while it held the claim", err)
 	}
-	if n := refuser.refused.Load(); n != 1 {
+	if n := refuser.Refused(); n != 1 {
 		t.Fatalf("%d heartbeats refused; want 1", n)
 	}
 	if _, err := e.health.Check(withKey(t, "k"), req, grpc.Header(&h)); err != nil || !replayed(h) {

@@ -20,8 +20,6 @@ import (
 	"github.com/keystore-dev/keystore/client/httpidem"
 	"github.com/keystore-dev/keystore/internal/testcluster"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 const ns = "httpidem-test"
@@ -329,23 +327,6 @@ func testWaitThenTakeOver(t *testing.T, e *env) {
 	}
 }
 
-// heartbeatRefuser refuses the first refuse Heartbeat calls of a client
-// with RESOURCE_EXHAUSTED, which the client does not retry, so each refusal
-// is one failed heartbeat. The client must send writes as unary calls
-// (client.Config.MaxInflight < 0) for it to see them.
-type heartbeatRefuser struct {
-	refuse  atomic.Int64
-	refused atomic.Int64
-}
-
-func (h *heartbeatRefuser) intercept(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	if method == "/keystore.v1.KeyStoreService/Heartbeat" && h.refuse.Add(-1) >= 0 {
-		h.refused.Add(1)
-		return status.Error(codes.ResourceExhausted, "heartbeat refused by the test")
-	}
-	return invoker(ctx, method, req, reply, cc, opts...)
-}
-
 // testWaitedLongHoldsItsClaim: a request that waited longer than its
 // lease for another holder holds its claim from the grant, not from when
 // it sent its Claim. Its first heartbeat fails and is tried again while
@@ -370,12 +351,11 @@ func testWaitedLongHoldsItsClaim(t *testing.T, e *env) {
 		time.Sleep(700 * time.Millisecond)
 		_ = e.c.Release(context.Background(), ns, key, held.Token)
 	}()
-	refuser := &heartbeatRefuser{}
-	refuser.refuse.Store(1)
+	refuser := testcluster.NewHeartbeatRefuser(1)
 	c := newClient(t, client.Config{
 		Endpoints:   e.tc.Endpoints(),
 		MaxInflight: -1,
-		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(refuser.intercept)},
+		DialOptions: []grpc.DialOption{refuser.DialOption()},
 	})
 	var runs atomic.Int32
 	began := make(chan time.Time, 1)
@@ -398,7 +378,7 @@ func testWaitedLongHoldsItsClaim(t *testing.T, e *env) {
 	if waited := (<-began).Sub(sent); waited < lease {
 		t.Fatalf("the handler began %s after the request; want the request to wait longer than its %s lease", waited, lease)
 	}
-	if n := refuser.refused.Load(); n != 1 {
+	if n := refuser.Refused(); n != 1 {
 		t.Fatalf("%d heartbeats refused; want 1", n)
 	}
 	if again := do(t, "POST", url, key, "{}"); again.status != http.StatusCreated || again.body != "created" || !again.replayed() {
