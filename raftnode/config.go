@@ -16,6 +16,13 @@ type Config struct {
 	// Peers maps the Raft id of every member, this node included, to its
 	// peer address (host:port).
 	Peers map[uint64]string
+	// Names optionally names the members of Peers, for the bootstrap's
+	// conf changes (the state machine keeps them with the addresses).
+	Names map[uint64]string
+	// Join: this node joins an existing cluster (it was added as a
+	// learner). With an empty log it waits for the leader to send it the
+	// log instead of bootstrapping a new cluster from Peers.
+	Join bool
 	// ClusterID names the cluster (see ClusterIDFor). Peer messages carry
 	// it, and a node refuses those of another cluster, so that a node
 	// pointed at the wrong addresses cannot join or disrupt a stranger.
@@ -52,6 +59,10 @@ type Config struct {
 	// instead of piling up while the quorum is stalled or slow. (An entry
 	// is always accepted when nothing is uncommitted, whatever its size.)
 	MaxUncommittedBytes uint64
+
+	// NoAutoPromote turns off the leader's promotion of learners that
+	// caught up (Promote must then be called).
+	NoAutoPromote bool
 
 	// Transport carries the node's traffic to its peers; nil: the TCP
 	// transport, over the addresses in Peers (served by SplitPeerListener

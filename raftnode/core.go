@@ -251,3 +251,29 @@ func (c *core) stop() {
 	}
 	c.mu.Unlock()
 }
+
+// ProposeConfChange proposes cc if this node leads; raft.ErrProposalDropped
+// otherwise. raft itself turns a second conf change proposed before the
+// first applied into an empty entry; the node checks before it proposes
+// (see Node.ChangeMembership).
+func (c *core) ProposeConfChange(cc raftpb.ConfChange) error {
+	c.mu.Lock()
+	if c.stopped {
+		c.mu.Unlock()
+		return raft.ErrStopped
+	}
+	err := c.rn.ProposeConfChange(cc)
+	c.mu.Unlock()
+	c.Pump()
+	return err
+}
+
+// TransferLeader asks raft to hand leadership to id.
+func (c *core) TransferLeader(id uint64) {
+	c.mu.Lock()
+	if !c.stopped {
+		c.rn.TransferLeader(id)
+	}
+	c.mu.Unlock()
+	c.signal()
+}

@@ -666,3 +666,72 @@ func withStop(ctx context.Context, stopc <-chan struct{}) (context.Context, cont
 	}()
 	return ctx, cancel
 }
+
+// ForwardConfChange implements Transport, as Forward does.
+func (t *inmemTransport) ForwardConfChange(ctx context.Context, to uint64, cc []byte) (uint64, error) {
+	index, err := t.forwardConfChange(ctx, to, cc)
+	switch {
+	case err == nil:
+		return index, nil
+	case ctx.Err() != nil:
+		return 0, ErrTimeout
+	case errors.Is(err, ErrMembership):
+		return 0, err
+	default:
+		return 0, fmt.Errorf("%w: forward to %x: %v", errRetry, to, err)
+	}
+}
+
+func (t *inmemTransport) forwardConfChange(ctx context.Context, to uint64, cc []byte) (uint64, error) {
+	select {
+	case <-t.stopc:
+		return 0, errInmemStopped
+	default:
+	}
+	ctx, cancel := withStop(ctx, t.stopc)
+	defer cancel()
+	if err := t.nw.travel(ctx, t.id, to); err != nil {
+		return 0, err
+	}
+	dst := t.nw.route(t.id, to)
+	if dst == nil || !dst.enter() {
+		return 0, errInmemUnknown
+	}
+	dctx, dcancel := withStop(ctx, dst.stopc)
+	index, err := dst.local.ProposeConfChangeForwarded(dctx, cc)
+	dcancel()
+	dst.exit()
+	if err != nil {
+		return 0, err
+	}
+	if err := t.nw.travel(ctx, to, t.id); err != nil {
+		return 0, err
+	}
+	return index, nil
+}
+
+// AddPeer implements Transport. The network routes to every transport it
+// handed out, so a member needs nothing more; faults stay per link.
+func (t *inmemTransport) AddPeer(uint64, string) {}
+
+// RemovePeer implements Transport (see AddPeer).
+func (t *inmemTransport) RemovePeer(uint64) {}
+
+// Hello implements Transport: it asks to's Local, if the link is up.
+func (t *inmemTransport) Hello(ctx context.Context, to uint64) (uint64, bool, error) {
+	ctx, cancel := withStop(ctx, t.stopc)
+	defer cancel()
+	if err := t.nw.travel(ctx, t.id, to); err != nil {
+		return 0, false, err
+	}
+	dst := t.nw.route(t.id, to)
+	if dst == nil || !dst.enter() {
+		return 0, false, errInmemUnknown
+	}
+	applied, _, member := dst.local.Hello(t.id)
+	dst.exit()
+	if err := t.nw.travel(ctx, to, t.id); err != nil {
+		return 0, false, err
+	}
+	return applied, member, nil
+}

@@ -75,6 +75,12 @@ func (l *fakeLocal) ProposeForwarded(ctx context.Context, reqID uint64, cmd []by
 	return l.propose(ctx, reqID, cmd)
 }
 
+func (l *fakeLocal) ProposeConfChangeForwarded(context.Context, []byte) (uint64, error) {
+	return 0, errNotLeader
+}
+
+func (l *fakeLocal) Hello(uint64) (uint64, int, bool) { return 0, 0, false }
+
 func (l *fakeLocal) OpenSnapshot() (raftpb.SnapshotMetadata, io.ReadCloser, error) {
 	return l.snapMD, io.NopCloser(bytes.NewReader(l.snapData)), nil
 }

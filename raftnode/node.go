@@ -50,6 +50,39 @@ type StateMachine interface {
 	LogTime() int64
 }
 
+// memberLister is a StateMachine that keeps the members the applied conf
+// changes describe (storage does): a restarted node takes its peers from
+// it, not from its configuration.
+type memberLister interface {
+	Members() []*statev1.Member
+}
+
+// knownPeers returns the peers a node starts with: the members its state
+// machine knows, when it knows any (the log decides membership; a changed
+// --initial-cluster is only a bootstrap hint), else the configured ones.
+func knownPeers(self uint64, configured map[uint64]string, members []*statev1.Member, logger *slog.Logger) map[uint64]string {
+	if len(members) == 0 {
+		return configured
+	}
+	peers := make(map[uint64]string, len(members))
+	for _, m := range members {
+		addr := m.GetPeerAddress()
+		if addr == "" {
+			addr = configured[m.GetId()] // a member from before addresses were kept
+		}
+		if addr != "" {
+			peers[m.GetId()] = addr
+		}
+	}
+	for id, addr := range configured {
+		if got, ok := peers[id]; id != self && (!ok || got != addr) {
+			logger.Warn("the configured members differ from the membership in the log; the log wins",
+				"member", fmt.Sprintf("%x", id), "configured", addr, "log", got)
+		}
+	}
+	return peers
+}
+
 // Errors returned by Node.
 var (
 	// ErrStopped is returned after Stop, or after a storage failure stopped
@@ -99,6 +132,11 @@ type Node struct {
 	leading     bool   // raft's state is StateLeader; likewise
 	snapshots   atomic.Uint64
 
+	// confSem admits one membership change at a time (membership.go);
+	// removed is set once this node applied its own removal.
+	confSem chan struct{}
+	removed atomic.Bool
+
 	// receiving is held while a snapshot is received (one at a time);
 	// installing counts snapshots being received or installed.
 	receiving  sync.Mutex
@@ -129,11 +167,16 @@ func New(cfg Config, store LogStore, sm StateMachine) (*Node, error) {
 		leaderChanged: make(chan struct{}),
 		appliedc:      make(chan struct{}),
 		stopc:         make(chan struct{}),
+		confSem:       make(chan struct{}, 1),
 	}
 	n.reads.init()
+	peers := cfg.Peers
+	if ml, ok := sm.(memberLister); ok {
+		peers = knownPeers(cfg.ID, cfg.Peers, ml.Members(), n.logger)
+	}
 	n.trans = cfg.Transport
 	if n.trans == nil {
-		n.tcp = newTCPTransport(cfg.ID, cfg.ClusterID, cfg.Peers, cfg.CommitHold, n.logger)
+		n.tcp = newTCPTransport(cfg.ID, cfg.ClusterID, peers, cfg.CommitHold, n.logger)
 		n.trans = n.tcp
 	}
 	n.clock = newLogClock(cfg.Now, time.Now, sm.LogTime())
@@ -173,13 +216,17 @@ func (n *Node) Start() error {
 	if err != nil {
 		return err
 	}
-	if raft.IsEmptyHardState(hs) && last == 0 {
-		// In id order: the bootstrap entries (one conf change per member)
-		// must be the same bytes on every member, and map order is random.
+	if raft.IsEmptyHardState(hs) && last == 0 && n.cfg.Join {
+		n.logger.Info("joining a cluster: waiting for the leader to send the log", "members", len(n.cfg.Peers))
+	} else if raft.IsEmptyHardState(hs) && last == 0 {
+		// In id order: the bootstrap entries (one conf change per member,
+		// its context naming the member) must be the same bytes on every
+		// member, and map order is random.
 		ids := slices.Sorted(maps.Keys(n.cfg.Peers))
 		peers := make([]raft.Peer, 0, len(ids))
 		for _, id := range ids {
-			peers = append(peers, raft.Peer{ID: id})
+			m := &statev1.Member{Id: id, Name: n.cfg.Names[id], PeerAddress: n.cfg.Peers[id]}
+			peers = append(peers, raft.Peer{ID: id, Context: entry.ConfChangeContext(m, 0)})
 		}
 		n.logger.Info("starting a new cluster", "members", len(peers))
 		if err := rn.Bootstrap(peers); err != nil {
@@ -194,10 +241,12 @@ func (n *Node) Start() error {
 	if err := n.trans.Start(nodeLocal{n}); err != nil {
 		return err
 	}
-	n.done.Add(3)
+	n.done.Add(5)
 	go n.run()
 	go n.readLoop()
 	go n.idleTickLoop()
+	go n.promoteLoop()
+	go n.removalLoop()
 	return nil
 }
 
@@ -264,7 +313,7 @@ func (n *Node) halt() {
 		n.halted = true
 		for id, ch := range n.waiters {
 			select {
-			case ch <- outcome{err: ErrStopped}:
+			case ch <- outcome{err: n.stoppedErr()}:
 			default:
 			}
 			delete(n.waiters, id)
@@ -348,7 +397,10 @@ func (n *Node) apply(ents []raftpb.Entry) error {
 	if len(ents) == 0 {
 		return nil
 	}
-	var cs *raftpb.ConfState
+	var (
+		cs  *raftpb.ConfState
+		ccs []appliedConfChange
+	)
 	for i := range ents {
 		switch ents[i].Type {
 		case raftpb.EntryConfChange:
@@ -357,6 +409,7 @@ func (n *Node) apply(ents []raftpb.Entry) error {
 				return fmt.Errorf("conf change at %d: %w", ents[i].Index, err)
 			}
 			cs = n.rn.ApplyConfChange(cc)
+			ccs = append(ccs, appliedConfChange{cc, ents[i].Index})
 		case raftpb.EntryConfChangeV2:
 			var cc raftpb.ConfChangeV2
 			if err := cc.Unmarshal(ents[i].Data); err != nil {
@@ -383,6 +436,9 @@ func (n *Node) apply(ents []raftpb.Entry) error {
 		entry.Answers(id, results[i], func(id uint64, r *statev1.Result) { n.answer(id, r, index) })
 	}
 	n.mu.Unlock()
+	for _, c := range ccs {
+		n.appliedMembership(c)
+	}
 	n.notifyApplied()
 	return nil
 }
@@ -498,7 +554,7 @@ func (n *Node) waitApplied(ctx context.Context, index uint64) error {
 		case <-ctx.Done():
 			return ErrTimeout
 		case <-n.stopc:
-			return ErrStopped
+			return n.stoppedErr()
 		}
 	}
 }

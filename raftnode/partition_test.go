@@ -192,7 +192,10 @@ func (c *inmemCluster) watchLeaders() {
 		defer tick.Stop()
 		leaders := make(map[uint64]uint64) // term → leader
 		for {
-			for _, id := range c.ids {
+			c.mu.Lock()
+			ids := slices.Clone(c.ids)
+			c.mu.Unlock()
+			for _, id := range ids {
 				st := c.node(id).Status()
 				if st.Leader == 0 {
 					continue

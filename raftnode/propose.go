@@ -38,7 +38,7 @@ func (n *Node) propose(ctx context.Context, reqID uint64, command []byte) (*stat
 	for {
 		select {
 		case <-n.stopc: // stopped, or failed: nothing to forward either
-			return nil, ErrStopped
+			return nil, n.stoppedErr()
 		default:
 		}
 		n.mu.Lock()
@@ -69,7 +69,7 @@ func (n *Node) propose(ctx context.Context, reqID uint64, command []byte) (*stat
 		case <-ctx.Done():
 			return nil, ErrTimeout
 		case <-n.stopc:
-			return nil, ErrStopped
+			return nil, n.stoppedErr()
 		case <-changed:
 		case <-time.After(backoff):
 			backoff = min(2*backoff, 200*time.Millisecond)
@@ -127,7 +127,7 @@ func (n *Node) proposeLocal(ctx context.Context, reqID uint64, command []byte) (
 	case <-ctx.Done():
 		return nil, 0, ErrTimeout
 	case <-n.stopc:
-		return nil, 0, ErrStopped
+		return nil, 0, n.stoppedErr()
 	}
 }
 

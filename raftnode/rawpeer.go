@@ -279,6 +279,11 @@ func (t *tcpTransport) stepFrame(b []byte, from uint64, msgs []raftpb.Message) (
 		}
 		msgs = append(msgs, m)
 	}
+	if _, ok := t.peer(from); !ok {
+		// Removed since the connection was accepted: its traffic is
+		// refused from now on.
+		return msgs, fmt.Errorf("%x is no member any more", from)
+	}
 	if err := t.local.Step(msgs); err != nil {
 		return msgs, errPeerStopped
 	}

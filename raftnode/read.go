@@ -66,7 +66,7 @@ func (n *Node) ReadIndex(ctx context.Context) error {
 	case <-ctx.Done():
 		return ErrTimeout
 	case <-n.stopc:
-		return ErrStopped
+		return n.stoppedErr()
 	}
 }
 

@@ -85,7 +85,7 @@ func (t *tcpTransport) sendSnapshot(p *peer, m raftpb.Message) {
 			t.logger.Warn("sending snapshot failed; retrying after a backoff", "peer", fmt.Sprintf("%x", p.id),
 				"index", index, "bytes", bytes, "backoff", p.snapBackoff, "err", err)
 			select {
-			case <-t.stopc:
+			case <-p.stopc:
 			case <-time.After(p.snapBackoff):
 			}
 		} else {
@@ -134,7 +134,7 @@ func (t *tcpTransport) streamSnapshot(p *peer, m raftpb.Message) (sent int64, in
 		_ = conn.Close()
 	}()
 	select {
-	case <-t.stopc: // stop may have looked before snapConn was set
+	case <-p.stopc: // stop may have looked before snapConn was set
 		return 0, md.Index, errPeerStopped
 	default:
 	}

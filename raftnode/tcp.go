@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,9 +48,15 @@ type tcpTransport struct {
 	commitHold time.Duration // <= 0: commit-only appends go out at once
 	local      Local
 	logger     *slog.Logger
-	peers      map[uint64]*peer
 	wg         sync.WaitGroup
-	stopc      chan struct{}
+
+	// pmu guards the members: peers (self excluded), whether their
+	// senders run (started) and whether Stop closed them.
+	pmu          sync.RWMutex
+	peers        map[uint64]*peer
+	started      bool
+	stoppedPeers bool
+	stopc        chan struct{}
 
 	// Inbound raft connections, closed by stop.
 	mu        sync.Mutex
@@ -64,6 +71,7 @@ type peer struct {
 	conn   *grpc.ClientConn // for Forward
 	client peerv1.PeerServiceClient
 	queue  chan raftpb.Message
+	stopc  chan struct{} // closed when the peer is removed or the transport stops
 
 	// An append without entries waiting out commitHold (see send): held
 	// is valid while holding; the timer releases it.
@@ -89,61 +97,135 @@ type peer struct {
 func newTCPTransport(self, clusterID uint64, addrs map[uint64]string, commitHold time.Duration, logger *slog.Logger) *tcpTransport {
 	t := &tcpTransport{self: self, clusterID: clusterID, commitHold: commitHold, logger: logger, peers: make(map[uint64]*peer), stopc: make(chan struct{}), inbound: make(map[net.Conn]struct{})}
 	for id, addr := range addrs {
-		if id == self {
-			continue
+		if id != self {
+			t.peers[id] = t.newPeer(id, addr)
 		}
-		p := &peer{id: id, addr: addr, queue: make(chan raftpb.Message, peerQueue)}
-		p.hold = time.AfterFunc(time.Hour, func() { t.release(p) })
-		p.hold.Stop()
-		t.peers[id] = p
 	}
 	return t
+}
+
+func (t *tcpTransport) newPeer(id uint64, addr string) *peer {
+	p := &peer{id: id, addr: addr, queue: make(chan raftpb.Message, peerQueue), stopc: make(chan struct{})}
+	p.hold = time.AfterFunc(time.Hour, func() { t.release(p) })
+	p.hold.Stop()
+	return p
+}
+
+// startPeer dials p's gRPC connection (lazily) and starts its sender.
+func (t *tcpTransport) startPeer(p *peer) {
+	conn, err := grpc.NewClient(p.addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// Fixed windows turn off gRPC's bandwidth-delay probe (a PING
+		// and its ACK for nearly every message); see DESIGN.md.
+		grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(1<<20),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(MaxMessageBytes), grpc.MaxCallRecvMsgSize(MaxMessageBytes)),
+	)
+	if err != nil {
+		// NewClient fails only on a malformed target; keep the peer
+		// unreachable.
+		t.logger.Error("bad peer address", "peer", fmt.Sprintf("%x", p.id), "addr", p.addr, "err", err)
+		return
+	}
+	p.conn, p.client = conn, peerv1.NewPeerServiceClient(conn)
+	t.wg.Add(1)
+	go t.sendLoop(p)
+}
+
+// closePeer ends p's sender and its connections (a removed peer, or Stop).
+func (t *tcpTransport) closePeer(p *peer) {
+	close(p.stopc)
+	p.hold.Stop()
+	p.mu.Lock()
+	if p.raft != nil {
+		_ = p.raft.Close()
+	}
+	if p.snapConn != nil {
+		_ = p.snapConn.Close()
+	}
+	p.mu.Unlock()
+}
+
+// peer returns the peer id, if it is a member.
+func (t *tcpTransport) peer(id uint64) (*peer, bool) {
+	t.pmu.RLock()
+	defer t.pmu.RUnlock()
+	p, ok := t.peers[id]
+	return p, ok
 }
 
 // Start implements Transport.
 func (t *tcpTransport) Start(local Local) error {
 	t.local = local
+	t.pmu.Lock()
+	defer t.pmu.Unlock()
+	t.started = true
 	for _, p := range t.peers {
-		conn, err := grpc.NewClient(p.addr,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			// Fixed windows turn off gRPC's bandwidth-delay probe (a PING
-			// and its ACK for nearly every message); see DESIGN.md.
-			grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(1<<20),
-			grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(MaxMessageBytes), grpc.MaxCallRecvMsgSize(MaxMessageBytes)),
-		)
-		if err != nil {
-			// NewClient fails only on a malformed target, which Validate
-			// would have caught; keep the peer unreachable.
-			t.logger.Error("bad peer address", "peer", fmt.Sprintf("%x", p.id), "addr", p.addr, "err", err)
-			continue
-		}
-		p.conn, p.client = conn, peerv1.NewPeerServiceClient(conn)
-		t.wg.Add(1)
-		go t.sendLoop(p)
+		t.startPeer(p)
 	}
 	return nil
+}
+
+// AddPeer implements Transport: id is a member at addr from now on (a new
+// address replaces the old one).
+func (t *tcpTransport) AddPeer(id uint64, addr string) {
+	if id == t.self || addr == "" {
+		return
+	}
+	t.pmu.Lock()
+	defer t.pmu.Unlock()
+	if t.stoppedPeers {
+		return
+	}
+	if old, ok := t.peers[id]; ok {
+		if old.addr == addr {
+			return
+		}
+		t.dropPeerLocked(old)
+	}
+	p := t.newPeer(id, addr)
+	t.peers[id] = p
+	if t.started {
+		t.startPeer(p)
+	}
+	t.logger.Info("peer added", "peer", fmt.Sprintf("%x", id), "addr", addr)
+}
+
+// RemovePeer implements Transport: id is no member any more; its messages
+// are refused.
+func (t *tcpTransport) RemovePeer(id uint64) {
+	t.pmu.Lock()
+	defer t.pmu.Unlock()
+	if p, ok := t.peers[id]; ok && !t.stoppedPeers {
+		t.dropPeerLocked(p)
+		t.logger.Info("peer removed", "peer", fmt.Sprintf("%x", id))
+	}
+}
+
+func (t *tcpTransport) dropPeerLocked(p *peer) {
+	delete(t.peers, p.id)
+	t.closePeer(p)
+	if p.conn != nil {
+		_ = p.conn.Close()
+	}
 }
 
 // Stop implements Transport.
 func (t *tcpTransport) Stop() {
 	close(t.stopc)
+	t.pmu.Lock()
+	t.stoppedPeers = true
 	for _, p := range t.peers {
-		p.hold.Stop()
-		p.mu.Lock()
-		if p.raft != nil {
-			_ = p.raft.Close()
-		}
-		if p.snapConn != nil {
-			_ = p.snapConn.Close()
-		}
-		p.mu.Unlock()
+		t.closePeer(p)
 	}
+	t.pmu.Unlock()
 	t.wg.Wait()
+	t.pmu.RLock()
 	for _, p := range t.peers {
 		if p.conn != nil {
 			_ = p.conn.Close()
 		}
 	}
+	t.pmu.RUnlock()
 	t.mu.Lock()
 	t.stopped = true
 	for c := range t.inbound {
@@ -166,6 +248,8 @@ func (t *tcpTransport) Stop() {
 // be late or lost); what it delays is only when a follower learns of a
 // commit, which heartbeats and ReadIndex rounds also carry.
 func (t *tcpTransport) Send(msgs []raftpb.Message) {
+	t.pmu.RLock()
+	defer t.pmu.RUnlock()
 	for _, m := range msgs {
 		p, ok := t.peers[m.To]
 		if !ok {
@@ -216,6 +300,8 @@ func (t *tcpTransport) release(p *peer) {
 
 // releaseAll sends every held append now.
 func (t *tcpTransport) releaseAll() {
+	t.pmu.RLock()
+	defer t.pmu.RUnlock()
 	for _, p := range t.peers {
 		t.release(p)
 	}
@@ -265,7 +351,7 @@ func (t *tcpTransport) sendLoop(p *peer) {
 	for {
 		var first raftpb.Message
 		select {
-		case <-t.stopc:
+		case <-p.stopc:
 			return
 		case first = <-p.queue:
 		}
@@ -299,7 +385,7 @@ func (t *tcpTransport) sendLoop(p *peer) {
 				p.raft = conn
 				p.mu.Unlock()
 				select {
-				case <-t.stopc: // stop may have looked before p.raft was set
+				case <-p.stopc: // stop may have looked before p.raft was set
 					return
 				default:
 				}
@@ -316,7 +402,7 @@ func (t *tcpTransport) sendLoop(p *peer) {
 			closeConn()
 			t.failed(p, batch, err)
 			select {
-			case <-t.stopc:
+			case <-p.stopc:
 				return
 			case <-time.After(backoff):
 			}
@@ -363,7 +449,7 @@ func (t *tcpTransport) failed(p *peer, batch []raftpb.Message, err error) {
 
 // Forward implements Transport over the peer gRPC service.
 func (t *tcpTransport) Forward(ctx context.Context, lead, reqID uint64, command []byte) (*statev1.Result, uint64, error) {
-	p, ok := t.peers[lead]
+	p, ok := t.peer(lead)
 	if !ok || p.client == nil {
 		return nil, 0, errRetry
 	}
@@ -386,6 +472,25 @@ func (t *tcpTransport) Forward(ctx context.Context, lead, reqID uint64, command 
 	return nil, 0, fmt.Errorf("%w: forward to %x: %v", errRetry, lead, err)
 }
 
+// ForwardConfChange implements Transport over the peer gRPC service.
+func (t *tcpTransport) ForwardConfChange(ctx context.Context, lead uint64, cc []byte) (uint64, error) {
+	p, ok := t.peer(lead)
+	if !ok || p.client == nil {
+		return 0, errRetry
+	}
+	resp, err := p.client.ChangeMembership(ctx, &peerv1.ChangeMembershipRequest{ClusterId: t.clusterID, ConfChange: cc})
+	if err == nil {
+		return resp.GetIndex(), nil
+	}
+	if ctx.Err() != nil {
+		return 0, ErrTimeout
+	}
+	if st := status.Convert(err); st.Code() == codes.FailedPrecondition && strings.HasPrefix(st.Message(), ErrMembership.Error()) {
+		return 0, fmt.Errorf("%w%s", ErrMembership, strings.TrimPrefix(st.Message(), ErrMembership.Error()))
+	}
+	return 0, fmt.Errorf("%w: forward to %x: %v", errRetry, lead, err)
+}
+
 // PeerServer returns the peer gRPC service of this node, to be registered on
 // the server listening on this node's peer address. It serves only when the
 // node runs on the TCP transport (the default); otherwise every call fails.
@@ -404,11 +509,63 @@ func (t *tcpTransport) checkSender(clusterID, from uint64) error {
 			"cluster_id", fmt.Sprintf("%x", clusterID), "from", fmt.Sprintf("%x", from))
 		return status.Error(codes.FailedPrecondition, "cluster id mismatch")
 	}
-	if _, ok := t.peers[from]; !ok {
+	if _, ok := t.peer(from); !ok {
 		t.logger.Warn("refused a peer that is not a member", "from", fmt.Sprintf("%x", from))
 		return status.Error(codes.FailedPrecondition, "not a member")
 	}
 	return nil
+}
+
+// ChangeMembership proposes a follower's conf change if this node leads.
+func (s peerService) ChangeMembership(ctx context.Context, req *peerv1.ChangeMembershipRequest) (*peerv1.ChangeMembershipResponse, error) {
+	t := s.t
+	if t == nil || t.local == nil {
+		return nil, status.Error(codes.Unavailable, "not serving")
+	}
+	if req.GetClusterId() != t.clusterID {
+		return nil, status.Error(codes.FailedPrecondition, "cluster id mismatch")
+	}
+	index, err := t.local.ProposeConfChangeForwarded(ctx, req.GetConfChange())
+	switch {
+	case err == nil:
+		t.releaseAll()
+		return &peerv1.ChangeMembershipResponse{Index: index}, nil
+	case errors.Is(err, ErrMembership):
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, errNotLeader), errors.Is(err, errRetry):
+		return nil, status.Error(codes.Unavailable, "leadership changed")
+	case errors.Is(err, ErrStopped), errors.Is(err, ErrRemoved):
+		return nil, status.Error(codes.Unavailable, "leader stopped")
+	default:
+		return nil, status.Error(codes.DeadlineExceeded, "no quorum")
+	}
+}
+
+// Hello tells a starting node whether this one belongs to a cluster. It
+// answers nodes of any cluster: that is what a starting node needs to know.
+func (s peerService) Hello(_ context.Context, req *peerv1.HelloRequest) (*peerv1.HelloResponse, error) {
+	t := s.t
+	if t == nil || t.local == nil {
+		return nil, status.Error(codes.Unavailable, "not serving")
+	}
+	applied, members, member := t.local.Hello(req.GetFrom())
+	return &peerv1.HelloResponse{ClusterId: t.clusterID, AppliedIndex: applied, Members: uint32(members), Member: member}, nil
+}
+
+// Hello implements Transport over the peer gRPC service.
+func (t *tcpTransport) Hello(ctx context.Context, to uint64) (uint64, bool, error) {
+	p, ok := t.peer(to)
+	if !ok || p.client == nil {
+		return 0, false, fmt.Errorf("raftnode: %x is no peer", to)
+	}
+	resp, err := p.client.Hello(ctx, &peerv1.HelloRequest{ClusterId: t.clusterID, From: t.self})
+	if err != nil {
+		return 0, false, err
+	}
+	if resp.GetClusterId() != t.clusterID {
+		return 0, false, fmt.Errorf("raftnode: %x belongs to cluster %x", to, resp.GetClusterId())
+	}
+	return resp.GetAppliedIndex(), resp.GetMember(), nil
 }
 
 // Forward proposes a follower's command if this node leads.

@@ -3,6 +3,7 @@ package raftnode
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
@@ -34,6 +35,19 @@ type Transport interface {
 	// for overload; any other error means the proposal may or may not have
 	// been applied, and may be retried under the same request id.
 	Forward(ctx context.Context, to, requestID uint64, command []byte) (*statev1.Result, uint64, error)
+	// ForwardConfChange proposes a conf change (raftpb.ConfChange,
+	// encoded) on node to (the leader) and returns the index of its entry
+	// once applied there. Errors as Forward's.
+	ForwardConfChange(ctx context.Context, to uint64, cc []byte) (uint64, error)
+	// Hello asks node to whether this node is a member in its
+	// configuration, and how far node to has applied.
+	Hello(ctx context.Context, to uint64) (applied uint64, member bool, err error)
+	// AddPeer makes id a peer at addr (a new address replaces the old);
+	// RemovePeer forgets id, whose traffic is refused from then on. The
+	// node calls them as it applies conf changes, and at start for the
+	// members it knows.
+	AddPeer(id uint64, addr string)
+	RemovePeer(id uint64)
 	// Stop ends all traffic and waits for the transport's goroutines;
 	// nothing is delivered to Local after it returns.
 	Stop()
@@ -52,6 +66,14 @@ type Local interface {
 	// ProposeForwarded proposes a command a follower forwarded, if this
 	// node leads; errNotLeader otherwise.
 	ProposeForwarded(ctx context.Context, requestID uint64, command []byte) (*statev1.Result, uint64, error)
+	// ProposeConfChangeForwarded proposes a conf change a follower
+	// forwarded (raftpb.ConfChange, encoded), if this node leads
+	// (errNotLeader otherwise), and returns its index once applied.
+	ProposeConfChangeForwarded(ctx context.Context, cc []byte) (uint64, error)
+	// Hello reports what this node has applied, how many members it
+	// knows, and whether from is one of them (see Hello in the peer
+	// protocol).
+	Hello(from uint64) (applied uint64, members int, member bool)
 	// OpenSnapshot opens the state to send as a snapshot (see
 	// SnapshotStore.OpenSnapshot).
 	OpenSnapshot() (raftpb.SnapshotMetadata, io.ReadCloser, error)
@@ -83,6 +105,25 @@ func (l nodeLocal) ProposeForwarded(ctx context.Context, requestID uint64, comma
 		return nil, 0, errNotLeader
 	}
 	return l.n.proposeLocal(ctx, requestID, command)
+}
+
+func (l nodeLocal) ProposeConfChangeForwarded(ctx context.Context, b []byte) (uint64, error) {
+	var cc raftpb.ConfChange
+	if err := cc.Unmarshal(b); err != nil {
+		return 0, fmt.Errorf("%w: undecodable conf change", ErrMembership)
+	}
+	if l.n.lead.Load() != l.n.cfg.ID {
+		return 0, errNotLeader
+	}
+	return l.n.proposeConfChangeLocal(ctx, cc)
+}
+
+func (l nodeLocal) Hello(from uint64) (uint64, int, bool) {
+	st := l.n.rn.Status()
+	voters := st.Config.Voters.IDs()
+	_, voter := voters[from]
+	_, learner := st.Config.Learners[from]
+	return l.n.sm.AppliedIndex(), len(voters) + len(st.Config.Learners), voter || learner
 }
 
 func (l nodeLocal) OpenSnapshot() (raftpb.SnapshotMetadata, io.ReadCloser, error) {

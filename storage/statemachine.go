@@ -1,9 +1,11 @@
 package storage
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -83,6 +85,12 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 			continue
 		}
 		meta.AppliedIndex, meta.AppliedTerm = e.Index, e.Term
+		if e.Type == raftpb.EntryConfChange {
+			if err := applyMembership(meta, e); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if e.Type != raftpb.EntryNormal || len(e.Data) == 0 {
 			continue
 		}
@@ -410,4 +418,56 @@ func mustMarshal(m proto.Message) []byte {
 		panic(fmt.Sprintf("storage: marshal %T: %v", m, err))
 	}
 	return v
+}
+
+// applyMembership keeps meta's members in step with a conf change entry:
+// the member its context names is added, promoted, updated or removed.
+// (raft applies the change itself to the ConfState, which Apply's caller
+// passes in; this keeps the addresses beside it, in the same batch.)
+func applyMembership(meta *statev1.Meta, e *raftpb.Entry) error {
+	var cc raftpb.ConfChange
+	if err := cc.Unmarshal(e.Data); err != nil {
+		return fmt.Errorf("%w: conf change at %d: %v", ErrCorrupt, e.Index, err)
+	}
+	m := entry.DecodeConfChangeContext(cc.Context).GetMember()
+	if m == nil || m.GetId() != cc.NodeID {
+		m = &statev1.Member{Id: cc.NodeID}
+	}
+	i, found := slices.BinarySearchFunc(meta.Members, cc.NodeID, func(x *statev1.Member, id uint64) int {
+		return cmp.Compare(x.GetId(), id)
+	})
+	switch cc.Type {
+	case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode, raftpb.ConfChangeUpdateNode:
+		next := proto.Clone(m).(*statev1.Member)
+		if found {
+			// A promotion or an update keeps what the change does not say.
+			cur := meta.Members[i]
+			if next.Name == "" {
+				next.Name = cur.GetName()
+			}
+			if next.PeerAddress == "" {
+				next.PeerAddress = cur.GetPeerAddress()
+			}
+			if next.ClientAddress == "" {
+				next.ClientAddress = cur.GetClientAddress()
+			}
+			next.Learner = cur.GetLearner()
+		}
+		switch cc.Type {
+		case raftpb.ConfChangeAddNode:
+			next.Learner = false
+		case raftpb.ConfChangeAddLearnerNode:
+			next.Learner = true
+		}
+		if found {
+			meta.Members[i] = next
+		} else {
+			meta.Members = slices.Insert(meta.Members, i, next)
+		}
+	case raftpb.ConfChangeRemoveNode:
+		if found {
+			meta.Members = slices.Delete(meta.Members, i, i+1)
+		}
+	}
+	return nil
 }

@@ -227,6 +227,18 @@ func (s *Store) AppliedIndex() uint64 {
 	return s.meta.AppliedIndex
 }
 
+// Members returns the members of the Raft group as the applied conf
+// changes describe them, in id order; the caller may keep them.
+func (s *Store) Members() []*statev1.Member {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*statev1.Member, len(s.meta.Members))
+	for i, m := range s.meta.Members {
+		out[i] = proto.Clone(m).(*statev1.Member)
+	}
+	return out
+}
+
 // LogTime returns the state machine's log time (Unix nanoseconds): the
 // largest leader time stamp applied so far.
 func (s *Store) LogTime() int64 {

@@ -25,6 +25,235 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ChangeMembershipRequest is a conf change forwarded to the leader.
+type ChangeMembershipRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId uint64                 `protobuf:"varint,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// raftpb.ConfChange, encoded; its context a keystore.state.v1.ConfChangeContext.
+	ConfChange    []byte `protobuf:"bytes,2,opt,name=conf_change,json=confChange,proto3" json:"conf_change,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeMembershipRequest) Reset() {
+	*x = ChangeMembershipRequest{}
+	mi := &file_keystore_peer_v1_peer_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeMembershipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeMembershipRequest) ProtoMessage() {}
+
+func (x *ChangeMembershipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_peer_v1_peer_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeMembershipRequest.ProtoReflect.Descriptor instead.
+func (*ChangeMembershipRequest) Descriptor() ([]byte, []int) {
+	return file_keystore_peer_v1_peer_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ChangeMembershipRequest) GetClusterId() uint64 {
+	if x != nil {
+		return x.ClusterId
+	}
+	return 0
+}
+
+func (x *ChangeMembershipRequest) GetConfChange() []byte {
+	if x != nil {
+		return x.ConfChange
+	}
+	return nil
+}
+
+// ChangeMembershipResponse answers a ChangeMembershipRequest.
+type ChangeMembershipResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The log index of the conf change.
+	Index         uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeMembershipResponse) Reset() {
+	*x = ChangeMembershipResponse{}
+	mi := &file_keystore_peer_v1_peer_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeMembershipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeMembershipResponse) ProtoMessage() {}
+
+func (x *ChangeMembershipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_peer_v1_peer_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeMembershipResponse.ProtoReflect.Descriptor instead.
+func (*ChangeMembershipResponse) Descriptor() ([]byte, []int) {
+	return file_keystore_peer_v1_peer_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ChangeMembershipResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+// HelloRequest asks a node about its cluster.
+type HelloRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId uint64                 `protobuf:"varint,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// The asking node's id (0 for a node that has none yet).
+	From          uint64 `protobuf:"varint,2,opt,name=from,proto3" json:"from,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HelloRequest) Reset() {
+	*x = HelloRequest{}
+	mi := &file_keystore_peer_v1_peer_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HelloRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HelloRequest) ProtoMessage() {}
+
+func (x *HelloRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_peer_v1_peer_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HelloRequest.ProtoReflect.Descriptor instead.
+func (*HelloRequest) Descriptor() ([]byte, []int) {
+	return file_keystore_peer_v1_peer_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *HelloRequest) GetClusterId() uint64 {
+	if x != nil {
+		return x.ClusterId
+	}
+	return 0
+}
+
+func (x *HelloRequest) GetFrom() uint64 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+// HelloResponse is a node's cluster, as far as it knows.
+type HelloResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node's cluster id (0 if it has none yet).
+	ClusterId uint64 `protobuf:"varint,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// The index this node applied: above the bootstrap entries, the cluster
+	// has started.
+	AppliedIndex uint64 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// How many members the node's conf state names.
+	Members uint32 `protobuf:"varint,3,opt,name=members,proto3" json:"members,omitempty"`
+	// Whether the asking node is a member in this node's conf state: a node
+	// told "no" by one that applied at least as much as it has was removed.
+	Member        bool `protobuf:"varint,4,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HelloResponse) Reset() {
+	*x = HelloResponse{}
+	mi := &file_keystore_peer_v1_peer_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HelloResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HelloResponse) ProtoMessage() {}
+
+func (x *HelloResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_peer_v1_peer_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HelloResponse.ProtoReflect.Descriptor instead.
+func (*HelloResponse) Descriptor() ([]byte, []int) {
+	return file_keystore_peer_v1_peer_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *HelloResponse) GetClusterId() uint64 {
+	if x != nil {
+		return x.ClusterId
+	}
+	return 0
+}
+
+func (x *HelloResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *HelloResponse) GetMembers() uint32 {
+	if x != nil {
+		return x.Members
+	}
+	return 0
+}
+
+func (x *HelloResponse) GetMember() bool {
+	if x != nil {
+		return x.Member
+	}
+	return false
+}
+
 // ForwardRequest is a proposal forwarded to the leader.
 type ForwardRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -39,7 +268,7 @@ type ForwardRequest struct {
 
 func (x *ForwardRequest) Reset() {
 	*x = ForwardRequest{}
-	mi := &file_keystore_peer_v1_peer_proto_msgTypes[0]
+	mi := &file_keystore_peer_v1_peer_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -51,7 +280,7 @@ func (x *ForwardRequest) String() string {
 func (*ForwardRequest) ProtoMessage() {}
 
 func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keystore_peer_v1_peer_proto_msgTypes[0]
+	mi := &file_keystore_peer_v1_peer_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -64,7 +293,7 @@ func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardRequest.ProtoReflect.Descriptor instead.
 func (*ForwardRequest) Descriptor() ([]byte, []int) {
-	return file_keystore_peer_v1_peer_proto_rawDescGZIP(), []int{0}
+	return file_keystore_peer_v1_peer_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ForwardRequest) GetRequestId() uint64 {
@@ -103,7 +332,7 @@ type ForwardResponse struct {
 
 func (x *ForwardResponse) Reset() {
 	*x = ForwardResponse{}
-	mi := &file_keystore_peer_v1_peer_proto_msgTypes[1]
+	mi := &file_keystore_peer_v1_peer_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -115,7 +344,7 @@ func (x *ForwardResponse) String() string {
 func (*ForwardResponse) ProtoMessage() {}
 
 func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keystore_peer_v1_peer_proto_msgTypes[1]
+	mi := &file_keystore_peer_v1_peer_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -128,7 +357,7 @@ func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResponse.ProtoReflect.Descriptor instead.
 func (*ForwardResponse) Descriptor() ([]byte, []int) {
-	return file_keystore_peer_v1_peer_proto_rawDescGZIP(), []int{1}
+	return file_keystore_peer_v1_peer_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ForwardResponse) GetResult() []byte {
@@ -149,7 +378,24 @@ var File_keystore_peer_v1_peer_proto protoreflect.FileDescriptor
 
 const file_keystore_peer_v1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x1bkeystore/peer/v1/peer.proto\x12\x10keystore.peer.v1\"h\n" +
+	"\x1bkeystore/peer/v1/peer.proto\x12\x10keystore.peer.v1\"Y\n" +
+	"\x17ChangeMembershipRequest\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x1f\n" +
+	"\vconf_change\x18\x02 \x01(\fR\n" +
+	"confChange\"0\n" +
+	"\x18ChangeMembershipResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"A\n" +
+	"\fHelloRequest\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\x04R\x04from\"\x85\x01\n" +
+	"\rHelloResponse\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12#\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x18\n" +
+	"\amembers\x18\x03 \x01(\rR\amembers\x12\x16\n" +
+	"\x06member\x18\x04 \x01(\bR\x06member\"h\n" +
 	"\x0eForwardRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x18\n" +
@@ -158,9 +404,11 @@ const file_keystore_peer_v1_peer_proto_rawDesc = "" +
 	"cluster_id\x18\x03 \x01(\x04R\tclusterId\"?\n" +
 	"\x0fForwardResponse\x12\x16\n" +
 	"\x06result\x18\x01 \x01(\fR\x06result\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index2]\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index2\x92\x02\n" +
 	"\vPeerService\x12N\n" +
-	"\aForward\x12 .keystore.peer.v1.ForwardRequest\x1a!.keystore.peer.v1.ForwardResponseB@Z>github.com/keystore-dev/keystore/proto/keystore/peer/v1;peerv1b\x06proto3"
+	"\aForward\x12 .keystore.peer.v1.ForwardRequest\x1a!.keystore.peer.v1.ForwardResponse\x12i\n" +
+	"\x10ChangeMembership\x12).keystore.peer.v1.ChangeMembershipRequest\x1a*.keystore.peer.v1.ChangeMembershipResponse\x12H\n" +
+	"\x05Hello\x12\x1e.keystore.peer.v1.HelloRequest\x1a\x1f.keystore.peer.v1.HelloResponseB@Z>github.com/keystore-dev/keystore/proto/keystore/peer/v1;peerv1b\x06proto3"
 
 var (
 	file_keystore_peer_v1_peer_proto_rawDescOnce sync.Once
@@ -174,16 +422,24 @@ func file_keystore_peer_v1_peer_proto_rawDescGZIP() []byte {
 	return file_keystore_peer_v1_peer_proto_rawDescData
 }
 
-var file_keystore_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_keystore_peer_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_keystore_peer_v1_peer_proto_goTypes = []any{
-	(*ForwardRequest)(nil),  // 0: keystore.peer.v1.ForwardRequest
-	(*ForwardResponse)(nil), // 1: keystore.peer.v1.ForwardResponse
+	(*ChangeMembershipRequest)(nil),  // 0: keystore.peer.v1.ChangeMembershipRequest
+	(*ChangeMembershipResponse)(nil), // 1: keystore.peer.v1.ChangeMembershipResponse
+	(*HelloRequest)(nil),             // 2: keystore.peer.v1.HelloRequest
+	(*HelloResponse)(nil),            // 3: keystore.peer.v1.HelloResponse
+	(*ForwardRequest)(nil),           // 4: keystore.peer.v1.ForwardRequest
+	(*ForwardResponse)(nil),          // 5: keystore.peer.v1.ForwardResponse
 }
 var file_keystore_peer_v1_peer_proto_depIdxs = []int32{
-	0, // 0: keystore.peer.v1.PeerService.Forward:input_type -> keystore.peer.v1.ForwardRequest
-	1, // 1: keystore.peer.v1.PeerService.Forward:output_type -> keystore.peer.v1.ForwardResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
+	4, // 0: keystore.peer.v1.PeerService.Forward:input_type -> keystore.peer.v1.ForwardRequest
+	0, // 1: keystore.peer.v1.PeerService.ChangeMembership:input_type -> keystore.peer.v1.ChangeMembershipRequest
+	2, // 2: keystore.peer.v1.PeerService.Hello:input_type -> keystore.peer.v1.HelloRequest
+	5, // 3: keystore.peer.v1.PeerService.Forward:output_type -> keystore.peer.v1.ForwardResponse
+	1, // 4: keystore.peer.v1.PeerService.ChangeMembership:output_type -> keystore.peer.v1.ChangeMembershipResponse
+	3, // 5: keystore.peer.v1.PeerService.Hello:output_type -> keystore.peer.v1.HelloResponse
+	3, // [3:6] is the sub-list for method output_type
+	0, // [0:3] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -200,7 +456,7 @@ func file_keystore_peer_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keystore_peer_v1_peer_proto_rawDesc), len(file_keystore_peer_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,7 +23,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	PeerService_Forward_FullMethodName = "/keystore.peer.v1.PeerService/Forward"
+	PeerService_Forward_FullMethodName          = "/keystore.peer.v1.PeerService/Forward"
+	PeerService_ChangeMembership_FullMethodName = "/keystore.peer.v1.PeerService/ChangeMembership"
+	PeerService_Hello_FullMethodName            = "/keystore.peer.v1.PeerService/Hello"
 )
 
 // PeerServiceClient is the client API for PeerService service.
@@ -34,6 +36,13 @@ const (
 type PeerServiceClient interface {
 	// Forward proposes a payload on the leader and returns its apply result.
 	Forward(ctx context.Context, in *ForwardRequest, opts ...grpc.CallOption) (*ForwardResponse, error)
+	// ChangeMembership proposes a conf change on the leader and returns once
+	// it is applied there.
+	ChangeMembership(ctx context.Context, in *ChangeMembershipRequest, opts ...grpc.CallOption) (*ChangeMembershipResponse, error)
+	// Hello tells a starting node whether this node already belongs to a
+	// cluster, so that a node with an empty data dir never bootstraps a
+	// cluster that exists.
+	Hello(ctx context.Context, in *HelloRequest, opts ...grpc.CallOption) (*HelloResponse, error)
 }
 
 type peerServiceClient struct {
@@ -54,6 +63,26 @@ func (c *peerServiceClient) Forward(ctx context.Context, in *ForwardRequest, opt
 	return out, nil
 }
 
+func (c *peerServiceClient) ChangeMembership(ctx context.Context, in *ChangeMembershipRequest, opts ...grpc.CallOption) (*ChangeMembershipResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ChangeMembershipResponse)
+	err := c.cc.Invoke(ctx, PeerService_ChangeMembership_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *peerServiceClient) Hello(ctx context.Context, in *HelloRequest, opts ...grpc.CallOption) (*HelloResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HelloResponse)
+	err := c.cc.Invoke(ctx, PeerService_Hello_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PeerServiceServer is the server API for PeerService service.
 // All implementations must embed UnimplementedPeerServiceServer
 // for forward compatibility.
@@ -62,6 +91,13 @@ func (c *peerServiceClient) Forward(ctx context.Context, in *ForwardRequest, opt
 type PeerServiceServer interface {
 	// Forward proposes a payload on the leader and returns its apply result.
 	Forward(context.Context, *ForwardRequest) (*ForwardResponse, error)
+	// ChangeMembership proposes a conf change on the leader and returns once
+	// it is applied there.
+	ChangeMembership(context.Context, *ChangeMembershipRequest) (*ChangeMembershipResponse, error)
+	// Hello tells a starting node whether this node already belongs to a
+	// cluster, so that a node with an empty data dir never bootstraps a
+	// cluster that exists.
+	Hello(context.Context, *HelloRequest) (*HelloResponse, error)
 	mustEmbedUnimplementedPeerServiceServer()
 }
 
@@ -74,6 +110,12 @@ type UnimplementedPeerServiceServer struct{}
 
 func (UnimplementedPeerServiceServer) Forward(context.Context, *ForwardRequest) (*ForwardResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Forward not implemented")
+}
+func (UnimplementedPeerServiceServer) ChangeMembership(context.Context, *ChangeMembershipRequest) (*ChangeMembershipResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ChangeMembership not implemented")
+}
+func (UnimplementedPeerServiceServer) Hello(context.Context, *HelloRequest) (*HelloResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Hello not implemented")
 }
 func (UnimplementedPeerServiceServer) mustEmbedUnimplementedPeerServiceServer() {}
 func (UnimplementedPeerServiceServer) testEmbeddedByValue()                     {}
@@ -114,6 +156,42 @@ func _PeerService_Forward_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _PeerService_ChangeMembership_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ChangeMembershipRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServiceServer).ChangeMembership(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PeerService_ChangeMembership_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServiceServer).ChangeMembership(ctx, req.(*ChangeMembershipRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PeerService_Hello_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HelloRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PeerServiceServer).Hello(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PeerService_Hello_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PeerServiceServer).Hello(ctx, req.(*HelloRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // PeerService_ServiceDesc is the grpc.ServiceDesc for PeerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -124,6 +202,14 @@ var PeerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Forward",
 			Handler:    _PeerService_Forward_Handler,
+		},
+		{
+			MethodName: "ChangeMembership",
+			Handler:    _PeerService_ChangeMembership_Handler,
+		},
+		{
+			MethodName: "Hello",
+			Handler:    _PeerService_Hello_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -976,6 +976,10 @@ type Meta struct {
 	ConfState []byte `protobuf:"bytes,4,opt,name=conf_state,json=confState,proto3" json:"conf_state,omitempty"`
 	// Records stored, expired-but-not-yet-swept ones included.
 	StoredRecords uint64 `protobuf:"varint,5,opt,name=stored_records,json=storedRecords,proto3" json:"stored_records,omitempty"`
+	// The members of the Raft group as the applied conf changes describe
+	// them, in id order (empty in a state written before members were kept:
+	// the conf state alone names them then).
+	Members       []*Member `protobuf:"bytes,6,rep,name=members,proto3" json:"members,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1045,6 +1049,149 @@ func (x *Meta) GetStoredRecords() uint64 {
 	return 0
 }
 
+func (x *Meta) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+// Member is one node of the Raft group, as the log knows it.
+type Member struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Where peers reach its Raft transport and peer gRPC service.
+	PeerAddress string `protobuf:"bytes,3,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
+	// Where clients reach it (may be empty until it says).
+	ClientAddress string `protobuf:"bytes,4,opt,name=client_address,json=clientAddress,proto3" json:"client_address,omitempty"`
+	// A learner receives the log but does not vote.
+	Learner       bool `protobuf:"varint,5,opt,name=learner,proto3" json:"learner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Member) Reset() {
+	*x = Member{}
+	mi := &file_keystore_state_v1_state_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Member) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Member) ProtoMessage() {}
+
+func (x *Member) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_state_v1_state_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Member.ProtoReflect.Descriptor instead.
+func (*Member) Descriptor() ([]byte, []int) {
+	return file_keystore_state_v1_state_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Member) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Member) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Member) GetPeerAddress() string {
+	if x != nil {
+		return x.PeerAddress
+	}
+	return ""
+}
+
+func (x *Member) GetClientAddress() string {
+	if x != nil {
+		return x.ClientAddress
+	}
+	return ""
+}
+
+func (x *Member) GetLearner() bool {
+	if x != nil {
+		return x.Learner
+	}
+	return false
+}
+
+// ConfChangeContext is the context of every conf change keystore writes
+// (raftpb.ConfChange.context), the bootstrap's included: the member the
+// change adds, promotes or removes, so that every replica learns its
+// addresses from the log, and the request id its proposer waits on.
+type ConfChangeContext struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Member        *Member                `protobuf:"bytes,2,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfChangeContext) Reset() {
+	*x = ConfChangeContext{}
+	mi := &file_keystore_state_v1_state_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfChangeContext) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfChangeContext) ProtoMessage() {}
+
+func (x *ConfChangeContext) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_state_v1_state_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfChangeContext.ProtoReflect.Descriptor instead.
+func (*ConfChangeContext) Descriptor() ([]byte, []int) {
+	return file_keystore_state_v1_state_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ConfChangeContext) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *ConfChangeContext) GetMember() *Member {
+	if x != nil {
+		return x.Member
+	}
+	return nil
+}
+
 // Entry is the envelope of every normal Raft log entry: the proposal's
 // request id, the leader's clock when it proposed, and the command. The
 // state machine takes log time as the maximum entry time seen so far, so log
@@ -1067,7 +1214,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_keystore_state_v1_state_proto_msgTypes[10]
+	mi := &file_keystore_state_v1_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1079,7 +1226,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_keystore_state_v1_state_proto_msgTypes[10]
+	mi := &file_keystore_state_v1_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1092,7 +1239,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_keystore_state_v1_state_proto_rawDescGZIP(), []int{10}
+	return file_keystore_state_v1_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Entry) GetRequestId() uint64 {
@@ -1135,7 +1282,7 @@ type Proposal struct {
 
 func (x *Proposal) Reset() {
 	*x = Proposal{}
-	mi := &file_keystore_state_v1_state_proto_msgTypes[11]
+	mi := &file_keystore_state_v1_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1147,7 +1294,7 @@ func (x *Proposal) String() string {
 func (*Proposal) ProtoMessage() {}
 
 func (x *Proposal) ProtoReflect() protoreflect.Message {
-	mi := &file_keystore_state_v1_state_proto_msgTypes[11]
+	mi := &file_keystore_state_v1_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1160,7 +1307,7 @@ func (x *Proposal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Proposal.ProtoReflect.Descriptor instead.
 func (*Proposal) Descriptor() ([]byte, []int) {
-	return file_keystore_state_v1_state_proto_rawDescGZIP(), []int{11}
+	return file_keystore_state_v1_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Proposal) GetRequestId() uint64 {
@@ -1246,14 +1393,25 @@ const file_keystore_state_v1_state_proto_rawDesc = "" +
 	"\x04more\x18\x06 \x01(\bR\x04more\x121\n" +
 	"\x06packed\x18\a \x03(\v2\x19.keystore.state.v1.ResultR\x06packed\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\b \x01(\x04R\trequestId\"\xaf\x01\n" +
+	"request_id\x18\b \x01(\x04R\trequestId\"\xe4\x01\n" +
 	"\x04Meta\x12#\n" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\x12!\n" +
 	"\fapplied_term\x18\x02 \x01(\x04R\vappliedTerm\x12\x19\n" +
 	"\blog_time\x18\x03 \x01(\x03R\alogTime\x12\x1d\n" +
 	"\n" +
 	"conf_state\x18\x04 \x01(\fR\tconfState\x12%\n" +
-	"\x0estored_records\x18\x05 \x01(\x04R\rstoredRecords\"\x8f\x01\n" +
+	"\x0estored_records\x18\x05 \x01(\x04R\rstoredRecords\x123\n" +
+	"\amembers\x18\x06 \x03(\v2\x19.keystore.state.v1.MemberR\amembers\"\x90\x01\n" +
+	"\x06Member\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12!\n" +
+	"\fpeer_address\x18\x03 \x01(\tR\vpeerAddress\x12%\n" +
+	"\x0eclient_address\x18\x04 \x01(\tR\rclientAddress\x12\x18\n" +
+	"\alearner\x18\x05 \x01(\bR\alearner\"e\n" +
+	"\x11ConfChangeContext\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x121\n" +
+	"\x06member\x18\x02 \x01(\v2\x19.keystore.state.v1.MemberR\x06member\"\x8f\x01\n" +
 	"\x05Entry\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x12\n" +
@@ -1293,27 +1451,29 @@ func file_keystore_state_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_keystore_state_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_keystore_state_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_keystore_state_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_keystore_state_v1_state_proto_goTypes = []any{
-	(State)(0),        // 0: keystore.state.v1.State
-	(Outcome)(0),      // 1: keystore.state.v1.Outcome
-	(Error)(0),        // 2: keystore.state.v1.Error
-	(*Response)(nil),  // 3: keystore.state.v1.Response
-	(*Record)(nil),    // 4: keystore.state.v1.Record
-	(*Command)(nil),   // 5: keystore.state.v1.Command
-	(*Claim)(nil),     // 6: keystore.state.v1.Claim
-	(*Complete)(nil),  // 7: keystore.state.v1.Complete
-	(*Release)(nil),   // 8: keystore.state.v1.Release
-	(*Heartbeat)(nil), // 9: keystore.state.v1.Heartbeat
-	(*Expire)(nil),    // 10: keystore.state.v1.Expire
-	(*Result)(nil),    // 11: keystore.state.v1.Result
-	(*Meta)(nil),      // 12: keystore.state.v1.Meta
-	(*Entry)(nil),     // 13: keystore.state.v1.Entry
-	(*Proposal)(nil),  // 14: keystore.state.v1.Proposal
-	nil,               // 15: keystore.state.v1.Response.MetadataEntry
+	(State)(0),                // 0: keystore.state.v1.State
+	(Outcome)(0),              // 1: keystore.state.v1.Outcome
+	(Error)(0),                // 2: keystore.state.v1.Error
+	(*Response)(nil),          // 3: keystore.state.v1.Response
+	(*Record)(nil),            // 4: keystore.state.v1.Record
+	(*Command)(nil),           // 5: keystore.state.v1.Command
+	(*Claim)(nil),             // 6: keystore.state.v1.Claim
+	(*Complete)(nil),          // 7: keystore.state.v1.Complete
+	(*Release)(nil),           // 8: keystore.state.v1.Release
+	(*Heartbeat)(nil),         // 9: keystore.state.v1.Heartbeat
+	(*Expire)(nil),            // 10: keystore.state.v1.Expire
+	(*Result)(nil),            // 11: keystore.state.v1.Result
+	(*Meta)(nil),              // 12: keystore.state.v1.Meta
+	(*Member)(nil),            // 13: keystore.state.v1.Member
+	(*ConfChangeContext)(nil), // 14: keystore.state.v1.ConfChangeContext
+	(*Entry)(nil),             // 15: keystore.state.v1.Entry
+	(*Proposal)(nil),          // 16: keystore.state.v1.Proposal
+	nil,                       // 17: keystore.state.v1.Response.MetadataEntry
 }
 var file_keystore_state_v1_state_proto_depIdxs = []int32{
-	15, // 0: keystore.state.v1.Response.metadata:type_name -> keystore.state.v1.Response.MetadataEntry
+	17, // 0: keystore.state.v1.Response.metadata:type_name -> keystore.state.v1.Response.MetadataEntry
 	0,  // 1: keystore.state.v1.Record.state:type_name -> keystore.state.v1.State
 	3,  // 2: keystore.state.v1.Record.response:type_name -> keystore.state.v1.Response
 	6,  // 3: keystore.state.v1.Command.claim:type_name -> keystore.state.v1.Claim
@@ -1326,12 +1486,14 @@ var file_keystore_state_v1_state_proto_depIdxs = []int32{
 	1,  // 10: keystore.state.v1.Result.outcome:type_name -> keystore.state.v1.Outcome
 	4,  // 11: keystore.state.v1.Result.record:type_name -> keystore.state.v1.Record
 	11, // 12: keystore.state.v1.Result.packed:type_name -> keystore.state.v1.Result
-	14, // 13: keystore.state.v1.Entry.proposals:type_name -> keystore.state.v1.Proposal
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	13, // 13: keystore.state.v1.Meta.members:type_name -> keystore.state.v1.Member
+	13, // 14: keystore.state.v1.ConfChangeContext.member:type_name -> keystore.state.v1.Member
+	16, // 15: keystore.state.v1.Entry.proposals:type_name -> keystore.state.v1.Proposal
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_keystore_state_v1_state_proto_init() }
@@ -1352,7 +1514,7 @@ func file_keystore_state_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keystore_state_v1_state_proto_rawDesc), len(file_keystore_state_v1_state_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   13,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

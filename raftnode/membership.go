@@ -1,0 +1,471 @@
+package raftnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keystore-dev/keystore/entry"
+	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
+)
+
+// Membership changes are Raft conf changes, one change at a time, proposed
+// by the leader (a follower forwards them). A node joins as a learner: it
+// receives the log, a snapshot first if it is far behind, but does not
+// vote, so adding it cannot cost the quorum anything. It becomes a voter
+// (Promote) only once its log is close to the leader's, which the leader
+// does by itself (promoteLoop). Removing a voter, or promoting a learner,
+// is refused when the voters after the change that the leader hears from
+// could not form a quorum of the new configuration (etcd's strict
+// reconfiguration check): no change may leave a cluster that cannot
+// commit. Every conf change carries the member it is about, with its
+// addresses (entry.ConfChangeContext), so every replica learns them from
+// the log, and the state machine keeps them beside the ConfState.
+
+// ErrMembership is returned for a membership change that is refused: it
+// names a member that does not exist or already does, it would leave the
+// cluster without a working quorum, the learner is not caught up, or
+// another change is still in flight. The error says which.
+var ErrMembership = errors.New("raftnode: membership change refused")
+
+// ErrRemoved is returned after this node learnt that it was removed from
+// the cluster: it serves nothing any more. It is an ErrStopped.
+var ErrRemoved = fmt.Errorf("%w: this node was removed from the cluster", ErrStopped)
+
+// promoteAt is how close a learner's log must be to the leader's to be
+// promoted: its match index at least this fraction of the leader's (as
+// etcd's).
+const promoteAt = 0.9
+
+// appliedConfChange is a conf change the node applied, at index.
+type appliedConfChange struct {
+	cc    raftpb.ConfChange
+	index uint64
+}
+
+// appliedMembership follows an applied conf change: the transport learns
+// of the member (or forgets it), the proposer waiting on it hears, and a
+// node that applied its own removal stops.
+func (n *Node) appliedMembership(c appliedConfChange) {
+	ctx := entry.DecodeConfChangeContext(c.cc.Context)
+	id := c.cc.NodeID
+	switch c.cc.Type {
+	case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode, raftpb.ConfChangeUpdateNode:
+		if m := ctx.GetMember(); m.GetId() == id && id != n.cfg.ID {
+			n.trans.AddPeer(id, m.GetPeerAddress())
+		}
+	case raftpb.ConfChangeRemoveNode:
+		if id == n.cfg.ID {
+			n.logger.Warn("this node was removed from the cluster; it stops serving")
+			n.removed.Store(true)
+			defer n.halt()
+		} else {
+			n.trans.RemovePeer(id)
+		}
+	}
+	n.logger.Info("membership changed", "change", c.cc.Type.String(), "member", fmt.Sprintf("%x", id),
+		"name", ctx.GetMember().GetName(), "index", c.index)
+	if rid := ctx.GetRequestId(); rid != 0 {
+		n.mu.Lock()
+		n.answer(rid, nil, c.index)
+		n.mu.Unlock()
+	}
+}
+
+// AddLearner adds m (its Id set by the caller, unique and never reused)
+// as a learner and returns once the change is applied on the leader.
+func (n *Node) AddLearner(ctx context.Context, m *statev1.Member) error {
+	if m.GetId() == 0 || m.GetPeerAddress() == "" {
+		return fmt.Errorf("%w: a member needs an id and a peer address", ErrMembership)
+	}
+	m.Learner = true
+	return n.changeMembership(ctx, raftpb.ConfChange{Type: raftpb.ConfChangeAddLearnerNode, NodeID: m.GetId()}, m)
+}
+
+// Promote makes learner id a voter, once its log is close to the leader's.
+func (n *Node) Promote(ctx context.Context, id uint64) error {
+	return n.changeMembership(ctx, raftpb.ConfChange{Type: raftpb.ConfChangeAddNode, NodeID: id}, &statev1.Member{Id: id})
+}
+
+// RemoveMember removes member id. Removing the leader hands leadership to
+// another voter first.
+func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
+	if id == n.cfg.ID && n.IsLeader() {
+		if err := n.TransferLeadership(ctx); err != nil {
+			return err
+		}
+	}
+	return n.changeMembership(ctx, raftpb.ConfChange{Type: raftpb.ConfChangeRemoveNode, NodeID: id}, &statev1.Member{Id: id})
+}
+
+// changeMembership proposes cc (about member m) on the leader, forwarding
+// it from a follower, and returns once it is applied there. A change lost
+// with a leader is proposed again: each is idempotent (adding a learner
+// twice, promoting a voter, removing a non-member change nothing).
+func (n *Node) changeMembership(ctx context.Context, cc raftpb.ConfChange, m *statev1.Member) error {
+	cc.Context = entry.ConfChangeContext(m, newRequestID())
+	b, err := cc.Marshal()
+	if err != nil {
+		return err
+	}
+	backoff := 5 * time.Millisecond
+	for {
+		select {
+		case <-n.stopc:
+			return n.stoppedErr()
+		default:
+		}
+		n.mu.Lock()
+		changed := n.leaderChanged
+		n.mu.Unlock()
+		switch lead := n.lead.Load(); lead {
+		case 0:
+			err = errRetry
+		case n.cfg.ID:
+			_, err = n.proposeConfChangeLocal(ctx, cc)
+		default:
+			var index uint64
+			index, err = n.trans.ForwardConfChange(ctx, lead, b)
+			if err == nil {
+				n.catchUp(ctx, index)
+			} else if !errors.Is(err, errRetry) && !errors.Is(err, ErrTimeout) && !errors.Is(err, ErrMembership) && !errors.Is(err, ErrStopped) {
+				err = fmt.Errorf("%w: %v", errRetry, err)
+			}
+		}
+		if err == nil || !errors.Is(err, errRetry) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ErrTimeout
+		case <-n.stopc:
+			return n.stoppedErr()
+		case <-changed:
+		case <-time.After(backoff):
+			backoff = min(2*backoff, 200*time.Millisecond)
+		}
+	}
+}
+
+func (n *Node) stoppedErr() error {
+	if n.removed.Load() {
+		return ErrRemoved
+	}
+	return ErrStopped
+}
+
+// proposeConfChangeLocal checks cc against the configuration this leader
+// sees, proposes it and waits for it to apply here.
+func (n *Node) proposeConfChangeLocal(ctx context.Context, cc raftpb.ConfChange) (uint64, error) {
+	reqID := entry.DecodeConfChangeContext(cc.Context).GetRequestId()
+	if reqID == 0 {
+		return 0, fmt.Errorf("%w: a conf change without a request id", ErrMembership)
+	}
+	// One change at a time. raft turns a conf change proposed before the
+	// last one applied, or before a new leader applied the log it had when
+	// elected, into an empty entry, and its proposer would wait for
+	// nothing: so changes queue here, and each waits until this node
+	// applied everything its log held when it came to propose.
+	select {
+	case n.confSem <- struct{}{}:
+	case <-ctx.Done():
+		return 0, ErrTimeout
+	case <-n.stopc:
+		return 0, n.stoppedErr()
+	}
+	defer func() { <-n.confSem }()
+	st := n.rn.Status()
+	if st.RaftState != raft.StateLeader {
+		return 0, errRetry
+	}
+	if err := n.waitApplied(ctx, st.Progress[st.ID].Match); err != nil {
+		return 0, err
+	}
+	ch := make(chan outcome, 1)
+	n.mu.Lock()
+	if n.halted {
+		n.mu.Unlock()
+		return 0, ErrStopped
+	}
+	if err := checkConfChange(n.rn.Status(), cc); err != nil {
+		n.mu.Unlock()
+		return 0, err
+	}
+	n.waiters[reqID] = ch
+	changed := n.leaderChanged
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		if n.waiters[reqID] == ch {
+			delete(n.waiters, reqID)
+		}
+		n.mu.Unlock()
+	}()
+	if err := n.core.ProposeConfChange(cc); err != nil {
+		if errors.Is(err, raft.ErrStopped) {
+			return 0, ErrStopped
+		}
+		return 0, errRetry
+	}
+	select {
+	case o := <-ch:
+		return o.index, o.err
+	case <-changed:
+		return 0, errRetry
+	case <-ctx.Done():
+		return 0, ErrTimeout
+	case <-n.stopc:
+		return 0, n.stoppedErr()
+	}
+}
+
+// checkConfChange refuses a change that names no member, or one already
+// there, a promotion of a learner that is behind, and any change after
+// which the voters the leader hears from could not form a quorum.
+func checkConfChange(st raft.Status, cc raftpb.ConfChange) error {
+	voters := st.Config.Voters.IDs()
+	learners := st.Config.Learners
+	id := cc.NodeID
+	_, isVoter := voters[id]
+	_, isLearner := learners[id]
+	active := func(v uint64) bool {
+		if v == st.ID {
+			return true
+		}
+		pr, ok := st.Progress[v]
+		return ok && pr.RecentActive
+	}
+	quorumAfter := func(next map[uint64]struct{}) error {
+		up := 0
+		for v := range next {
+			if active(v) {
+				up++
+			}
+		}
+		if need := len(next)/2 + 1; up < need {
+			return fmt.Errorf("%w: after the change %d of %d voters would be reachable, fewer than the %d a quorum needs",
+				ErrMembership, up, len(next), need)
+		}
+		return nil
+	}
+	switch cc.Type {
+	case raftpb.ConfChangeAddLearnerNode:
+		if isVoter {
+			return fmt.Errorf("%w: %x is a voter already", ErrMembership, id)
+		}
+		return nil // adding a learner again changes nothing
+	case raftpb.ConfChangeAddNode:
+		if isVoter {
+			return nil
+		}
+		if !isLearner {
+			return fmt.Errorf("%w: %x is not a member; add it as a learner first", ErrMembership, id)
+		}
+		if !caughtUp(st, id) {
+			return fmt.Errorf("%w: learner %x is not caught up with the leader's log yet", ErrMembership, id)
+		}
+		next := map[uint64]struct{}{id: {}}
+		for v := range voters {
+			next[v] = struct{}{}
+		}
+		return quorumAfter(next)
+	case raftpb.ConfChangeRemoveNode:
+		if !isVoter && !isLearner {
+			return fmt.Errorf("%w: %x is not a member", ErrMembership, id)
+		}
+		if isLearner {
+			return nil
+		}
+		if len(voters) == 1 {
+			return fmt.Errorf("%w: %x is the only voter", ErrMembership, id)
+		}
+		next := make(map[uint64]struct{}, len(voters))
+		for v := range voters {
+			if v != id {
+				next[v] = struct{}{}
+			}
+		}
+		return quorumAfter(next)
+	default:
+		return fmt.Errorf("%w: unsupported change %v", ErrMembership, cc.Type)
+	}
+}
+
+// caughtUp reports whether learner id's log is close enough to the
+// leader's for it to vote: it replicates (no snapshot under way), the
+// leader hears from it, and it matches at least promoteAt of the leader's
+// log.
+func caughtUp(st raft.Status, id uint64) bool {
+	pr, ok := st.Progress[id]
+	lead, lok := st.Progress[st.ID]
+	if !ok || !lok {
+		return false
+	}
+	return pr.State == tracker.StateReplicate && pr.RecentActive && float64(pr.Match) >= promoteAt*float64(lead.Match)
+}
+
+// promoteLoop promotes, on the leader, each learner that has caught up.
+func (n *Node) promoteLoop() {
+	defer n.done.Done()
+	if n.cfg.NoAutoPromote {
+		return
+	}
+	t := time.NewTicker(n.cfg.TickInterval * 5)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stopc:
+			return
+		case <-t.C:
+		}
+		if !n.IsLeader() {
+			continue
+		}
+		st := n.rn.Status()
+		for id := range st.Config.Learners {
+			if !caughtUp(st, id) {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*n.cfg.TickInterval*time.Duration(n.cfg.ElectionTicks))
+			err := n.Promote(ctx, id)
+			cancel()
+			if err != nil {
+				n.logger.Info("promoting a learner failed; retrying", "member", fmt.Sprintf("%x", id), "err", err)
+			} else {
+				n.logger.Info("promoted a caught-up learner to voter", "member", fmt.Sprintf("%x", id))
+			}
+			break // one change at a time
+		}
+	}
+}
+
+// TransferLeadership hands leadership, if this node has it, to the voter
+// whose log is most complete among those it hears from, and returns once
+// another node leads (ErrTimeout if none took over before ctx ended). A
+// node that does not lead, or is the only voter, returns at once.
+func (n *Node) TransferLeadership(ctx context.Context) error {
+	if !n.IsLeader() {
+		return nil
+	}
+	st := n.rn.Status()
+	var to, best uint64
+	for v := range st.Config.Voters.IDs() {
+		pr, ok := st.Progress[v]
+		if v == n.cfg.ID || !ok || !pr.RecentActive {
+			continue
+		}
+		if to == 0 || pr.Match > best {
+			to, best = v, pr.Match
+		}
+	}
+	if to == 0 {
+		return nil
+	}
+	n.logger.Info("transferring leadership", "to", fmt.Sprintf("%x", to))
+	n.core.TransferLeader(to)
+	for n.IsLeader() {
+		n.mu.Lock()
+		changed := n.leaderChanged
+		n.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ErrTimeout
+		case <-n.stopc:
+			return n.stoppedErr()
+		case <-time.After(n.cfg.TickInterval):
+		}
+	}
+	return nil
+}
+
+// Members returns the members as this node's raft configuration has them
+// (voters and learners) with, on the leader, how far each one's log is
+// known to match.
+func (n *Node) Members() []MemberStatus {
+	st := n.rn.Status()
+	var out []MemberStatus
+	for id := range st.Config.Voters.IDs() {
+		out = append(out, MemberStatus{ID: id, Match: st.Progress[id].Match})
+	}
+	for id := range st.Config.Learners {
+		out = append(out, MemberStatus{ID: id, Learner: true, Match: st.Progress[id].Match})
+	}
+	return out
+}
+
+// MemberStatus is one member in Members.
+type MemberStatus struct {
+	ID      uint64
+	Learner bool
+	// Match is how far its log is known to match the leader's (0 unless
+	// this node leads).
+	Match uint64
+}
+
+// removalLoop finds out whether this node was removed while it could not
+// hear of it. The leader stops replicating to a member the moment it
+// applies its removal, so the removed node never learns that the change
+// committed: it only stops hearing from a leader. When it has known no
+// leader for a while, it asks its peers (Hello); one that has applied at
+// least as much as this node and does not count it a member applied its
+// removal (a peer that applied this node's own addition would count it),
+// and the node stops with ErrRemoved, as it would had it applied the
+// removal itself.
+func (n *Node) removalLoop() {
+	defer n.done.Done()
+	timeout := n.cfg.TickInterval * time.Duration(n.cfg.ElectionTicks)
+	t := time.NewTicker(2 * timeout)
+	defer t.Stop()
+	var leaderless time.Time
+	for {
+		select {
+		case <-n.stopc:
+			return
+		case <-t.C:
+		}
+		if n.lead.Load() != 0 {
+			leaderless = time.Time{}
+			continue
+		}
+		if leaderless.IsZero() {
+			leaderless = time.Now()
+			continue
+		}
+		if time.Since(leaderless) < 2*timeout {
+			continue
+		}
+		if n.askRemoved(timeout) {
+			n.logger.Warn("a peer that applied more of the log no longer counts this node a member: it was removed; it stops serving")
+			n.removed.Store(true)
+			n.halt()
+			return
+		}
+	}
+}
+
+// askRemoved asks each peer this node knows whether it is still a member.
+func (n *Node) askRemoved(timeout time.Duration) bool {
+	applied := n.sm.AppliedIndex()
+	st := n.rn.Status()
+	ids := st.Config.Voters.IDs()
+	for id := range st.Config.Learners {
+		ids[id] = struct{}{}
+	}
+	for id := range ids {
+		if id == n.cfg.ID {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		theirs, member, err := n.trans.Hello(ctx, id)
+		cancel()
+		if err == nil && !member && theirs >= applied && applied > 0 {
+			return true
+		}
+	}
+	return false
+}
