@@ -728,10 +728,10 @@ func (t *inmemTransport) Hello(ctx context.Context, to uint64) (uint64, bool, er
 	if dst == nil || !dst.enter() {
 		return 0, false, errInmemUnknown
 	}
-	applied, _, member := dst.local.Hello(t.id)
+	h := dst.local.Hello(t.id)
 	dst.exit()
 	if err := t.nw.travel(ctx, to, t.id); err != nil {
 		return 0, false, err
 	}
-	return applied, member, nil
+	return h.Applied, h.Member, nil
 }

@@ -79,7 +79,7 @@ func (l *fakeLocal) ProposeConfChangeForwarded(context.Context, []byte) (uint64,
 	return 0, errNotLeader
 }
 
-func (l *fakeLocal) Hello(uint64) (uint64, int, bool) { return 0, 0, false }
+func (l *fakeLocal) Hello(uint64) HelloInfo { return HelloInfo{} }
 
 func (l *fakeLocal) OpenSnapshot() (raftpb.SnapshotMetadata, io.ReadCloser, error) {
 	return l.snapMD, io.NopCloser(bytes.NewReader(l.snapData)), nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/keystore-dev/keystore/entry"
@@ -84,6 +85,12 @@ func (n *Node) AddLearner(ctx context.Context, m *statev1.Member) error {
 	}
 	m.Learner = true
 	return n.changeMembership(ctx, raftpb.ConfChange{Type: raftpb.ConfChangeAddLearnerNode, NodeID: m.GetId()}, m)
+}
+
+// UpdateMember records m's addresses (its name and client address
+// included) in the log, for a member that exists.
+func (n *Node) UpdateMember(ctx context.Context, m *statev1.Member) error {
+	return n.changeMembership(ctx, raftpb.ConfChange{Type: raftpb.ConfChangeUpdateNode, NodeID: m.GetId()}, m)
 }
 
 // Promote makes learner id a voter, once its log is close to the leader's.
@@ -191,7 +198,7 @@ func (n *Node) proposeConfChangeLocal(ctx context.Context, cc raftpb.ConfChange)
 		n.mu.Unlock()
 		return 0, ErrStopped
 	}
-	if err := checkConfChange(n.rn.Status(), cc); err != nil {
+	if err := checkConfChange(n.rn.Status(), cc, n.activePeer); err != nil {
 		n.mu.Unlock()
 		return 0, err
 	}
@@ -226,19 +233,13 @@ func (n *Node) proposeConfChangeLocal(ctx context.Context, cc raftpb.ConfChange)
 // checkConfChange refuses a change that names no member, or one already
 // there, a promotion of a learner that is behind, and any change after
 // which the voters the leader hears from could not form a quorum.
-func checkConfChange(st raft.Status, cc raftpb.ConfChange) error {
+func checkConfChange(st raft.Status, cc raftpb.ConfChange, heard func(uint64) bool) error {
 	voters := st.Config.Voters.IDs()
 	learners := st.Config.Learners
 	id := cc.NodeID
 	_, isVoter := voters[id]
 	_, isLearner := learners[id]
-	active := func(v uint64) bool {
-		if v == st.ID {
-			return true
-		}
-		pr, ok := st.Progress[v]
-		return ok && pr.RecentActive
-	}
+	active := func(v uint64) bool { return v == st.ID || heard(v) }
 	quorumAfter := func(next map[uint64]struct{}) error {
 		up := 0
 		for v := range next {
@@ -265,7 +266,7 @@ func checkConfChange(st raft.Status, cc raftpb.ConfChange) error {
 		if !isLearner {
 			return fmt.Errorf("%w: %x is not a member; add it as a learner first", ErrMembership, id)
 		}
-		if !caughtUp(st, id) {
+		if !caughtUp(st, id, heard) {
 			return fmt.Errorf("%w: learner %x is not caught up with the leader's log yet", ErrMembership, id)
 		}
 		next := map[uint64]struct{}{id: {}}
@@ -273,6 +274,11 @@ func checkConfChange(st raft.Status, cc raftpb.ConfChange) error {
 			next[v] = struct{}{}
 		}
 		return quorumAfter(next)
+	case raftpb.ConfChangeUpdateNode:
+		if !isVoter && !isLearner {
+			return fmt.Errorf("%w: %x is not a member", ErrMembership, id)
+		}
+		return nil
 	case raftpb.ConfChangeRemoveNode:
 		if !isVoter && !isLearner {
 			return fmt.Errorf("%w: %x is not a member", ErrMembership, id)
@@ -295,17 +301,23 @@ func checkConfChange(st raft.Status, cc raftpb.ConfChange) error {
 	}
 }
 
+// activePeer reports whether the leader heard from peer id within the
+// last few heartbeats.
+func (n *Node) activePeer(id uint64) bool {
+	return n.heardWithin(id, 3*n.cfg.TickInterval*time.Duration(n.cfg.HeartbeatTicks))
+}
+
 // caughtUp reports whether learner id's log is close enough to the
 // leader's for it to vote: it replicates (no snapshot under way), the
-// leader hears from it, and it matches at least promoteAt of the leader's
-// log.
-func caughtUp(st raft.Status, id uint64) bool {
+// leader heard from it lately, and it matches at least promoteAt of the
+// leader's log.
+func caughtUp(st raft.Status, id uint64, heard func(uint64) bool) bool {
 	pr, ok := st.Progress[id]
 	lead, lok := st.Progress[st.ID]
 	if !ok || !lok {
 		return false
 	}
-	return pr.State == tracker.StateReplicate && pr.RecentActive && float64(pr.Match) >= promoteAt*float64(lead.Match)
+	return pr.State == tracker.StateReplicate && heard(id) && float64(pr.Match) >= promoteAt*float64(lead.Match)
 }
 
 // promoteLoop promotes, on the leader, each learner that has caught up.
@@ -327,7 +339,7 @@ func (n *Node) promoteLoop() {
 		}
 		st := n.rn.Status()
 		for id := range st.Config.Learners {
-			if !caughtUp(st, id) {
+			if !caughtUp(st, id, n.activePeer) {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*n.cfg.TickInterval*time.Duration(n.cfg.ElectionTicks))
@@ -343,10 +355,40 @@ func (n *Node) promoteLoop() {
 	}
 }
 
+// heardFrom notes that a frame from peer id arrived now.
+func (n *Node) heardFrom(id uint64) {
+	n.heardMu.RLock()
+	at, ok := n.heard[id]
+	n.heardMu.RUnlock()
+	if !ok {
+		n.heardMu.Lock()
+		if n.heard == nil {
+			n.heard = make(map[uint64]*atomic.Int64)
+		}
+		if at, ok = n.heard[id]; !ok {
+			at = new(atomic.Int64)
+			n.heard[id] = at
+		}
+		n.heardMu.Unlock()
+	}
+	at.Store(time.Now().UnixNano())
+}
+
+// heardWithin reports whether a frame from id arrived within d.
+func (n *Node) heardWithin(id uint64, d time.Duration) bool {
+	n.heardMu.RLock()
+	at, ok := n.heard[id]
+	n.heardMu.RUnlock()
+	return ok && time.Since(time.Unix(0, at.Load())) < d
+}
+
 // TransferLeadership hands leadership, if this node has it, to the voter
-// whose log is most complete among those it hears from, and returns once
-// another node leads (ErrTimeout if none took over before ctx ended). A
-// node that does not lead, or is the only voter, returns at once.
+// whose log is most complete among those it heard from in the last few
+// heartbeats, and returns once another node leads: a live transferee that
+// is caught up takes over within a round trip or two. It gives up
+// (ErrTimeout) after five ticks, or when ctx ends: the transferee may be
+// stopping too, and raft goes on trying until an election timeout. A node
+// that does not lead, or hears from no other voter, returns at once.
 func (n *Node) TransferLeadership(ctx context.Context) error {
 	if !n.IsLeader() {
 		return nil
@@ -355,7 +397,7 @@ func (n *Node) TransferLeadership(ctx context.Context) error {
 	var to, best uint64
 	for v := range st.Config.Voters.IDs() {
 		pr, ok := st.Progress[v]
-		if v == n.cfg.ID || !ok || !pr.RecentActive {
+		if v == n.cfg.ID || !ok || !n.activePeer(v) {
 			continue
 		}
 		if to == 0 || pr.Match > best {
@@ -367,6 +409,7 @@ func (n *Node) TransferLeadership(ctx context.Context) error {
 	}
 	n.logger.Info("transferring leadership", "to", fmt.Sprintf("%x", to))
 	n.core.TransferLeader(to)
+	giveUp := time.After(5 * n.cfg.TickInterval)
 	for n.IsLeader() {
 		n.mu.Lock()
 		changed := n.leaderChanged
@@ -374,6 +417,8 @@ func (n *Node) TransferLeadership(ctx context.Context) error {
 		select {
 		case <-changed:
 		case <-ctx.Done():
+			return ErrTimeout
+		case <-giveUp:
 			return ErrTimeout
 		case <-n.stopc:
 			return n.stoppedErr()
@@ -469,3 +514,11 @@ func (n *Node) askRemoved(timeout time.Duration) bool {
 	}
 	return false
 }
+
+// Done is closed once the node stops serving: after Stop, a storage
+// failure, or its removal from the cluster (Removed).
+func (n *Node) Done() <-chan struct{} { return n.stopc }
+
+// Removed reports whether the node stopped because it was removed from the
+// cluster.
+func (n *Node) Removed() bool { return n.removed.Load() }

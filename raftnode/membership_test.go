@@ -158,10 +158,7 @@ func TestMembershipRefusesChangesThatLoseTheQuorum(t *testing.T) {
 	c.nw.Isolate(others[0])
 	// CheckQuorum marks the cut-off voter inactive within an election
 	// timeout.
-	waitFor(t, "the leader to notice", func() bool {
-		st := c.node(lead).rn.Status()
-		return !st.Progress[others[0]].RecentActive
-	})
+	waitFor(t, "the leader to notice", func() bool { return !c.node(lead).activePeer(others[0]) })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	err := c.node(lead).RemoveMember(ctx, others[1])
@@ -194,7 +191,7 @@ func TestMembershipRemovedWhileCutOffFindsOut(t *testing.T) {
 		gone = c.ids[1]
 	}
 	c.nw.Isolate(gone)
-	waitFor(t, "the leader to notice", func() bool { return !c.node(lead).rn.Status().Progress[gone].RecentActive })
+	waitFor(t, "the leader to notice", func() bool { return !c.node(lead).activePeer(gone) })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := c.node(lead).RemoveMember(ctx, gone); err != nil {

@@ -136,6 +136,10 @@ type Node struct {
 	// removed is set once this node applied its own removal.
 	confSem chan struct{}
 	removed atomic.Bool
+	// heard is when a frame last arrived from each peer (TransferLeadership
+	// hands over only to a peer heard from lately).
+	heardMu sync.RWMutex
+	heard   map[uint64]*atomic.Int64
 
 	// receiving is held while a snapshot is received (one at a time);
 	// installing counts snapshots being received or installed.
@@ -168,6 +172,7 @@ func New(cfg Config, store LogStore, sm StateMachine) (*Node, error) {
 		appliedc:      make(chan struct{}),
 		stopc:         make(chan struct{}),
 		confSem:       make(chan struct{}, 1),
+		heard:         make(map[uint64]*atomic.Int64),
 	}
 	n.reads.init()
 	peers := cfg.Peers

@@ -548,8 +548,8 @@ func (s peerService) Hello(_ context.Context, req *peerv1.HelloRequest) (*peerv1
 	if t == nil || t.local == nil {
 		return nil, status.Error(codes.Unavailable, "not serving")
 	}
-	applied, members, member := t.local.Hello(req.GetFrom())
-	return &peerv1.HelloResponse{ClusterId: t.clusterID, AppliedIndex: applied, Members: uint32(members), Member: member}, nil
+	h := t.local.Hello(req.GetFrom())
+	return &peerv1.HelloResponse{ClusterId: t.clusterID, AppliedIndex: h.Applied, Members: uint32(h.Members), Member: h.Member, Started: h.Started}, nil
 }
 
 // Hello implements Transport over the peer gRPC service.

@@ -71,9 +71,9 @@ type Local interface {
 	// (errNotLeader otherwise), and returns its index once applied.
 	ProposeConfChangeForwarded(ctx context.Context, cc []byte) (uint64, error)
 	// Hello reports what this node has applied, how many members it
-	// knows, and whether from is one of them (see Hello in the peer
-	// protocol).
-	Hello(from uint64) (applied uint64, members int, member bool)
+	// knows, whether from is one of them, and whether from has started
+	// as one before (see Hello in the peer protocol).
+	Hello(from uint64) HelloInfo
 	// OpenSnapshot opens the state to send as a snapshot (see
 	// SnapshotStore.OpenSnapshot).
 	OpenSnapshot() (raftpb.SnapshotMetadata, io.ReadCloser, error)
@@ -92,7 +92,12 @@ var (
 // nodeLocal is Node's Local side (kept off Node's exported methods).
 type nodeLocal struct{ n *Node }
 
-func (l nodeLocal) Step(msgs []raftpb.Message) error { return l.n.rn.StepFrame(msgs) }
+func (l nodeLocal) Step(msgs []raftpb.Message) error {
+	if len(msgs) > 0 {
+		l.n.heardFrom(msgs[0].From)
+	}
+	return l.n.rn.StepFrame(msgs)
+}
 
 func (l nodeLocal) ReportUnreachable(id uint64) { l.n.rn.ReportUnreachable(id) }
 
@@ -118,12 +123,28 @@ func (l nodeLocal) ProposeConfChangeForwarded(ctx context.Context, b []byte) (ui
 	return l.n.proposeConfChangeLocal(ctx, cc)
 }
 
-func (l nodeLocal) Hello(from uint64) (uint64, int, bool) {
+// HelloInfo is what a node tells another about itself and its cluster.
+type HelloInfo struct {
+	Applied uint64 // the index it applied
+	Members int    // how many members its configuration names
+	Member  bool   // whether the asker is one of them
+	Started bool   // whether the asker published itself as a started member before
+}
+
+func (l nodeLocal) Hello(from uint64) HelloInfo {
 	st := l.n.rn.Status()
 	voters := st.Config.Voters.IDs()
 	_, voter := voters[from]
 	_, learner := st.Config.Learners[from]
-	return l.n.sm.AppliedIndex(), len(voters) + len(st.Config.Learners), voter || learner
+	h := HelloInfo{Applied: l.n.sm.AppliedIndex(), Members: len(voters) + len(st.Config.Learners), Member: voter || learner}
+	if ml, ok := l.n.sm.(memberLister); ok {
+		for _, m := range ml.Members() {
+			if m.GetId() == from && m.GetStarted() {
+				h.Started = true
+			}
+		}
+	}
+	return h
 }
 
 func (l nodeLocal) OpenSnapshot() (raftpb.SnapshotMetadata, io.ReadCloser, error) {

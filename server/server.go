@@ -38,6 +38,18 @@ type Config struct {
 	PeerAddr string
 	// InitialCluster maps every member's name to its peer address.
 	InitialCluster map[string]string
+	// AdvertisePeerAddr and AdvertiseClientAddr are the addresses other
+	// nodes and clients reach this node at, when they differ from
+	// PeerAddr and ClientAddr (which may listen on every interface).
+	AdvertisePeerAddr, AdvertiseClientAddr string
+	// Join lists client addresses of members of an existing cluster: a
+	// node with an empty data dir asks them to add it (as a learner) and
+	// then is sent the log, instead of bootstrapping from InitialCluster.
+	Join []string
+	// InitialClusterState is ClusterStateNew (default: with an empty data
+	// dir, bootstrap InitialCluster) or ClusterStateExisting (never
+	// bootstrap: an empty data dir needs Join).
+	InitialClusterState string
 	// ClusterToken tells this cluster from others whose members have the
 	// same names; with the member names it makes the cluster id that every
 	// peer message carries (default "keystore").
@@ -101,7 +113,12 @@ func (c Config) Validate() error {
 	case c.PeerAddr == "" && c.PeerListener == nil:
 		return errors.New("server: PeerAddr is required")
 	}
-	if _, ok := c.InitialCluster[c.Name]; !ok {
+	switch c.InitialClusterState {
+	case "", ClusterStateNew, ClusterStateExisting:
+	default:
+		return fmt.Errorf("server: initial cluster state %q: want %q or %q", c.InitialClusterState, ClusterStateNew, ClusterStateExisting)
+	}
+	if _, ok := c.InitialCluster[c.Name]; !ok && len(c.Join) == 0 {
 		return fmt.Errorf("server: initial cluster does not name this member %q", c.Name)
 	}
 	ids := make(map[uint64]string)
@@ -117,12 +134,13 @@ func (c Config) Validate() error {
 
 // Server is one running keystore node.
 type Server struct {
-	cfg    Config
-	logger *slog.Logger
-	store  *storage.Store
-	node   *raftnode.Node
-	sweep  *expiry.Sweeper
-	health *health.Server
+	cfg       Config
+	logger    *slog.Logger
+	clusterID uint64
+	store     *storage.Store
+	node      *raftnode.Node
+	sweep     *expiry.Sweeper
+	health    *health.Server
 
 	client, peer       *grpc.Server
 	batch              *api.BatchService // drained before client stops
@@ -164,19 +182,14 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	st, err := resolveIdentity(cfg, store, logger)
+	if err != nil {
+		_ = store.Close()
+		return nil, err
+	}
 	rc := cfg.Raft
-	rc.ID = raftnode.IDFromName(cfg.Name)
-	rc.Peers = make(map[uint64]string)
-	names := make([]string, 0, len(cfg.InitialCluster))
-	for name, addr := range cfg.InitialCluster {
-		rc.Peers[raftnode.IDFromName(name)] = addr
-		names = append(names, name)
-	}
-	token := cfg.ClusterToken
-	if token == "" {
-		token = "keystore"
-	}
-	rc.ClusterID = raftnode.ClusterIDFor(token, names)
+	rc.ID, rc.ClusterID = st.id.NodeID, st.id.ClusterID
+	rc.Peers, rc.Names, rc.Join = st.peers, st.names, st.join
 	rc.Logger = logger
 	node, err := raftnode.New(rc, store, store)
 	if err != nil {
@@ -202,6 +215,7 @@ func New(cfg Config) (*Server, error) {
 	apiCfg = apiCfg.WithDefaults()
 	s := &Server{
 		cfg:           cfg,
+		clusterID:     st.id.ClusterID,
 		logger:        logger,
 		store:         store,
 		node:          node,
@@ -279,6 +293,20 @@ func (s *Server) Start() error {
 	s.group.Go(func() error { return s.serveError("peer", s.peer.Serve(peerGRPC)) })
 	s.group.Go(func() error { return s.serveError("client", s.client.Serve(s.clientLis)) })
 	s.group.Go(func() error { s.healthLoop(); return nil })
+	s.group.Go(func() error { s.publishLoop(); return nil })
+	// A node removed from the cluster stops serving: Wait returns
+	// raftnode.ErrRemoved.
+	s.group.Go(func() error {
+		select {
+		case <-s.node.Done():
+			if s.node.Removed() {
+				s.logger.Warn("stopping: this node was removed from the cluster")
+				return raftnode.ErrRemoved
+			}
+		case <-s.stopping:
+		}
+		return nil
+	})
 	go func() {
 		select {
 		case <-s.failed:
@@ -329,6 +357,13 @@ func (s *Server) Status() raftnode.Status { return s.node.Status() }
 // second call waits for the first to finish.
 func (s *Server) Stop(grace time.Duration) {
 	s.stopOnce.Do(func() {
+		// A leader hands leadership over first, so that its stop costs the
+		// cluster no election timeout (a rolling restart).
+		ctx, cancel := context.WithTimeout(context.Background(), transferTimeout(s.cfg.Raft))
+		if err := s.node.TransferLeadership(ctx); err != nil {
+			s.logger.Warn("leadership transfer before stopping failed", "err", err)
+		}
+		cancel()
 		close(s.stopping)
 		// NOT_SERVING for good: a report of the health loop racing with
 		// Stop is ignored.
@@ -352,6 +387,19 @@ func (s *Server) Stop(grace time.Duration) {
 		s.logger.Info("stopped")
 		close(s.stopped)
 	})
+}
+
+// transferTimeout bounds the leadership transfer before a stop: two
+// election timeouts.
+func transferTimeout(rc raftnode.Config) time.Duration {
+	tick, ticks := rc.TickInterval, rc.ElectionTicks
+	if tick <= 0 {
+		tick = 100 * time.Millisecond
+	}
+	if ticks <= 0 {
+		ticks = 10
+	}
+	return 2 * tick * time.Duration(ticks)
 }
 
 // Health. A node reports SERVING only while it can answer for the cluster:
@@ -517,3 +565,11 @@ var (
 	fixedWindows     = grpc.InitialWindowSize(1 << 20)
 	fixedConnWindows = grpc.InitialConnWindowSize(1 << 20)
 )
+
+// fs is the filesystem of the node's data.
+func (c Config) fs() vfs.FS {
+	if c.FS == nil {
+		return vfs.Default
+	}
+	return c.FS
+}

@@ -2,12 +2,9 @@ package server
 
 import (
 	"context"
-	"fmt"
-	"sort"
 	"time"
 
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
-	"github.com/keystore-dev/keystore/raftnode"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -36,14 +33,11 @@ func (c clusterService) Status(_ context.Context, req *keystorev1.StatusRequest)
 	if lt := c.s.store.LogTime(); lt > 0 {
 		resp.LogTime = timestamppb.New(time.Unix(0, lt))
 	}
-	for name, addr := range c.s.cfg.InitialCluster {
-		id := raftnode.IDFromName(name)
-		m := &keystorev1.Member{Name: name, Id: fmt.Sprintf("%x", id), PeerAddress: addr, IsLeader: id == st.Leader}
-		if m.IsLeader {
-			resp.Leader = name
+	resp.Members = c.s.memberViews()
+	for _, m := range resp.Members {
+		if m.GetIsLeader() {
+			resp.Leader = m.GetName()
 		}
-		resp.Members = append(resp.Members, m)
 	}
-	sort.Slice(resp.Members, func(i, j int) bool { return resp.Members[i].Name < resp.Members[j].Name })
 	return resp, nil
 }

@@ -452,6 +452,7 @@ func applyMembership(meta *statev1.Meta, e *raftpb.Entry) error {
 				next.ClientAddress = cur.GetClientAddress()
 			}
 			next.Learner = cur.GetLearner()
+			next.Started = next.Started || cur.GetStarted()
 		}
 		switch cc.Type {
 		case raftpb.ConfChangeAddNode:

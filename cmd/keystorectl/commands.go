@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 
@@ -13,36 +14,73 @@ import (
 
 // command is one subcommand. setup registers its flags on fs and returns
 // the action to run once they are parsed; the action checks them first and
-// reports mistakes as usageErrors, before it dials anything.
+// reports mistakes as usageErrors, before it dials anything. A name of two
+// words ("member add") is a subcommand of a group.
 type command struct {
 	name     string
 	synopsis string
 	summary  string
 	setup    func(fs *flag.FlagSet) func(e *env) error
+	// args name the positional arguments, all required (env.args).
+	args []string
+	// details, when set, follow the summary in the command's help.
+	details string
 }
 
 var commands = []command{
-	{"claim", "--namespace NS --key KEY [--fingerprint S | --fingerprint-hex H] [--lease D] [--retention D] [--wait D] [--owner S]",
-		"Claim a key: ACQUIRED (with the token), IN_PROGRESS, or COMPLETED (with the stored response).", setupClaim},
-	{"complete", "--namespace NS --key KEY --token N [--code N] [--body S | --body-file PATH] [--header K=V]... [--retention D]",
-		"Store the response of a claimed operation; every later claim replays it.", setupComplete},
-	{"release", "--namespace NS --key KEY --token N",
-		"Give up a claim after a retryable failure, so the next claim acquires.", setupRelease},
-	{"heartbeat", "--namespace NS --key KEY --token N [--lease D]",
-		"Extend a claim's lease.", setupHeartbeat},
-	{"get", "--namespace NS --key KEY [--stale]",
-		"Read a record (linearizable unless --stale).", setupGet},
-	{"status", "",
-		"Show each endpoint's view of the cluster: name, leader, term, commit and applied index, stored records, serving.", setupStatus},
+	{name: "claim", synopsis: "--namespace NS --key KEY [--fingerprint S | --fingerprint-hex H] [--lease D] [--retention D] [--wait D] [--owner S]",
+		summary: "Claim a key: ACQUIRED (with the token), IN_PROGRESS, or COMPLETED (with the stored response).", setup: setupClaim},
+	{name: "complete", synopsis: "--namespace NS --key KEY --token N [--code N] [--body S | --body-file PATH] [--header K=V]... [--retention D]",
+		summary: "Store the response of a claimed operation; every later claim replays it.", setup: setupComplete},
+	{name: "release", synopsis: "--namespace NS --key KEY --token N",
+		summary: "Give up a claim after a retryable failure, so the next claim acquires.", setup: setupRelease},
+	{name: "heartbeat", synopsis: "--namespace NS --key KEY --token N [--lease D]",
+		summary: "Extend a claim's lease.", setup: setupHeartbeat},
+	{name: "get", synopsis: "--namespace NS --key KEY [--stale]",
+		summary: "Read a record (linearizable unless --stale).", setup: setupGet},
+	{name: "status", synopsis: "",
+		summary: "Show each endpoint's view of the cluster: name, leader, term, commit and applied index, stored records, serving.", setup: setupStatus},
+	memberListCommand,
+	memberAddCommand,
+	memberPromoteCommand,
+	memberRemoveCommand,
 }
 
-func lookup(name string) (command, bool) {
+// lookup finds the command that args start with and returns the args
+// after its name; the error, a usageError, says what is wrong.
+func lookup(args []string) (command, []string, error) {
 	for _, c := range commands {
-		if c.name == name {
-			return c, true
+		words := strings.Fields(c.name)
+		if len(args) >= len(words) && slices.Equal(args[:len(words)], words) {
+			return c, args[len(words):], nil
 		}
 	}
-	return command{}, false
+	if len(args) == 0 {
+		return command{}, nil, usageErrorf("no command given")
+	}
+	if group := groupOf(args[0]); group != nil {
+		var names []string
+		for _, c := range group {
+			names = append(names, strings.TrimPrefix(c.name, args[0]+" "))
+		}
+		if len(args) == 1 {
+			return command{}, nil, usageErrorf("%s needs a command: %s", args[0], strings.Join(names, ", "))
+		}
+		return command{}, nil, usageErrorf("unknown command %q (%s has %s)", args[0]+" "+args[1], args[0], strings.Join(names, ", "))
+	}
+	return command{}, nil, usageErrorf("unknown command %q", args[0])
+}
+
+// groupOf returns the commands of group name ("member"), or nil when name
+// is no group.
+func groupOf(name string) []command {
+	var out []command
+	for _, c := range commands {
+		if strings.HasPrefix(c.name, name+" ") {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // keyFlags are the flags that name a record.

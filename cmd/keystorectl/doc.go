@@ -1,13 +1,16 @@
 // Command keystorectl claims, completes, releases, heartbeats and reads
-// idempotency keys in a keystore cluster, and shows each node's view of it.
+// idempotency keys in a keystore cluster, shows each node's view of it,
+// and lists and changes its members.
 //
-//	keystorectl [global flags] <command> [flags]
+//	keystorectl [global flags] <command> [arguments] [flags]
 //
-// Commands: claim, complete, release, heartbeat, get, status. Global flags
-// (--endpoints, -o, --timeout) go before or after the command. Output is
-// aligned "key: value" lines, or with -o json one JSON object per result
-// (times RFC 3339, bytes base64). Exit status: 0 on success, 1 when keystore
-// (or the network) refused the call, 2 on a usage error.
+// Commands: claim, complete, release, heartbeat, get, status, and
+// member list | add | promote | remove. Global flags (--endpoints, -o,
+// --timeout) go before or after the command, and a command's flags before
+// or after its arguments. Output is aligned "key: value" lines or a table,
+// or with -o json one JSON object per result (times RFC 3339, bytes
+// base64). Exit status: 0 on success, 1 when keystore (or the network)
+// refused the call, 2 on a usage error.
 //
 // A session:
 //
@@ -15,4 +18,21 @@
 //	keystorectl complete --namespace payments --key order-42 --token 12 --code 201 --body '{"charge":"ch_1"}'
 //	keystorectl claim --namespace payments --key order-42 --fingerprint v1   # outcome: COMPLETED, the stored response
 //	keystorectl status
+//
+// Membership changes go through Raft one at a time; any node takes them
+// (a follower forwards to the leader) and the endpoints are tried in order:
+//
+//	keystorectl member list                       # ID, NAME, ROLE (leader, voter, learner), PEER ADDR, CLIENT ADDR, MATCH
+//	keystorectl member add n4 --peer-addr 10.0.0.4:7101 --client-addr 10.0.0.4:7001
+//	keystorectl member promote n4                 # or its hex id
+//	keystorectl member remove 8e9a1f3c2b7d4e01    # or its name
+//
+// member add adds a learner and prints the keystored command line that
+// starts it (--join through the endpoint that took the change, an empty
+// --data-dir); the leader promotes it to a voter by itself once it has
+// caught up. member promote is refused (FAILED_PRECONDITION, exit 1 with
+// the leader's reason after "refused:") while the learner is behind;
+// member remove is refused when the voters left could not form a quorum,
+// and removing the leader hands leadership over first. promote and remove
+// take a member's hex id or its name, looked up with member list.
 package main

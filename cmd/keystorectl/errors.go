@@ -3,11 +3,25 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/keystore-dev/keystore/client"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+)
+
+// Errors of the membership calls, which keystorectl makes itself (the
+// client package makes the others); fromClusterStatus returns them.
+var (
+	// errRefused: the cluster refused a membership change
+	// (FAILED_PRECONDITION); the server's message says why.
+	errRefused = errors.New("keystorectl: refused")
+	// errExists: the member to add exists already (ALREADY_EXISTS).
+	errExists = errors.New("keystorectl: already exists")
+	// errUnsupported: the server does not know the call (UNIMPLEMENTED).
+	errUnsupported = errors.New("keystorectl: not supported by the server")
 )
 
 // errorKinds name the client's sentinels in messages, most specific first.
@@ -15,6 +29,9 @@ var errorKinds = []struct {
 	err  error
 	kind string
 }{
+	{errRefused, "refused"},
+	{errExists, "already exists"},
+	{errUnsupported, "not supported by the server"},
 	{client.ErrClaimLost, "claim lost"},
 	{client.ErrFingerprintMismatch, "fingerprint mismatch"},
 	{client.ErrAlreadyCompleted, "already completed"},
@@ -69,4 +86,42 @@ func describe(err error) string {
 		return kind
 	}
 	return kind + ": " + detail
+}
+
+// fromClusterStatus maps an error of a membership call to the sentinels
+// above and the client's, keeping the gRPC status (describe prints its
+// message). This is the only place that reads their codes.
+func fromClusterStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return fmt.Errorf("%w: %w", client.ErrUnavailable, err)
+	}
+	var sentinel error
+	switch st.Code() {
+	case codes.FailedPrecondition:
+		sentinel = errRefused
+	case codes.AlreadyExists:
+		sentinel = errExists
+	case codes.Unimplemented:
+		sentinel = errUnsupported
+	case codes.NotFound:
+		sentinel = client.ErrNotFound
+	case codes.InvalidArgument:
+		sentinel = client.ErrInvalidArgument
+	case codes.Unavailable:
+		sentinel = client.ErrUnavailable
+	case codes.Canceled:
+		sentinel = context.Canceled
+	case codes.DeadlineExceeded:
+		sentinel = context.DeadlineExceeded
+	default:
+		return err
+	}
+	return fmt.Errorf("%w: %w", sentinel, err)
 }

@@ -71,8 +71,9 @@ func (g *globals) endpointList() []string {
 
 // env is what a command runs with once its flags are parsed and valid.
 type env struct {
-	g   globals
-	out *printer
+	g    globals
+	out  *printer
+	args []string // the positional arguments, as many as the command names
 }
 
 // call returns the context of one call: --timeout plus extra.
@@ -119,13 +120,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		printUsage(stderr, top)
 		return exitUsage
 	}
-	name, rest := top.Arg(0), top.Args()[1:]
-	if name == "help" {
-		return help(rest, stdout, stderr, top)
+	if top.Arg(0) == "help" {
+		return help(top.Args()[1:], stdout, stderr, top)
 	}
-	cmd, ok := lookup(name)
-	if !ok {
-		fmt.Fprintf(stderr, "keystorectl: unknown command %q\n", name)
+	cmd, rest, err := lookup(top.Args())
+	if err != nil {
+		if group := groupOf(top.Arg(0)); group != nil && len(top.Args()) > 1 && isHelpFlag(top.Arg(1)) {
+			printGroupUsage(stdout, top.Arg(0), group)
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "keystorectl: %v\n", err)
 		printUsage(stderr, top)
 		return exitUsage
 	}
@@ -135,7 +139,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() {}
 	g.register(fs)
 	act := cmd.setup(fs)
-	if err := fs.Parse(rest); err != nil {
+	pos, err := parseArgs(fs, rest)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printCommandUsage(stdout, cmd, fs)
 			return exitOK
@@ -143,12 +148,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		printCommandUsage(stderr, cmd, fs)
 		return exitUsage
 	}
-	err := g.validate()
-	if err == nil && fs.NArg() > 0 {
-		err = usageErrorf("unexpected argument %q", fs.Arg(0))
+	err = g.validate()
+	switch {
+	case err != nil:
+	case len(pos) > len(cmd.args):
+		err = usageErrorf("unexpected argument %q", pos[len(cmd.args)])
+	case len(pos) < len(cmd.args):
+		err = usageErrorf("%s is required", cmd.args[len(pos)])
 	}
 	if err == nil {
-		err = act(&env{g: g, out: &printer{w: stdout, json: g.output == "json"}})
+		err = act(&env{g: g, out: &printer{w: stdout, json: g.output == "json"}, args: pos})
 	}
 	var uerr usageError
 	switch {
@@ -173,9 +182,13 @@ func help(topics []string, stdout, stderr io.Writer, top *flag.FlagSet) int {
 		printUsage(stdout, top)
 		return exitOK
 	}
-	cmd, ok := lookup(topics[0])
-	if !ok {
-		fmt.Fprintf(stderr, "keystorectl help: unknown command %q\n", topics[0])
+	if group := groupOf(topics[0]); group != nil && len(topics) == 1 {
+		printGroupUsage(stdout, topics[0], group)
+		return exitOK
+	}
+	cmd, _, err := lookup(topics)
+	if err != nil {
+		fmt.Fprintf(stderr, "keystorectl help: %v\n", err)
 		printUsage(stderr, top)
 		return exitUsage
 	}
@@ -187,19 +200,67 @@ func help(topics []string, stdout, stderr io.Writer, top *flag.FlagSet) int {
 	return exitOK
 }
 
-func printUsage(w io.Writer, top *flag.FlagSet) {
-	fmt.Fprint(w, "Usage: keystorectl [global flags] <command> [flags]\n\nCommands:\n")
-	for _, c := range commands {
-		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+// parseArgs parses fs's flags wherever they stand among the positional
+// arguments ("member add n4 --peer-addr A" as well as "member add
+// --peer-addr A n4"), which it returns; all after "--" are positional.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
 	}
+}
+
+func isHelpFlag(arg string) bool {
+	switch arg {
+	case "-h", "-help", "--help", "--h":
+		return true
+	}
+	return false
+}
+
+func printUsage(w io.Writer, top *flag.FlagSet) {
+	fmt.Fprint(w, "Usage: keystorectl [global flags] <command> [arguments] [flags]\n\nCommands:\n")
+	listCommands(w, commands)
 	fmt.Fprint(w, "\nGlobal flags (before or after the command):\n")
 	printDefaults(w, top)
-	fmt.Fprint(w, "\nRun 'keystorectl help <command>' for a command's flags.\n"+
+	fmt.Fprint(w, "\nRun 'keystorectl help <command>' for a command's arguments and flags.\n"+
 		"Exit status: 0 success, 1 keystore or network error, 2 usage error.\n")
 }
 
+// printGroupUsage lists the subcommands of a group such as member.
+func printGroupUsage(w io.Writer, group string, cmds []command) {
+	fmt.Fprintf(w, "Usage: keystorectl %s <command> [arguments] [flags]\n\nCommands:\n", group)
+	listCommands(w, cmds)
+	fmt.Fprintf(w, "\nRun 'keystorectl help %s <command>' for a command's arguments and flags.\n", group)
+}
+
+func listCommands(w io.Writer, cmds []command) {
+	width := 0
+	for _, c := range cmds {
+		width = max(width, len(c.name))
+	}
+	for _, c := range cmds {
+		fmt.Fprintf(w, "  %-*s %s\n", width, c.name, c.summary)
+	}
+}
+
 func printCommandUsage(w io.Writer, c command, fs *flag.FlagSet) {
-	fmt.Fprintf(w, "Usage: keystorectl %s %s\n\n%s\n\nFlags:\n", c.name, c.synopsis, c.summary)
+	fmt.Fprintf(w, "Usage: keystorectl %s %s\n\n%s\n", c.name, c.synopsis, c.summary)
+	if c.details != "" {
+		fmt.Fprintf(w, "\n%s\n", c.details)
+	}
+	fmt.Fprint(w, "\nFlags:\n")
 	printDefaults(w, fs)
 }
 

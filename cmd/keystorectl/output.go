@@ -1,10 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -14,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/keystore-dev/keystore/client"
+	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
 )
 
 // The JSON shapes. Field names follow the proto's; times marshal as RFC 3339
@@ -58,10 +61,33 @@ type releaseJSON struct {
 }
 
 type memberJSON struct {
-	Name        string `json:"name"`
-	ID          string `json:"id"`
-	PeerAddress string `json:"peer_address"`
-	IsLeader    bool   `json:"is_leader"`
+	Name          string `json:"name"`
+	ID            string `json:"id"`
+	PeerAddress   string `json:"peer_address"`
+	IsLeader      bool   `json:"is_leader"`
+	ClientAddress string `json:"client_address"`
+	IsLearner     bool   `json:"is_learner"`
+	MatchIndex    uint64 `json:"match_index"`
+}
+
+type memberListJSON struct {
+	ClusterID string       `json:"cluster_id"`
+	Members   []memberJSON `json:"members"`
+}
+
+type memberAddJSON struct {
+	Member    memberJSON   `json:"member"`
+	Members   []memberJSON `json:"members"`
+	ClusterID string       `json:"cluster_id"`
+	// StartCommand starts the new node (its <placeholders> filled in).
+	StartCommand string `json:"start_command"`
+}
+
+// memberChangeJSON is the result of promote (Promoted set) or remove.
+type memberChangeJSON struct {
+	Promoted *memberJSON  `json:"promoted,omitempty"`
+	Removed  *memberJSON  `json:"removed,omitempty"`
+	Members  []memberJSON `json:"members"`
 }
 
 type statusJSON struct {
@@ -106,6 +132,22 @@ func toRecordJSON(r *client.Record) *recordJSON {
 			body = []byte{} // "" rather than null
 		}
 		out.Response = &responseJSON{Code: resp.Code, Metadata: resp.Metadata, Body: body}
+	}
+	return out
+}
+
+func toMemberJSON(m *keystorev1.Member) memberJSON {
+	return memberJSON{
+		Name: m.GetName(), ID: m.GetId(), PeerAddress: m.GetPeerAddress(), IsLeader: m.GetIsLeader(),
+		ClientAddress: m.GetClientAddress(), IsLearner: m.GetIsLearner(), MatchIndex: m.GetMatchIndex(),
+	}
+}
+
+// toMembersJSON never returns nil: no members is [], not null.
+func toMembersJSON(ms []*keystorev1.Member) []memberJSON {
+	out := make([]memberJSON, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, toMemberJSON(m))
 	}
 	return out
 }
@@ -169,14 +211,11 @@ func (p *printer) status(nodes []client.NodeStatus) error {
 					Endpoint: n.Endpoint, Name: st.GetName(), Leader: st.GetLeader(), Term: st.GetTerm(),
 					CommitIndex: st.GetCommitIndex(), AppliedIndex: st.GetAppliedIndex(),
 					StoredRecords: st.GetStoredRecords(), Serving: st.GetServing(),
-					Members: []memberJSON{},
 				}
 				if lt := st.GetLogTime(); lt != nil {
 					sj.LogTime = timePtr(lt.AsTime())
 				}
-				for _, m := range st.GetMembers() {
-					sj.Members = append(sj.Members, memberJSON{Name: m.GetName(), ID: m.GetId(), PeerAddress: m.GetPeerAddress(), IsLeader: m.GetIsLeader()})
-				}
+				sj.Members = toMembersJSON(st.GetMembers())
 				v = sj
 			}
 			if err := p.encode(v); err != nil {
@@ -201,6 +240,112 @@ func (p *printer) status(nodes []client.NodeStatus) error {
 			st.GetTerm(), st.GetCommitIndex(), st.GetAppliedIndex(), st.GetStoredRecords(), st.GetServing())
 	}
 	return tw.Flush()
+}
+
+func (p *printer) memberList(clusterID string, ms []*keystorev1.Member) error {
+	if p.json {
+		return p.encode(memberListJSON{ClusterID: clusterID, Members: toMembersJSON(ms)})
+	}
+	return memberTable(p.w, ms)
+}
+
+// memberAdded shows the new member, the members, and how to start it.
+func (p *printer) memberAdded(res *keystorev1.MemberAddResponse, start string) error {
+	if p.json {
+		return p.encode(memberAddJSON{
+			Member: toMemberJSON(res.GetMember()), Members: toMembersJSON(res.GetMembers()),
+			ClusterID: res.GetClusterId(), StartCommand: start,
+		})
+	}
+	m := res.GetMember()
+	var f fields
+	f.add("added", "true")
+	f.member(m)
+	if id := res.GetClusterId(); id != "" {
+		f.add("cluster_id", id)
+	}
+	if err := f.write(p.w); err != nil {
+		return err
+	}
+	if _, err := io.WriteString(p.w, "\n"); err != nil {
+		return err
+	}
+	if err := memberTable(p.w, res.GetMembers()); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(p.w, "\nStart %s with an empty data directory:\n  %s\n"+
+		"The leader makes it a voter once it has caught up ('keystorectl member list' shows its role).\n",
+		m.GetName(), start)
+	return err
+}
+
+// memberChanged shows the member promoted or removed (done says which)
+// and the members after the change.
+func (p *printer) memberChanged(done string, m *keystorev1.Member, members []*keystorev1.Member) error {
+	if p.json {
+		v := memberChangeJSON{Members: toMembersJSON(members)}
+		mj := toMemberJSON(m)
+		if done == "removed" {
+			v.Removed = &mj
+		} else {
+			// What it is now, as the answer lists it.
+			if now := findMember(members, m.GetId()); now != nil {
+				mj = toMemberJSON(now)
+			}
+			v.Promoted = &mj
+		}
+		return p.encode(v)
+	}
+	var f fields
+	f.add(done, "true")
+	f.add("id", m.GetId())
+	if m.GetName() != "" {
+		f.add("name", m.GetName())
+	}
+	if err := f.write(p.w); err != nil {
+		return err
+	}
+	if _, err := io.WriteString(p.w, "\n"); err != nil {
+		return err
+	}
+	return memberTable(p.w, members)
+}
+
+// memberTable writes the members sorted by name, one row each.
+func memberTable(w io.Writer, ms []*keystorev1.Member) error {
+	ms = slices.Clone(ms)
+	slices.SortStableFunc(ms, func(a, b *keystorev1.Member) int {
+		return cmp.Or(cmp.Compare(a.GetName(), b.GetName()), cmp.Compare(a.GetId(), b.GetId()))
+	})
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tNAME\tROLE\tPEER ADDR\tCLIENT ADDR\tMATCH")
+	for _, m := range ms {
+		match := "-"
+		if m.GetMatchIndex() != 0 {
+			match = strconv.FormatUint(m.GetMatchIndex(), 10)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", dash(m.GetId()), dash(m.GetName()), memberRole(m),
+			dash(m.GetPeerAddress()), dash(m.GetClientAddress()), match)
+	}
+	return tw.Flush()
+}
+
+func memberRole(m *keystorev1.Member) string {
+	switch {
+	case m.GetIsLeader():
+		return "leader"
+	case m.GetIsLearner():
+		return "learner"
+	}
+	return "voter"
+}
+
+// dash stands in for an empty column.
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // fields are "key: value" lines written with the values aligned.
@@ -245,6 +390,14 @@ func (f *fields) record(r *client.Record) {
 		}
 		f.add("response.body", bodyText(resp.Body))
 	}
+}
+
+func (f *fields) member(m *keystorev1.Member) {
+	f.add("name", m.GetName())
+	f.add("id", m.GetId())
+	f.add("role", memberRole(m))
+	f.add("peer_address", m.GetPeerAddress())
+	f.add("client_address", dash(m.GetClientAddress()))
 }
 
 func (f *fields) write(w io.Writer) error {

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -33,7 +34,14 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(gcPercent)
 	}
-	if err := run(os.Args[1:]); err != nil {
+	err := run(os.Args[1:])
+	if errors.Is(err, raftnode.ErrRemoved) {
+		// Removed from the cluster: its job is done, not failed (a
+		// supervisor that restarts on failure leaves it stopped).
+		fmt.Fprintln(os.Stderr, "keystored: this node was removed from the cluster; its data dir must not be reused")
+		return
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "keystored:", err)
 		os.Exit(1)
 	}
@@ -47,6 +55,10 @@ func run(args []string) error {
 		clientAddr     = fs.String("client-addr", "127.0.0.1:7001", "address of the gRPC KeyStoreService")
 		peerAddr       = fs.String("peer-addr", "127.0.0.1:7101", "address peers connect to")
 		initialCluster = fs.String("initial-cluster", "", "every member as name=peer-host:port, comma-separated (default: this node alone)")
+		advPeer        = fs.String("advertise-peer-addr", "", "the peer address other nodes reach this one at, when --peer-addr listens on every interface or behind NAT (default: --peer-addr)")
+		advClient      = fs.String("advertise-client-addr", "", "the client address clients reach this node at (default: --client-addr unless it listens on every interface)")
+		join           = fs.String("join", "", "client addresses (host:port, comma-separated) of members of an existing cluster: with an empty data dir, join it as a new member instead of bootstrapping")
+		clusterState   = fs.String("initial-cluster-state", server.ClusterStateNew, "new: with an empty data dir, bootstrap --initial-cluster (after making sure no member of it has seen this node run); existing: never bootstrap (an empty data dir needs --join)")
 		clusterToken   = fs.String("cluster-token", "keystore", "tells this cluster from others with the same member names; the same on every member")
 		logLevel       = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat      = fs.String("log-format", "text", "text or json")
@@ -92,12 +104,16 @@ func run(args []string) error {
 		return err
 	}
 	srv, err := server.New(server.Config{
-		Name:           *name,
-		DataDir:        *dataDir,
-		ClientAddr:     *clientAddr,
-		PeerAddr:       *peerAddr,
-		InitialCluster: cluster,
-		ClusterToken:   *clusterToken,
+		Name:                *name,
+		DataDir:             *dataDir,
+		ClientAddr:          *clientAddr,
+		PeerAddr:            *peerAddr,
+		InitialCluster:      cluster,
+		InitialClusterState: *clusterState,
+		AdvertisePeerAddr:   *advPeer,
+		AdvertiseClientAddr: *advClient,
+		Join:                splitList(*join),
+		ClusterToken:        *clusterToken,
 		API: api.Config{
 			DefaultLease:     *defaultLease,
 			MaxLease:         *maxLease,
@@ -187,4 +203,15 @@ func newLogger(level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format: %q is not text or json", format)
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -55,11 +56,15 @@ type Cluster struct {
 	fss     map[string]*vfs.MemFS
 	servers map[string]*server.Server
 	conns   map[string]*grpc.ClientConn
+	joins   map[string][]string // nodes that join through these client addresses
 	// lis holds each node's listeners (peer, client) from Start until the
 	// node first starts on them, so no other process can take the ports
 	// in between (a port merely free a moment ago may go to any outgoing
 	// connection's ephemeral port meanwhile).
-	lis map[string][2]net.Listener
+	lis  map[string][2]net.Listener
+	root string
+	// mu guards lis, servers and conns while Start starts nodes at once.
+	mu sync.Mutex
 }
 
 // Start starts a cluster, waits until every node serves, and stops it when
@@ -73,27 +78,45 @@ func Start(t testing.TB, opts Options) *Cluster {
 		t: t, opts: opts,
 		peers: map[string]string{}, clients: map[string]string{}, dirs: map[string]string{},
 		fss: map[string]*vfs.MemFS{}, servers: map[string]*server.Server{}, conns: map[string]*grpc.ClientConn{},
-		lis: map[string][2]net.Listener{},
+		joins: map[string][]string{},
+		lis:   map[string][2]net.Listener{},
 	}
-	root := t.TempDir()
+	c.root = t.TempDir()
 	for i := 1; i <= opts.Size; i++ {
 		n := "n" + string(rune('0'+i))
 		c.Names = append(c.Names, n)
 		peer, client := listen(t), listen(t)
 		c.lis[n] = [2]net.Listener{peer, client}
 		c.peers[n], c.clients[n] = peer.Addr().String(), client.Addr().String()
-		c.dirs[n] = filepath.Join(root, n)
+		c.dirs[n] = filepath.Join(c.root, n)
 		if opts.Crashable {
 			c.fss[n] = vfs.NewCrashableMem()
 		}
 	}
-	for _, n := range c.Names {
-		c.StartNode(n)
+	// All at once, as a cluster's nodes start: each asks the others
+	// whether it ran before (server's checkNotStarted) while they start.
+	errs := make([]error, len(c.Names))
+	var wg sync.WaitGroup
+	for i, n := range c.Names {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = c.TryStartNode(n) }()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Cleanup(func() {
+		var wg sync.WaitGroup
 		for _, n := range c.Names {
-			c.StopNode(n)
+			if s := c.servers[n]; s != nil {
+				wg.Add(1)
+				go func() { defer wg.Done(); s.Stop(time.Second) }()
+			}
 		}
+		wg.Wait()
+		clear(c.servers)
 		for _, l := range c.lis {
 			_ = l[0].Close()
 			_ = l[1].Close()
@@ -143,6 +166,7 @@ func (c *Cluster) TryStartNode(name string) error {
 		ClientAddr:     c.clients[name],
 		PeerAddr:       c.peers[name],
 		InitialCluster: c.peers,
+		Join:           c.joins[name],
 		Raft:           c.opts.Raft,
 		Expiry:         c.opts.Expiry,
 		API:            c.opts.API,
@@ -157,10 +181,12 @@ func (c *Cluster) TryStartNode(name string) error {
 		}
 		cfg.FS = c.opts.WrapFS(name, fs)
 	}
+	c.mu.Lock()
 	if l, ok := c.lis[name]; ok {
 		cfg.PeerListener, cfg.ClientListener = l[0], l[1]
 		delete(c.lis, name)
 	}
+	c.mu.Unlock()
 	// On a restart the ports were ours a moment ago; retry briefly if the
 	// OS is slow to release them after a stop.
 	deadline := time.Now().Add(5 * time.Second)
@@ -170,13 +196,17 @@ func (c *Cluster) TryStartNode(name string) error {
 			if cfg.PeerListener != nil {
 				// New does not take the listeners: keep them for the
 				// next try.
+				c.mu.Lock()
 				c.lis[name] = [2]net.Listener{cfg.PeerListener, cfg.ClientListener}
+				c.mu.Unlock()
 			}
 			return fmt.Errorf("new %s: %w", name, err)
 		}
 		err = s.Start()
 		if err == nil {
+			c.mu.Lock()
 			c.servers[name] = s
+			c.mu.Unlock()
 			break
 		}
 		if time.Now().After(deadline) {
@@ -186,6 +216,8 @@ func (c *Cluster) TryStartNode(name string) error {
 		cfg.PeerListener, cfg.ClientListener = nil, nil
 		time.Sleep(50 * time.Millisecond)
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.conns[name] == nil {
 		conn, err := grpc.NewClient(c.clients[name], grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
@@ -194,6 +226,56 @@ func (c *Cluster) TryStartNode(name string) error {
 		c.conns[name] = conn
 	}
 	return nil
+}
+
+// AddNode starts a new node, name, with an empty data dir, that joins the
+// running cluster through node via's client address: it is added as a
+// learner, sent the log, and promoted by the leader once caught up. It
+// waits until the new node serves.
+func (c *Cluster) AddNode(name, via string) {
+	c.t.Helper()
+	if _, ok := c.dirs[name]; ok {
+		c.t.Fatalf("testcluster: node %s exists", name)
+	}
+	peer, client := listen(c.t), listen(c.t)
+	c.lis[name] = [2]net.Listener{peer, client}
+	c.peers[name], c.clients[name] = peer.Addr().String(), client.Addr().String()
+	c.Names = append(c.Names, name)
+	c.Rejoin(name, via)
+}
+
+// Rejoin starts node name afresh: its data dir is wiped (a disk that was
+// replaced) and it joins the cluster through node via, under a new id.
+// The old member must have been removed first. It waits until the node
+// serves.
+func (c *Cluster) Rejoin(name, via string) {
+	c.t.Helper()
+	c.StopNode(name)
+	c.dirs[name] = filepath.Join(c.root, fmt.Sprintf("%s-%d", name, time.Now().UnixNano()))
+	if c.opts.Crashable {
+		c.fss[name] = vfs.NewCrashableMem()
+	}
+	c.joins[name] = []string{c.clients[via]}
+	c.StartNode(name)
+	deadline := time.Now().Add(15 * time.Second)
+	for !c.serving(name) {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("testcluster: %s does not serve 15s after joining", name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Wipe stops node name and gives it an empty data dir: the next
+// StartNode starts it as a node whose disk was lost.
+func (c *Cluster) Wipe(name string) {
+	c.t.Helper()
+	c.StopNode(name)
+	c.dirs[name] = filepath.Join(c.root, fmt.Sprintf("%s-%d", name, time.Now().UnixNano()))
+	if c.opts.Crashable {
+		c.fss[name] = vfs.NewCrashableMem()
+	}
+	delete(c.joins, name)
 }
 
 // StopNode stops a node gracefully (a no-op if it is not running).
@@ -348,4 +430,21 @@ func (c *Cluster) AssertSameState() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// serving reports whether node n's health says SERVING.
+func (c *Cluster) serving(n string) bool {
+	conn := c.conns[n]
+	if conn == nil || c.servers[n] == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "keystore.v1.KeyStoreService"})
+	return err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING
+}
+
+// ClusterClient returns a ClusterService client of node name.
+func (c *Cluster) ClusterClient(name string) keystorev1.ClusterServiceClient {
+	return keystorev1.NewClusterServiceClient(c.conns[name])
 }

@@ -1003,6 +1003,415 @@ func (x *GetResponse) GetRecord() *Record {
 	return nil
 }
 
+// MemberListRequest asks for the members.
+type MemberListRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberListRequest) Reset() {
+	*x = MemberListRequest{}
+	mi := &file_keystore_v1_keystore_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberListRequest) ProtoMessage() {}
+
+func (x *MemberListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_v1_keystore_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberListRequest.ProtoReflect.Descriptor instead.
+func (*MemberListRequest) Descriptor() ([]byte, []int) {
+	return file_keystore_v1_keystore_proto_rawDescGZIP(), []int{12}
+}
+
+// MemberListResponse lists the members.
+type MemberListResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Members []*Member              `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	// The cluster's id, hex.
+	ClusterId     string `protobuf:"bytes,2,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberListResponse) Reset() {
+	*x = MemberListResponse{}
+	mi := &file_keystore_v1_keystore_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberListResponse) ProtoMessage() {}
+
+func (x *MemberListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_v1_keystore_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberListResponse.ProtoReflect.Descriptor instead.
+func (*MemberListResponse) Descriptor() ([]byte, []int) {
+	return file_keystore_v1_keystore_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *MemberListResponse) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *MemberListResponse) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+// MemberAddRequest names the node to add.
+type MemberAddRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A name for it, unique among the members.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Where peers reach it (host:port).
+	PeerAddress string `protobuf:"bytes,2,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
+	// Where clients reach it (host:port); may be empty.
+	ClientAddress string `protobuf:"bytes,3,opt,name=client_address,json=clientAddress,proto3" json:"client_address,omitempty"`
+	// Its id, hex, if it has one already (a joining node chooses its own,
+	// so that asking again after a crash adds the same member); empty: the
+	// cluster chooses one. An id is never reused.
+	Id            string `protobuf:"bytes,4,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberAddRequest) Reset() {
+	*x = MemberAddRequest{}
+	mi := &file_keystore_v1_keystore_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberAddRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberAddRequest) ProtoMessage() {}
+
+func (x *MemberAddRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_v1_keystore_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberAddRequest.ProtoReflect.Descriptor instead.
+func (*MemberAddRequest) Descriptor() ([]byte, []int) {
+	return file_keystore_v1_keystore_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *MemberAddRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MemberAddRequest) GetPeerAddress() string {
+	if x != nil {
+		return x.PeerAddress
+	}
+	return ""
+}
+
+func (x *MemberAddRequest) GetClientAddress() string {
+	if x != nil {
+		return x.ClientAddress
+	}
+	return ""
+}
+
+func (x *MemberAddRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// MemberAddResponse is the added member and the cluster it joined.
+type MemberAddResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Member        *Member                `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	Members       []*Member              `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
+	ClusterId     string                 `protobuf:"bytes,3,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberAddResponse) Reset() {
+	*x = MemberAddResponse{}
+	mi := &file_keystore_v1_keystore_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberAddResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberAddResponse) ProtoMessage() {}
+
+func (x *MemberAddResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_v1_keystore_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberAddResponse.ProtoReflect.Descriptor instead.
+func (*MemberAddResponse) Descriptor() ([]byte, []int) {
+	return file_keystore_v1_keystore_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *MemberAddResponse) GetMember() *Member {
+	if x != nil {
+		return x.Member
+	}
+	return nil
+}
+
+func (x *MemberAddResponse) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *MemberAddResponse) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+// MemberPromoteRequest names a learner.
+type MemberPromoteRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member's id, hex.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberPromoteRequest) Reset() {
+	*x = MemberPromoteRequest{}
+	mi := &file_keystore_v1_keystore_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberPromoteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberPromoteRequest) ProtoMessage() {}
+
+func (x *MemberPromoteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_v1_keystore_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberPromoteRequest.ProtoReflect.Descriptor instead.
+func (*MemberPromoteRequest) Descriptor() ([]byte, []int) {
+	return file_keystore_v1_keystore_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *MemberPromoteRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// MemberPromoteResponse lists the members after the promotion.
+type MemberPromoteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Members       []*Member              `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberPromoteResponse) Reset() {
+	*x = MemberPromoteResponse{}
+	mi := &file_keystore_v1_keystore_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberPromoteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberPromoteResponse) ProtoMessage() {}
+
+func (x *MemberPromoteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_v1_keystore_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberPromoteResponse.ProtoReflect.Descriptor instead.
+func (*MemberPromoteResponse) Descriptor() ([]byte, []int) {
+	return file_keystore_v1_keystore_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *MemberPromoteResponse) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+// MemberRemoveRequest names a member.
+type MemberRemoveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member's id, hex.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberRemoveRequest) Reset() {
+	*x = MemberRemoveRequest{}
+	mi := &file_keystore_v1_keystore_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberRemoveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberRemoveRequest) ProtoMessage() {}
+
+func (x *MemberRemoveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_v1_keystore_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberRemoveRequest.ProtoReflect.Descriptor instead.
+func (*MemberRemoveRequest) Descriptor() ([]byte, []int) {
+	return file_keystore_v1_keystore_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *MemberRemoveRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// MemberRemoveResponse lists the members after the removal.
+type MemberRemoveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Members       []*Member              `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberRemoveResponse) Reset() {
+	*x = MemberRemoveResponse{}
+	mi := &file_keystore_v1_keystore_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberRemoveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberRemoveResponse) ProtoMessage() {}
+
+func (x *MemberRemoveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keystore_v1_keystore_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberRemoveResponse.ProtoReflect.Descriptor instead.
+func (*MemberRemoveResponse) Descriptor() ([]byte, []int) {
+	return file_keystore_v1_keystore_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *MemberRemoveResponse) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
 // StatusRequest asks for a node's view.
 type StatusRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1015,7 +1424,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_keystore_v1_keystore_proto_msgTypes[12]
+	mi := &file_keystore_v1_keystore_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1436,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keystore_v1_keystore_proto_msgTypes[12]
+	mi := &file_keystore_v1_keystore_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1449,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_keystore_v1_keystore_proto_rawDescGZIP(), []int{12}
+	return file_keystore_v1_keystore_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StatusRequest) GetIncludeChecksum() bool {
@@ -1058,13 +1467,18 @@ type Member struct {
 	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
 	PeerAddress   string `protobuf:"bytes,3,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
 	IsLeader      bool   `protobuf:"varint,4,opt,name=is_leader,json=isLeader,proto3" json:"is_leader,omitempty"`
+	ClientAddress string `protobuf:"bytes,5,opt,name=client_address,json=clientAddress,proto3" json:"client_address,omitempty"`
+	// A learner receives the log but does not vote.
+	IsLearner bool `protobuf:"varint,6,opt,name=is_learner,json=isLearner,proto3" json:"is_learner,omitempty"`
+	// How far its log is known to reach (on the leader's view; 0 elsewhere).
+	MatchIndex    uint64 `protobuf:"varint,7,opt,name=match_index,json=matchIndex,proto3" json:"match_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_keystore_v1_keystore_proto_msgTypes[13]
+	mi := &file_keystore_v1_keystore_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1490,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_keystore_v1_keystore_proto_msgTypes[13]
+	mi := &file_keystore_v1_keystore_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1503,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_keystore_v1_keystore_proto_rawDescGZIP(), []int{13}
+	return file_keystore_v1_keystore_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Member) GetName() string {
@@ -1118,6 +1532,27 @@ func (x *Member) GetIsLeader() bool {
 		return x.IsLeader
 	}
 	return false
+}
+
+func (x *Member) GetClientAddress() string {
+	if x != nil {
+		return x.ClientAddress
+	}
+	return ""
+}
+
+func (x *Member) GetIsLearner() bool {
+	if x != nil {
+		return x.IsLearner
+	}
+	return false
+}
+
+func (x *Member) GetMatchIndex() uint64 {
+	if x != nil {
+		return x.MatchIndex
+	}
+	return 0
 }
 
 // StatusResponse is a node's view of the cluster.
@@ -1150,7 +1585,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_keystore_v1_keystore_proto_msgTypes[14]
+	mi := &file_keystore_v1_keystore_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1597,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keystore_v1_keystore_proto_msgTypes[14]
+	mi := &file_keystore_v1_keystore_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1610,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_keystore_v1_keystore_proto_rawDescGZIP(), []int{14}
+	return file_keystore_v1_keystore_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StatusResponse) GetName() string {
@@ -1323,14 +1758,42 @@ const file_keystore_v1_keystore_proto_rawDesc = "" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12:\n" +
 	"\vconsistency\x18\x03 \x01(\x0e2\x18.keystore.v1.ConsistencyR\vconsistency\":\n" +
 	"\vGetResponse\x12+\n" +
-	"\x06record\x18\x01 \x01(\v2\x13.keystore.v1.RecordR\x06record\":\n" +
+	"\x06record\x18\x01 \x01(\v2\x13.keystore.v1.RecordR\x06record\"\x13\n" +
+	"\x11MemberListRequest\"b\n" +
+	"\x12MemberListResponse\x12-\n" +
+	"\amembers\x18\x01 \x03(\v2\x13.keystore.v1.MemberR\amembers\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x02 \x01(\tR\tclusterId\"\x80\x01\n" +
+	"\x10MemberAddRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\fpeer_address\x18\x02 \x01(\tR\vpeerAddress\x12%\n" +
+	"\x0eclient_address\x18\x03 \x01(\tR\rclientAddress\x12\x0e\n" +
+	"\x02id\x18\x04 \x01(\tR\x02id\"\x8e\x01\n" +
+	"\x11MemberAddResponse\x12+\n" +
+	"\x06member\x18\x01 \x01(\v2\x13.keystore.v1.MemberR\x06member\x12-\n" +
+	"\amembers\x18\x02 \x03(\v2\x13.keystore.v1.MemberR\amembers\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x03 \x01(\tR\tclusterId\"&\n" +
+	"\x14MemberPromoteRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"F\n" +
+	"\x15MemberPromoteResponse\x12-\n" +
+	"\amembers\x18\x01 \x03(\v2\x13.keystore.v1.MemberR\amembers\"%\n" +
+	"\x13MemberRemoveRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"E\n" +
+	"\x14MemberRemoveResponse\x12-\n" +
+	"\amembers\x18\x01 \x03(\v2\x13.keystore.v1.MemberR\amembers\":\n" +
 	"\rStatusRequest\x12)\n" +
-	"\x10include_checksum\x18\x01 \x01(\bR\x0fincludeChecksum\"l\n" +
+	"\x10include_checksum\x18\x01 \x01(\bR\x0fincludeChecksum\"\xd3\x01\n" +
 	"\x06Member\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12!\n" +
 	"\fpeer_address\x18\x03 \x01(\tR\vpeerAddress\x12\x1b\n" +
-	"\tis_leader\x18\x04 \x01(\bR\bisLeader\"\x96\x03\n" +
+	"\tis_leader\x18\x04 \x01(\bR\bisLeader\x12%\n" +
+	"\x0eclient_address\x18\x05 \x01(\tR\rclientAddress\x12\x1d\n" +
+	"\n" +
+	"is_learner\x18\x06 \x01(\bR\tisLearner\x12\x1f\n" +
+	"\vmatch_index\x18\a \x01(\x04R\n" +
+	"matchIndex\"\x96\x03\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
 	"\amembers\x18\x02 \x03(\v2\x13.keystore.v1.MemberR\amembers\x12\x16\n" +
@@ -1362,9 +1825,14 @@ const file_keystore_v1_keystore_proto_rawDesc = "" +
 	"\bComplete\x12\x1c.keystore.v1.CompleteRequest\x1a\x1d.keystore.v1.CompleteResponse\x12D\n" +
 	"\aRelease\x12\x1b.keystore.v1.ReleaseRequest\x1a\x1c.keystore.v1.ReleaseResponse\x12J\n" +
 	"\tHeartbeat\x12\x1d.keystore.v1.HeartbeatRequest\x1a\x1e.keystore.v1.HeartbeatResponse\x128\n" +
-	"\x03Get\x12\x17.keystore.v1.GetRequest\x1a\x18.keystore.v1.GetResponse2S\n" +
+	"\x03Get\x12\x17.keystore.v1.GetRequest\x1a\x18.keystore.v1.GetResponse2\x9b\x03\n" +
 	"\x0eClusterService\x12A\n" +
-	"\x06Status\x12\x1a.keystore.v1.StatusRequest\x1a\x1b.keystore.v1.StatusResponseB?Z=github.com/keystore-dev/keystore/proto/keystore/v1;keystorev1b\x06proto3"
+	"\x06Status\x12\x1a.keystore.v1.StatusRequest\x1a\x1b.keystore.v1.StatusResponse\x12M\n" +
+	"\n" +
+	"MemberList\x12\x1e.keystore.v1.MemberListRequest\x1a\x1f.keystore.v1.MemberListResponse\x12J\n" +
+	"\tMemberAdd\x12\x1d.keystore.v1.MemberAddRequest\x1a\x1e.keystore.v1.MemberAddResponse\x12V\n" +
+	"\rMemberPromote\x12!.keystore.v1.MemberPromoteRequest\x1a\".keystore.v1.MemberPromoteResponse\x12S\n" +
+	"\fMemberRemove\x12 .keystore.v1.MemberRemoveRequest\x1a!.keystore.v1.MemberRemoveResponseB?Z=github.com/keystore-dev/keystore/proto/keystore/v1;keystorev1b\x06proto3"
 
 var (
 	file_keystore_v1_keystore_proto_rawDescOnce sync.Once
@@ -1379,7 +1847,7 @@ func file_keystore_v1_keystore_proto_rawDescGZIP() []byte {
 }
 
 var file_keystore_v1_keystore_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_keystore_v1_keystore_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_keystore_v1_keystore_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_keystore_v1_keystore_proto_goTypes = []any{
 	(RecordState)(0),              // 0: keystore.v1.RecordState
 	(ClaimOutcome)(0),             // 1: keystore.v1.ClaimOutcome
@@ -1396,52 +1864,73 @@ var file_keystore_v1_keystore_proto_goTypes = []any{
 	(*HeartbeatResponse)(nil),     // 12: keystore.v1.HeartbeatResponse
 	(*GetRequest)(nil),            // 13: keystore.v1.GetRequest
 	(*GetResponse)(nil),           // 14: keystore.v1.GetResponse
-	(*StatusRequest)(nil),         // 15: keystore.v1.StatusRequest
-	(*Member)(nil),                // 16: keystore.v1.Member
-	(*StatusResponse)(nil),        // 17: keystore.v1.StatusResponse
-	nil,                           // 18: keystore.v1.Response.MetadataEntry
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
+	(*MemberListRequest)(nil),     // 15: keystore.v1.MemberListRequest
+	(*MemberListResponse)(nil),    // 16: keystore.v1.MemberListResponse
+	(*MemberAddRequest)(nil),      // 17: keystore.v1.MemberAddRequest
+	(*MemberAddResponse)(nil),     // 18: keystore.v1.MemberAddResponse
+	(*MemberPromoteRequest)(nil),  // 19: keystore.v1.MemberPromoteRequest
+	(*MemberPromoteResponse)(nil), // 20: keystore.v1.MemberPromoteResponse
+	(*MemberRemoveRequest)(nil),   // 21: keystore.v1.MemberRemoveRequest
+	(*MemberRemoveResponse)(nil),  // 22: keystore.v1.MemberRemoveResponse
+	(*StatusRequest)(nil),         // 23: keystore.v1.StatusRequest
+	(*Member)(nil),                // 24: keystore.v1.Member
+	(*StatusResponse)(nil),        // 25: keystore.v1.StatusResponse
+	nil,                           // 26: keystore.v1.Response.MetadataEntry
+	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 28: google.protobuf.Duration
 }
 var file_keystore_v1_keystore_proto_depIdxs = []int32{
-	18, // 0: keystore.v1.Response.metadata:type_name -> keystore.v1.Response.MetadataEntry
+	26, // 0: keystore.v1.Response.metadata:type_name -> keystore.v1.Response.MetadataEntry
 	0,  // 1: keystore.v1.Record.state:type_name -> keystore.v1.RecordState
-	19, // 2: keystore.v1.Record.created_at:type_name -> google.protobuf.Timestamp
-	19, // 3: keystore.v1.Record.lease_expires_at:type_name -> google.protobuf.Timestamp
-	19, // 4: keystore.v1.Record.completed_at:type_name -> google.protobuf.Timestamp
-	19, // 5: keystore.v1.Record.expires_at:type_name -> google.protobuf.Timestamp
+	27, // 2: keystore.v1.Record.created_at:type_name -> google.protobuf.Timestamp
+	27, // 3: keystore.v1.Record.lease_expires_at:type_name -> google.protobuf.Timestamp
+	27, // 4: keystore.v1.Record.completed_at:type_name -> google.protobuf.Timestamp
+	27, // 5: keystore.v1.Record.expires_at:type_name -> google.protobuf.Timestamp
 	3,  // 6: keystore.v1.Record.response:type_name -> keystore.v1.Response
-	20, // 7: keystore.v1.ClaimRequest.lease:type_name -> google.protobuf.Duration
-	20, // 8: keystore.v1.ClaimRequest.retention:type_name -> google.protobuf.Duration
-	20, // 9: keystore.v1.ClaimRequest.wait:type_name -> google.protobuf.Duration
+	28, // 7: keystore.v1.ClaimRequest.lease:type_name -> google.protobuf.Duration
+	28, // 8: keystore.v1.ClaimRequest.retention:type_name -> google.protobuf.Duration
+	28, // 9: keystore.v1.ClaimRequest.wait:type_name -> google.protobuf.Duration
 	1,  // 10: keystore.v1.ClaimResponse.outcome:type_name -> keystore.v1.ClaimOutcome
 	4,  // 11: keystore.v1.ClaimResponse.record:type_name -> keystore.v1.Record
 	3,  // 12: keystore.v1.CompleteRequest.response:type_name -> keystore.v1.Response
-	20, // 13: keystore.v1.CompleteRequest.retention:type_name -> google.protobuf.Duration
+	28, // 13: keystore.v1.CompleteRequest.retention:type_name -> google.protobuf.Duration
 	4,  // 14: keystore.v1.CompleteResponse.record:type_name -> keystore.v1.Record
-	20, // 15: keystore.v1.HeartbeatRequest.lease:type_name -> google.protobuf.Duration
+	28, // 15: keystore.v1.HeartbeatRequest.lease:type_name -> google.protobuf.Duration
 	4,  // 16: keystore.v1.HeartbeatResponse.record:type_name -> keystore.v1.Record
 	2,  // 17: keystore.v1.GetRequest.consistency:type_name -> keystore.v1.Consistency
 	4,  // 18: keystore.v1.GetResponse.record:type_name -> keystore.v1.Record
-	16, // 19: keystore.v1.StatusResponse.members:type_name -> keystore.v1.Member
-	19, // 20: keystore.v1.StatusResponse.log_time:type_name -> google.protobuf.Timestamp
-	5,  // 21: keystore.v1.KeyStoreService.Claim:input_type -> keystore.v1.ClaimRequest
-	7,  // 22: keystore.v1.KeyStoreService.Complete:input_type -> keystore.v1.CompleteRequest
-	9,  // 23: keystore.v1.KeyStoreService.Release:input_type -> keystore.v1.ReleaseRequest
-	11, // 24: keystore.v1.KeyStoreService.Heartbeat:input_type -> keystore.v1.HeartbeatRequest
-	13, // 25: keystore.v1.KeyStoreService.Get:input_type -> keystore.v1.GetRequest
-	15, // 26: keystore.v1.ClusterService.Status:input_type -> keystore.v1.StatusRequest
-	6,  // 27: keystore.v1.KeyStoreService.Claim:output_type -> keystore.v1.ClaimResponse
-	8,  // 28: keystore.v1.KeyStoreService.Complete:output_type -> keystore.v1.CompleteResponse
-	10, // 29: keystore.v1.KeyStoreService.Release:output_type -> keystore.v1.ReleaseResponse
-	12, // 30: keystore.v1.KeyStoreService.Heartbeat:output_type -> keystore.v1.HeartbeatResponse
-	14, // 31: keystore.v1.KeyStoreService.Get:output_type -> keystore.v1.GetResponse
-	17, // 32: keystore.v1.ClusterService.Status:output_type -> keystore.v1.StatusResponse
-	27, // [27:33] is the sub-list for method output_type
-	21, // [21:27] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	24, // 19: keystore.v1.MemberListResponse.members:type_name -> keystore.v1.Member
+	24, // 20: keystore.v1.MemberAddResponse.member:type_name -> keystore.v1.Member
+	24, // 21: keystore.v1.MemberAddResponse.members:type_name -> keystore.v1.Member
+	24, // 22: keystore.v1.MemberPromoteResponse.members:type_name -> keystore.v1.Member
+	24, // 23: keystore.v1.MemberRemoveResponse.members:type_name -> keystore.v1.Member
+	24, // 24: keystore.v1.StatusResponse.members:type_name -> keystore.v1.Member
+	27, // 25: keystore.v1.StatusResponse.log_time:type_name -> google.protobuf.Timestamp
+	5,  // 26: keystore.v1.KeyStoreService.Claim:input_type -> keystore.v1.ClaimRequest
+	7,  // 27: keystore.v1.KeyStoreService.Complete:input_type -> keystore.v1.CompleteRequest
+	9,  // 28: keystore.v1.KeyStoreService.Release:input_type -> keystore.v1.ReleaseRequest
+	11, // 29: keystore.v1.KeyStoreService.Heartbeat:input_type -> keystore.v1.HeartbeatRequest
+	13, // 30: keystore.v1.KeyStoreService.Get:input_type -> keystore.v1.GetRequest
+	23, // 31: keystore.v1.ClusterService.Status:input_type -> keystore.v1.StatusRequest
+	15, // 32: keystore.v1.ClusterService.MemberList:input_type -> keystore.v1.MemberListRequest
+	17, // 33: keystore.v1.ClusterService.MemberAdd:input_type -> keystore.v1.MemberAddRequest
+	19, // 34: keystore.v1.ClusterService.MemberPromote:input_type -> keystore.v1.MemberPromoteRequest
+	21, // 35: keystore.v1.ClusterService.MemberRemove:input_type -> keystore.v1.MemberRemoveRequest
+	6,  // 36: keystore.v1.KeyStoreService.Claim:output_type -> keystore.v1.ClaimResponse
+	8,  // 37: keystore.v1.KeyStoreService.Complete:output_type -> keystore.v1.CompleteResponse
+	10, // 38: keystore.v1.KeyStoreService.Release:output_type -> keystore.v1.ReleaseResponse
+	12, // 39: keystore.v1.KeyStoreService.Heartbeat:output_type -> keystore.v1.HeartbeatResponse
+	14, // 40: keystore.v1.KeyStoreService.Get:output_type -> keystore.v1.GetResponse
+	25, // 41: keystore.v1.ClusterService.Status:output_type -> keystore.v1.StatusResponse
+	16, // 42: keystore.v1.ClusterService.MemberList:output_type -> keystore.v1.MemberListResponse
+	18, // 43: keystore.v1.ClusterService.MemberAdd:output_type -> keystore.v1.MemberAddResponse
+	20, // 44: keystore.v1.ClusterService.MemberPromote:output_type -> keystore.v1.MemberPromoteResponse
+	22, // 45: keystore.v1.ClusterService.MemberRemove:output_type -> keystore.v1.MemberRemoveResponse
+	36, // [36:46] is the sub-list for method output_type
+	26, // [26:36] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_keystore_v1_keystore_proto_init() }
@@ -1455,7 +1944,7 @@ func file_keystore_v1_keystore_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keystore_v1_keystore_proto_rawDesc), len(file_keystore_v1_keystore_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   16,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -294,7 +294,11 @@ var KeyStoreService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	ClusterService_Status_FullMethodName = "/keystore.v1.ClusterService/Status"
+	ClusterService_Status_FullMethodName        = "/keystore.v1.ClusterService/Status"
+	ClusterService_MemberList_FullMethodName    = "/keystore.v1.ClusterService/MemberList"
+	ClusterService_MemberAdd_FullMethodName     = "/keystore.v1.ClusterService/MemberAdd"
+	ClusterService_MemberPromote_FullMethodName = "/keystore.v1.ClusterService/MemberPromote"
+	ClusterService_MemberRemove_FullMethodName  = "/keystore.v1.ClusterService/MemberRemove"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -305,6 +309,19 @@ const (
 type ClusterServiceClient interface {
 	// Status returns this node's view: members, leader, indexes.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// MemberList returns the members of the cluster as the log knows them.
+	MemberList(ctx context.Context, in *MemberListRequest, opts ...grpc.CallOption) (*MemberListResponse, error)
+	// MemberAdd adds a node as a learner: it receives the log (a snapshot
+	// first if it is far behind) but does not vote until promoted, which the
+	// leader does by itself once the learner has caught up.
+	MemberAdd(ctx context.Context, in *MemberAddRequest, opts ...grpc.CallOption) (*MemberAddResponse, error)
+	// MemberPromote makes a learner a voter. Refused (FAILED_PRECONDITION)
+	// while the learner is far behind the leader's log.
+	MemberPromote(ctx context.Context, in *MemberPromoteRequest, opts ...grpc.CallOption) (*MemberPromoteResponse, error)
+	// MemberRemove removes a member. Refused (FAILED_PRECONDITION) when the
+	// voters left could not form a quorum with the members the leader hears
+	// from; removing the leader hands leadership over first.
+	MemberRemove(ctx context.Context, in *MemberRemoveRequest, opts ...grpc.CallOption) (*MemberRemoveResponse, error)
 }
 
 type clusterServiceClient struct {
@@ -325,6 +342,46 @@ func (c *clusterServiceClient) Status(ctx context.Context, in *StatusRequest, op
 	return out, nil
 }
 
+func (c *clusterServiceClient) MemberList(ctx context.Context, in *MemberListRequest, opts ...grpc.CallOption) (*MemberListResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MemberListResponse)
+	err := c.cc.Invoke(ctx, ClusterService_MemberList_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) MemberAdd(ctx context.Context, in *MemberAddRequest, opts ...grpc.CallOption) (*MemberAddResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MemberAddResponse)
+	err := c.cc.Invoke(ctx, ClusterService_MemberAdd_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) MemberPromote(ctx context.Context, in *MemberPromoteRequest, opts ...grpc.CallOption) (*MemberPromoteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MemberPromoteResponse)
+	err := c.cc.Invoke(ctx, ClusterService_MemberPromote_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) MemberRemove(ctx context.Context, in *MemberRemoveRequest, opts ...grpc.CallOption) (*MemberRemoveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MemberRemoveResponse)
+	err := c.cc.Invoke(ctx, ClusterService_MemberRemove_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -333,6 +390,19 @@ func (c *clusterServiceClient) Status(ctx context.Context, in *StatusRequest, op
 type ClusterServiceServer interface {
 	// Status returns this node's view: members, leader, indexes.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// MemberList returns the members of the cluster as the log knows them.
+	MemberList(context.Context, *MemberListRequest) (*MemberListResponse, error)
+	// MemberAdd adds a node as a learner: it receives the log (a snapshot
+	// first if it is far behind) but does not vote until promoted, which the
+	// leader does by itself once the learner has caught up.
+	MemberAdd(context.Context, *MemberAddRequest) (*MemberAddResponse, error)
+	// MemberPromote makes a learner a voter. Refused (FAILED_PRECONDITION)
+	// while the learner is far behind the leader's log.
+	MemberPromote(context.Context, *MemberPromoteRequest) (*MemberPromoteResponse, error)
+	// MemberRemove removes a member. Refused (FAILED_PRECONDITION) when the
+	// voters left could not form a quorum with the members the leader hears
+	// from; removing the leader hands leadership over first.
+	MemberRemove(context.Context, *MemberRemoveRequest) (*MemberRemoveResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -345,6 +415,18 @@ type UnimplementedClusterServiceServer struct{}
 
 func (UnimplementedClusterServiceServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedClusterServiceServer) MemberList(context.Context, *MemberListRequest) (*MemberListResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MemberList not implemented")
+}
+func (UnimplementedClusterServiceServer) MemberAdd(context.Context, *MemberAddRequest) (*MemberAddResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MemberAdd not implemented")
+}
+func (UnimplementedClusterServiceServer) MemberPromote(context.Context, *MemberPromoteRequest) (*MemberPromoteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MemberPromote not implemented")
+}
+func (UnimplementedClusterServiceServer) MemberRemove(context.Context, *MemberRemoveRequest) (*MemberRemoveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MemberRemove not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -385,6 +467,78 @@ func _ClusterService_Status_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_MemberList_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MemberListRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).MemberList(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_MemberList_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).MemberList(ctx, req.(*MemberListRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_MemberAdd_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MemberAddRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).MemberAdd(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_MemberAdd_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).MemberAdd(ctx, req.(*MemberAddRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_MemberPromote_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MemberPromoteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).MemberPromote(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_MemberPromote_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).MemberPromote(ctx, req.(*MemberPromoteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_MemberRemove_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MemberRemoveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).MemberRemove(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_MemberRemove_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).MemberRemove(ctx, req.(*MemberRemoveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -395,6 +549,22 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _ClusterService_Status_Handler,
+		},
+		{
+			MethodName: "MemberList",
+			Handler:    _ClusterService_MemberList_Handler,
+		},
+		{
+			MethodName: "MemberAdd",
+			Handler:    _ClusterService_MemberAdd_Handler,
+		},
+		{
+			MethodName: "MemberPromote",
+			Handler:    _ClusterService_MemberPromote_Handler,
+		},
+		{
+			MethodName: "MemberRemove",
+			Handler:    _ClusterService_MemberRemove_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -191,7 +191,11 @@ type HelloResponse struct {
 	Members uint32 `protobuf:"varint,3,opt,name=members,proto3" json:"members,omitempty"`
 	// Whether the asking node is a member in this node's conf state: a node
 	// told "no" by one that applied at least as much as it has was removed.
-	Member        bool `protobuf:"varint,4,opt,name=member,proto3" json:"member,omitempty"`
+	Member bool `protobuf:"varint,4,opt,name=member,proto3" json:"member,omitempty"`
+	// Whether the asking node has served as a member before: it published
+	// itself once started (keystore.state.v1.Member.started). A node whose
+	// data dir is empty must then not bootstrap.
+	Started       bool `protobuf:"varint,5,opt,name=started,proto3" json:"started,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -250,6 +254,13 @@ func (x *HelloResponse) GetMembers() uint32 {
 func (x *HelloResponse) GetMember() bool {
 	if x != nil {
 		return x.Member
+	}
+	return false
+}
+
+func (x *HelloResponse) GetStarted() bool {
+	if x != nil {
+		return x.Started
 	}
 	return false
 }
@@ -389,13 +400,14 @@ const file_keystore_peer_v1_peer_proto_rawDesc = "" +
 	"\fHelloRequest\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12\x12\n" +
-	"\x04from\x18\x02 \x01(\x04R\x04from\"\x85\x01\n" +
+	"\x04from\x18\x02 \x01(\x04R\x04from\"\x9f\x01\n" +
 	"\rHelloResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\x04R\tclusterId\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x18\n" +
 	"\amembers\x18\x03 \x01(\rR\amembers\x12\x16\n" +
-	"\x06member\x18\x04 \x01(\bR\x06member\"h\n" +
+	"\x06member\x18\x04 \x01(\bR\x06member\x12\x18\n" +
+	"\astarted\x18\x05 \x01(\bR\astarted\"h\n" +
 	"\x0eForwardRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x18\n" +

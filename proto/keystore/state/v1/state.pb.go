@@ -1066,7 +1066,11 @@ type Member struct {
 	// Where clients reach it (may be empty until it says).
 	ClientAddress string `protobuf:"bytes,4,opt,name=client_address,json=clientAddress,proto3" json:"client_address,omitempty"`
 	// A learner receives the log but does not vote.
-	Learner       bool `protobuf:"varint,5,opt,name=learner,proto3" json:"learner,omitempty"`
+	Learner bool `protobuf:"varint,5,opt,name=learner,proto3" json:"learner,omitempty"`
+	// Set once the member has started and published itself (an update conf
+	// change of its own): a node whose data dir is empty but whose member
+	// record says it started has lost its data, and must not bootstrap.
+	Started       bool `protobuf:"varint,6,opt,name=started,proto3" json:"started,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1132,6 +1136,13 @@ func (x *Member) GetClientAddress() string {
 func (x *Member) GetLearner() bool {
 	if x != nil {
 		return x.Learner
+	}
+	return false
+}
+
+func (x *Member) GetStarted() bool {
+	if x != nil {
+		return x.Started
 	}
 	return false
 }
@@ -1401,13 +1412,14 @@ const file_keystore_state_v1_state_proto_rawDesc = "" +
 	"\n" +
 	"conf_state\x18\x04 \x01(\fR\tconfState\x12%\n" +
 	"\x0estored_records\x18\x05 \x01(\x04R\rstoredRecords\x123\n" +
-	"\amembers\x18\x06 \x03(\v2\x19.keystore.state.v1.MemberR\amembers\"\x90\x01\n" +
+	"\amembers\x18\x06 \x03(\v2\x19.keystore.state.v1.MemberR\amembers\"\xaa\x01\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12!\n" +
 	"\fpeer_address\x18\x03 \x01(\tR\vpeerAddress\x12%\n" +
 	"\x0eclient_address\x18\x04 \x01(\tR\rclientAddress\x12\x18\n" +
-	"\alearner\x18\x05 \x01(\bR\alearner\"e\n" +
+	"\alearner\x18\x05 \x01(\bR\alearner\x12\x18\n" +
+	"\astarted\x18\x06 \x01(\bR\astarted\"e\n" +
 	"\x11ConfChangeContext\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x121\n" +
