@@ -19,6 +19,10 @@ type Config struct {
 	// Names optionally names the members of Peers, for the bootstrap's
 	// conf changes (the state machine keeps them with the addresses).
 	Names map[uint64]string
+	// Routes overrides, for dialing, the peer address the log has for a
+	// member: a proxy or NAT between this node and that one. The fault
+	// tests route every link through a proxy of its own this way.
+	Routes map[uint64]string
 	// Join: this node joins an existing cluster (it was added as a
 	// learner). With an empty log it waits for the leader to send it the
 	// log instead of bootstrapping a new cluster from Peers.

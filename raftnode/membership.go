@@ -37,6 +37,10 @@ var ErrMembership = errors.New("raftnode: membership change refused")
 // the cluster: it serves nothing any more. It is an ErrStopped.
 var ErrRemoved = fmt.Errorf("%w: this node was removed from the cluster", ErrStopped)
 
+// errUnheard marks a refusal that news from the peers may lift: the
+// voters left would not be heard from enough, or a learner not caught up.
+var errUnheard = fmt.Errorf("%w", ErrMembership)
+
 // promoteAt is how close a learner's log must be to the leader's to be
 // promoted: its match index at least this fraction of the leader's (as
 // etcd's).
@@ -57,7 +61,11 @@ func (n *Node) appliedMembership(c appliedConfChange) {
 	switch c.cc.Type {
 	case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode, raftpb.ConfChangeUpdateNode:
 		if m := ctx.GetMember(); m.GetId() == id && id != n.cfg.ID {
-			n.trans.AddPeer(id, m.GetPeerAddress())
+			addr := m.GetPeerAddress()
+			if r, ok := n.cfg.Routes[id]; ok {
+				addr = r
+			}
+			n.trans.AddPeer(id, addr) // "" (not published yet): keeps the one it has
 		}
 	case raftpb.ConfChangeRemoveNode:
 		if id == n.cfg.ID {
@@ -198,9 +206,27 @@ func (n *Node) proposeConfChangeLocal(ctx context.Context, cc raftpb.ConfChange)
 		n.mu.Unlock()
 		return 0, ErrStopped
 	}
-	if err := checkConfChange(n.rn.Status(), cc, n.activePeer); err != nil {
+	// A leader hears from its followers only once it leads (a follower
+	// hears from the leader alone): a check that fails for want of news
+	// from peers is given a few heartbeats before it counts.
+	for tries := 0; ; tries++ {
+		err := checkConfChange(n.rn.Status(), cc, n.activePeer)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errUnheard) || tries == 5 {
+			n.mu.Unlock()
+			return 0, err
+		}
 		n.mu.Unlock()
-		return 0, err
+		select {
+		case <-ctx.Done():
+			return 0, ErrTimeout
+		case <-n.stopc:
+			return 0, n.stoppedErr()
+		case <-time.After(n.cfg.TickInterval):
+		}
+		n.mu.Lock()
 	}
 	n.waiters[reqID] = ch
 	changed := n.leaderChanged
@@ -249,7 +275,7 @@ func checkConfChange(st raft.Status, cc raftpb.ConfChange, heard func(uint64) bo
 		}
 		if need := len(next)/2 + 1; up < need {
 			return fmt.Errorf("%w: after the change %d of %d voters would be reachable, fewer than the %d a quorum needs",
-				ErrMembership, up, len(next), need)
+				errUnheard, up, len(next), need)
 		}
 		return nil
 	}
@@ -267,7 +293,7 @@ func checkConfChange(st raft.Status, cc raftpb.ConfChange, heard func(uint64) bo
 			return fmt.Errorf("%w: %x is not a member; add it as a learner first", ErrMembership, id)
 		}
 		if !caughtUp(st, id, heard) {
-			return fmt.Errorf("%w: learner %x is not caught up with the leader's log yet", ErrMembership, id)
+			return fmt.Errorf("%w: learner %x is not caught up with the leader's log yet", errUnheard, id)
 		}
 		next := map[uint64]struct{}{id: {}}
 		for v := range voters {

@@ -75,9 +75,8 @@ func knownPeers(self uint64, configured map[uint64]string, members []*statev1.Me
 		}
 	}
 	for id, addr := range configured {
-		if got, ok := peers[id]; id != self && (!ok || got != addr) {
-			logger.Warn("the configured members differ from the membership in the log; the log wins",
-				"member", fmt.Sprintf("%x", id), "configured", addr, "log", got)
+		if _, ok := peers[id]; id != self && !ok {
+			logger.Warn("a configured member is no member in the log; the log wins", "member", fmt.Sprintf("%x", id), "configured", addr)
 		}
 	}
 	return peers
@@ -179,6 +178,11 @@ func New(cfg Config, store LogStore, sm StateMachine) (*Node, error) {
 	if ml, ok := sm.(memberLister); ok {
 		peers = knownPeers(cfg.ID, cfg.Peers, ml.Members(), n.logger)
 	}
+	for id, addr := range cfg.Routes {
+		if _, ok := peers[id]; ok {
+			peers[id] = addr
+		}
+	}
 	n.trans = cfg.Transport
 	if n.trans == nil {
 		n.tcp = newTCPTransport(cfg.ID, cfg.ClusterID, peers, cfg.CommitHold, n.logger)
@@ -230,7 +234,10 @@ func (n *Node) Start() error {
 		ids := slices.Sorted(maps.Keys(n.cfg.Peers))
 		peers := make([]raft.Peer, 0, len(ids))
 		for _, id := range ids {
-			m := &statev1.Member{Id: id, Name: n.cfg.Names[id], PeerAddress: n.cfg.Peers[id]}
+			// Names and ids only: the addresses each member was given may
+			// differ (a proxy, NAT), and the bootstrap's entries must be the
+			// same on every member. Each publishes its own once started.
+			m := &statev1.Member{Id: id, Name: n.cfg.Names[id]}
 			peers = append(peers, raft.Peer{ID: id, Context: entry.ConfChangeContext(m, 0)})
 		}
 		n.logger.Info("starting a new cluster", "members", len(peers))

@@ -264,10 +264,10 @@ func memberAdd(endpoint string, req *keystorev1.MemberAddRequest) (*keystorev1.M
 }
 
 // publishLoop records in the log, once it can, that this node started,
-// with its name and client address, and its peer address when one is
-// advertised (an UpdateMember conf change), unless the log has them
-// already: the bootstrap knows only the peer addresses of --initial-cluster,
-// and a node may come back on new ones. It ends once done or when the node
+// with its name and addresses (an UpdateMember conf change), unless the
+// log has them already: the bootstrap's entries carry names only (each
+// member may have been given others' addresses differently), and a node
+// may come back on new addresses. It ends once done or when the node
 // stops.
 func (s *Server) publishLoop() {
 	self := s.node.ID()
@@ -281,7 +281,7 @@ func (s *Server) publishLoop() {
 		if want != nil {
 			cur := proto.Clone(want)
 			want.Name, want.Started = s.cfg.Name, true
-			if a := s.cfg.AdvertisePeerAddr; a != "" {
+			if a := s.cfg.advertisedPeerAddr(); a != "" {
 				want.PeerAddress = a
 			}
 			if a := s.cfg.advertisedClientAddr(); a != "" {
@@ -478,8 +478,12 @@ func (s *Server) memberViews() []*keystorev1.Member {
 		if !ok {
 			continue // removed in raft's view already, not yet in the state's
 		}
+		peer := m.GetPeerAddress()
+		if peer == "" {
+			peer = s.startPeers[m.GetId()] // not published yet: as this node was told
+		}
 		out = append(out, &keystorev1.Member{
-			Name: m.GetName(), Id: fmt.Sprintf("%x", m.GetId()), PeerAddress: m.GetPeerAddress(), ClientAddress: m.GetClientAddress(),
+			Name: m.GetName(), Id: fmt.Sprintf("%x", m.GetId()), PeerAddress: peer, ClientAddress: m.GetClientAddress(),
 			IsLeader: m.GetId() == st.Leader, IsLearner: r.Learner, MatchIndex: r.Match,
 		})
 	}

@@ -42,6 +42,10 @@ type Config struct {
 	// nodes and clients reach this node at, when they differ from
 	// PeerAddr and ClientAddr (which may listen on every interface).
 	AdvertisePeerAddr, AdvertiseClientAddr string
+	// PeerRoutes maps members of the initial cluster (by name) to the
+	// address this node dials them at, whatever address the log has for
+	// them: a proxy or NAT in between (the fault tests' proxies).
+	PeerRoutes map[string]string
 	// Join lists client addresses of members of an existing cluster: a
 	// node with an empty data dir asks them to add it (as a learner) and
 	// then is sent the log, instead of bootstrapping from InitialCluster.
@@ -137,10 +141,13 @@ type Server struct {
 	cfg       Config
 	logger    *slog.Logger
 	clusterID uint64
-	store     *storage.Store
-	node      *raftnode.Node
-	sweep     *expiry.Sweeper
-	health    *health.Server
+	// startPeers are the peer addresses the node started with, for the
+	// members that have not published theirs yet.
+	startPeers map[uint64]string
+	store      *storage.Store
+	node       *raftnode.Node
+	sweep      *expiry.Sweeper
+	health     *health.Server
 
 	client, peer       *grpc.Server
 	batch              *api.BatchService // drained before client stops
@@ -190,6 +197,10 @@ func New(cfg Config) (*Server, error) {
 	rc := cfg.Raft
 	rc.ID, rc.ClusterID = st.id.NodeID, st.id.ClusterID
 	rc.Peers, rc.Names, rc.Join = st.peers, st.names, st.join
+	rc.Routes = make(map[uint64]string, len(cfg.PeerRoutes))
+	for name, addr := range cfg.PeerRoutes {
+		rc.Routes[raftnode.IDFromName(name)] = addr
+	}
 	rc.Logger = logger
 	node, err := raftnode.New(rc, store, store)
 	if err != nil {
@@ -216,6 +227,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:           cfg,
 		clusterID:     st.id.ClusterID,
+		startPeers:    st.peers,
 		logger:        logger,
 		store:         store,
 		node:          node,

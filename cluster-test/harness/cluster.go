@@ -130,7 +130,8 @@ func Start(cfg Config) (*Cluster, error) {
 }
 
 // initialCluster is node n's view of the members: its peers at the proxies
-// in front of them.
+// in front of them. It is also n's --peer-route, so that n keeps dialling
+// the proxies once the members have published their own addresses.
 func (c *Cluster) initialCluster(n string) string {
 	parts := make([]string, 0, len(c.Names))
 	for _, m := range c.Names {
@@ -160,7 +161,7 @@ func (c *Cluster) StartNode(n string) error {
 	args := append([]string{
 		"--name", n, "--data-dir", filepath.Join(c.cfg.Dir, n),
 		"--client-addr", c.client[n], "--peer-addr", c.peer[n],
-		"--initial-cluster", c.initialCluster(n), "--log-level", "info",
+		"--initial-cluster", c.initialCluster(n), "--peer-route", c.initialCluster(n), "--log-level", "info",
 		"--test-clock-offset-file", c.clockFile(n),
 	}, c.cfg.Args...)
 	cmd := exec.Command(c.cfg.Binary, args...)

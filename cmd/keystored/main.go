@@ -57,6 +57,7 @@ func run(args []string) error {
 		initialCluster = fs.String("initial-cluster", "", "every member as name=peer-host:port, comma-separated (default: this node alone)")
 		advPeer        = fs.String("advertise-peer-addr", "", "the peer address other nodes reach this one at, when --peer-addr listens on every interface or behind NAT (default: --peer-addr)")
 		advClient      = fs.String("advertise-client-addr", "", "the client address clients reach this node at (default: --client-addr unless it listens on every interface)")
+		peerRoutes     = fs.String("peer-route", "", "name=host:port,...: dial these members of the initial cluster at these addresses instead of the ones in the log (a proxy or NAT in between)")
 		join           = fs.String("join", "", "client addresses (host:port, comma-separated) of members of an existing cluster: with an empty data dir, join it as a new member instead of bootstrapping")
 		clusterState   = fs.String("initial-cluster-state", server.ClusterStateNew, "new: with an empty data dir, bootstrap --initial-cluster (after making sure no member of it has seen this node run); existing: never bootstrap (an empty data dir needs --join)")
 		clusterToken   = fs.String("cluster-token", "keystore", "tells this cluster from others with the same member names; the same on every member")
@@ -103,6 +104,12 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	var routes map[string]string
+	if *peerRoutes != "" {
+		if routes, err = server.ParseCluster(*peerRoutes); err != nil {
+			return fmt.Errorf("--peer-route: %w", err)
+		}
+	}
 	srv, err := server.New(server.Config{
 		Name:                *name,
 		DataDir:             *dataDir,
@@ -111,6 +118,7 @@ func run(args []string) error {
 		InitialCluster:      cluster,
 		InitialClusterState: *clusterState,
 		AdvertisePeerAddr:   *advPeer,
+		PeerRoutes:          routes,
 		AdvertiseClientAddr: *advClient,
 		Join:                splitList(*join),
 		ClusterToken:        *clusterToken,
