@@ -22,6 +22,11 @@
 // transport in production (tcp.go, rawpeer.go, snapshot.go), InmemNetwork's
 // in tests, which can partition, delay and drop.
 //
+// Membership changes at runtime through conf changes, one at a time: a
+// node joins as a learner and is promoted once caught up; a change that
+// would leave no working quorum is refused; removing the leader hands
+// leadership over first (membership.go).
+//
 // Entries are in package entry's format (an envelope with the leader's log
 // time and one request id or several packed proposals); entry also holds
 // the packing rules and routes each apply result to its proposer. Commands

@@ -13,6 +13,19 @@
 // Wait and its signal handling under an errgroup. See Start in server.go
 // for the goroutines and how long each lives.
 //
+// # Identity and membership
+//
+// A node's identity (Raft id, cluster id, name) is created once and kept in
+// its data dir (identity.go); an id is never reused. With an empty data dir
+// a node bootstraps the initial cluster, once no member of it says the node
+// ran before, or joins an existing cluster (Config.Join): it asks a member
+// to add it as a learner under an id it chose, and starts empty to be sent
+// the log (membership.go). Once started, each node publishes its name and
+// addresses in the log. ClusterService's Member RPCs change membership
+// through the Raft node's conf changes. A leader hands leadership over
+// before it stops; a node removed from the cluster stops, and Wait returns
+// raftnode.ErrRemoved.
+//
 // # Health
 //
 // The gRPC health service (the whole server, "", and
