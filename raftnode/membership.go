@@ -66,6 +66,9 @@ func (n *Node) appliedMembership(c appliedConfChange) {
 				addr = r
 			}
 			n.trans.AddPeer(id, addr) // "" (not published yet): keeps the one it has
+			n.peersMu.Lock()
+			n.knownPeerIDs[id] = true
+			n.peersMu.Unlock()
 		}
 	case raftpb.ConfChangeRemoveNode:
 		if id == n.cfg.ID {
@@ -74,6 +77,9 @@ func (n *Node) appliedMembership(c appliedConfChange) {
 			defer n.halt()
 		} else {
 			n.trans.RemovePeer(id)
+			n.peersMu.Lock()
+			delete(n.knownPeerIDs, id)
+			n.peersMu.Unlock()
 		}
 	}
 	n.logger.Info("membership changed", "change", c.cc.Type.String(), "member", fmt.Sprintf("%x", id),
@@ -548,3 +554,41 @@ func (n *Node) Done() <-chan struct{} { return n.stopc }
 // Removed reports whether the node stopped because it was removed from the
 // cluster.
 func (n *Node) Removed() bool { return n.removed.Load() }
+
+// syncPeers makes the transport's peers the members of cs, at the
+// addresses the state machine has for them (or Config.Routes'), after a
+// snapshot replaced the state: a member the snapshot no longer names is
+// forgotten, one it adds is dialled.
+func (n *Node) syncPeers(cs raftpb.ConfState) {
+	addrs := make(map[uint64]string)
+	if ml, ok := n.sm.(memberLister); ok {
+		for _, m := range ml.Members() {
+			addrs[m.GetId()] = m.GetPeerAddress()
+		}
+	}
+	members := make(map[uint64]bool)
+	for _, ids := range [][]uint64{cs.Voters, cs.Learners, cs.VotersOutgoing, cs.LearnersNext} {
+		for _, id := range ids {
+			members[id] = true
+		}
+	}
+	for id := range members {
+		if id == n.cfg.ID {
+			continue
+		}
+		addr := addrs[id]
+		if r, ok := n.cfg.Routes[id]; ok {
+			addr = r
+		}
+		n.trans.AddPeer(id, addr) // "" keeps the address it has
+	}
+	n.peersMu.Lock()
+	known := n.knownPeerIDs
+	n.knownPeerIDs = members
+	n.peersMu.Unlock()
+	for id := range known {
+		if !members[id] && id != n.cfg.ID {
+			n.trans.RemovePeer(id)
+		}
+	}
+}

@@ -139,6 +139,9 @@ type Node struct {
 	// hands over only to a peer heard from lately).
 	heardMu sync.RWMutex
 	heard   map[uint64]*atomic.Int64
+	// knownPeerIDs are the members the transport was told of (syncPeers).
+	peersMu      sync.Mutex
+	knownPeerIDs map[uint64]bool
 
 	// receiving is held while a snapshot is received (one at a time);
 	// installing counts snapshots being received or installed.
@@ -182,6 +185,10 @@ func New(cfg Config, store LogStore, sm StateMachine) (*Node, error) {
 		if _, ok := peers[id]; ok {
 			peers[id] = addr
 		}
+	}
+	n.knownPeerIDs = make(map[uint64]bool, len(peers))
+	for id := range peers {
+		n.knownPeerIDs[id] = true
 	}
 	n.trans = cfg.Transport
 	if n.trans == nil {
@@ -370,6 +377,9 @@ func (n *Node) handleReady(rd raft.Ready) error {
 		n.clock.observe(n.sm.LogTime())
 		n.compactedAt = rd.Snapshot.Metadata.Index
 		n.snapshots.Add(1)
+		// The snapshot may hold conf changes this node never applied one
+		// by one: its peers are the snapshot's members.
+		n.syncPeers(rd.Snapshot.Metadata.ConfState)
 		n.notifyApplied()
 	}
 	if err := n.store.Append(rd.HardState, rd.Entries, rd.MustSync); err != nil {

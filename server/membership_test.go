@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -185,5 +186,42 @@ func TestClusterGracefulStopOfLeaderHandsOver(t *testing.T) {
 	// returned was handed over, not elected.
 	if waited := time.Since(start); waited > 500*time.Millisecond {
 		t.Fatalf("a leader %v after the old leader's graceful stop; want it handed over at once", waited)
+	}
+}
+
+// TestClusterMemberLearntFromSnapshot: a node that was down while another
+// joined, and comes back past the compacted log, learns the new member
+// from the snapshot it installs: after two old members go, it and the new
+// one form the quorum together.
+func TestClusterMemberLearntFromSnapshot(t *testing.T) {
+	c := testcluster.Start(t, testcluster.Options{Raft: raftnode.Config{SnapshotEntries: 50, KeepEntries: 10}})
+	waitVoters(t, c, "n1", c.Names...)
+	c.StopNode("n3")
+	c.AddNode("n4", "n1")
+	waitVoters(t, c, "n1", "n1", "n2", "n4", "n3")
+	for i := range 120 {
+		lifecycle(t, c.Client("n1"), fmt.Sprintf("k%d", i))
+	}
+	c.StartNode("n3")
+	waitFor(t, "n3 to install a snapshot", func() bool { return c.Server("n3").Status().SnapshotsApplied > 0 })
+	id := members(t, c, "n2")["n1"].GetId()
+	if _, err := c.ClusterClient("n2").MemberRemove(ctxT(t, 10*time.Second), &keystorev1.MemberRemoveRequest{Id: id}); err != nil {
+		t.Fatalf("removing n1: %v", err)
+	}
+	c.StopNode("n1")
+	c.StopNode("n2")
+	// n3 and n4 are two of the three voters left: they must reach each
+	// other.
+	lifecycle(t, c.Client("n3"), "after")
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s after 20s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
