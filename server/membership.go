@@ -80,17 +80,20 @@ func resolveIdentity(cfg Config, store *storage.Store, logger *slog.Logger) (*st
 		// before any of the log arrived: ask again, under the same id.
 		return joinCluster(cfg, id, logger)
 	case id != nil:
-		st := &startup{id: id, peers: map[uint64]string{id.NodeID: self}}
+		// The addresses the log has, over those of the initial cluster for
+		// a member of it (for members that have not published theirs, and
+		// for state from before members were kept); raftnode then keeps
+		// only the members the log names.
+		st := &startup{id: id, peers: map[uint64]string{}}
+		if !id.Joined {
+			st.peers, st.names = initialPeers(cfg)
+		}
 		for _, m := range store.Members() {
-			if m.GetPeerAddress() != "" && m.GetId() != id.NodeID {
+			if m.GetPeerAddress() != "" {
 				st.peers[m.GetId()] = m.GetPeerAddress()
 			}
 		}
-		if len(st.peers) == 1 && !id.Joined {
-			// A member of the initial cluster that has no state yet, or
-			// state from before members were kept.
-			st.peers, st.names = initialPeers(cfg)
-		}
+		st.peers[id.NodeID] = self
 		return st, nil
 	case !empty:
 		// A data dir from before identities were kept: the id and cluster
