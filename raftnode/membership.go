@@ -37,6 +37,11 @@ var ErrMembership = errors.New("raftnode: membership change refused")
 // the cluster: it serves nothing any more. It is an ErrStopped.
 var ErrRemoved = fmt.Errorf("%w: this node was removed from the cluster", ErrStopped)
 
+// errDone marks a refusal of a change whose effect is there already: a
+// removal of a non-member, a learner added again that is a voter. Asked
+// again after an answer was lost, the change did happen.
+var errDone = fmt.Errorf("%w", ErrMembership)
+
 // errUnheard marks a refusal that news from the peers may lift: the
 // voters left would not be heard from enough, or a learner not caught up.
 var errUnheard = fmt.Errorf("%w", ErrMembership)
@@ -134,7 +139,7 @@ func (n *Node) changeMembership(ctx context.Context, cc raftpb.ConfChange, m *st
 		return err
 	}
 	backoff := 5 * time.Millisecond
-	for {
+	for attempt := 0; ; attempt++ {
 		select {
 		case <-n.stopc:
 			return n.stoppedErr()
@@ -156,6 +161,9 @@ func (n *Node) changeMembership(ctx context.Context, cc raftpb.ConfChange, m *st
 			} else if !errors.Is(err, errRetry) && !errors.Is(err, ErrTimeout) && !errors.Is(err, ErrMembership) && !errors.Is(err, ErrStopped) {
 				err = fmt.Errorf("%w: %v", errRetry, err)
 			}
+		}
+		if attempt > 0 && errors.Is(err, errDone) {
+			return nil // an earlier attempt did it; its answer was lost
 		}
 		if err == nil || !errors.Is(err, errRetry) {
 			return err
@@ -185,6 +193,15 @@ func (n *Node) proposeConfChangeLocal(ctx context.Context, cc raftpb.ConfChange)
 	reqID := entry.DecodeConfChangeContext(cc.Context).GetRequestId()
 	if reqID == 0 {
 		return 0, fmt.Errorf("%w: a conf change without a request id", ErrMembership)
+	}
+	if cc.Type == raftpb.ConfChangeRemoveNode && cc.NodeID == n.cfg.ID {
+		// The leader's own removal: hand leadership over first, so the
+		// cluster is not left without a leader until an election; the
+		// proposer asks the new leader.
+		if err := n.TransferLeadership(ctx); err != nil {
+			return 0, err
+		}
+		return 0, errRetry
 	}
 	// One change at a time. raft turns a conf change proposed before the
 	// last one applied, or before a new leader applied the log it had when
@@ -288,7 +305,7 @@ func checkConfChange(st raft.Status, cc raftpb.ConfChange, heard func(uint64) bo
 	switch cc.Type {
 	case raftpb.ConfChangeAddLearnerNode:
 		if isVoter {
-			return fmt.Errorf("%w: %x is a voter already", ErrMembership, id)
+			return fmt.Errorf("%w: %x is a voter already", errDone, id)
 		}
 		return nil // adding a learner again changes nothing
 	case raftpb.ConfChangeAddNode:
@@ -313,7 +330,7 @@ func checkConfChange(st raft.Status, cc raftpb.ConfChange, heard func(uint64) bo
 		return nil
 	case raftpb.ConfChangeRemoveNode:
 		if !isVoter && !isLearner {
-			return fmt.Errorf("%w: %x is not a member", ErrMembership, id)
+			return fmt.Errorf("%w: %x is not a member", errDone, id)
 		}
 		if isLearner {
 			return nil

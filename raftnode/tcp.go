@@ -485,7 +485,11 @@ func (t *tcpTransport) ForwardConfChange(ctx context.Context, lead uint64, cc []
 	if ctx.Err() != nil {
 		return 0, ErrTimeout
 	}
-	if st := status.Convert(err); st.Code() == codes.FailedPrecondition && strings.HasPrefix(st.Message(), ErrMembership.Error()) {
+	st := status.Convert(err)
+	if st.Code() == codes.AlreadyExists && strings.HasPrefix(st.Message(), ErrMembership.Error()) {
+		return 0, fmt.Errorf("%w%s", errDone, strings.TrimPrefix(st.Message(), ErrMembership.Error()))
+	}
+	if st.Code() == codes.FailedPrecondition && strings.HasPrefix(st.Message(), ErrMembership.Error()) {
 		return 0, fmt.Errorf("%w%s", ErrMembership, strings.TrimPrefix(st.Message(), ErrMembership.Error()))
 	}
 	return 0, fmt.Errorf("%w: forward to %x: %v", errRetry, lead, err)
@@ -530,6 +534,8 @@ func (s peerService) ChangeMembership(ctx context.Context, req *peerv1.ChangeMem
 	case err == nil:
 		t.releaseAll()
 		return &peerv1.ChangeMembershipResponse{Index: index}, nil
+	case errors.Is(err, errDone):
+		return nil, status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, ErrMembership):
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, errNotLeader), errors.Is(err, errRetry):
