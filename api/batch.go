@@ -103,27 +103,26 @@ type timedOps struct {
 }
 
 func (o timedOps) claim(ctx context.Context, by deadline, req *keystorev1.ClaimRequest) (*keystorev1.ClaimResponse, error) {
-	ctx, cancel := by.context(ctx)
-	defer cancel()
-	return o.kv.Claim(ctx, req)
+	return timed(ctx, by, req, o.kv.Claim)
 }
 
 func (o timedOps) complete(ctx context.Context, by deadline, req *keystorev1.CompleteRequest) (*keystorev1.CompleteResponse, error) {
-	ctx, cancel := by.context(ctx)
-	defer cancel()
-	return o.kv.Complete(ctx, req)
+	return timed(ctx, by, req, o.kv.Complete)
 }
 
 func (o timedOps) release(ctx context.Context, by deadline, req *keystorev1.ReleaseRequest) (*keystorev1.ReleaseResponse, error) {
-	ctx, cancel := by.context(ctx)
-	defer cancel()
-	return o.kv.Release(ctx, req)
+	return timed(ctx, by, req, o.kv.Release)
 }
 
 func (o timedOps) heartbeat(ctx context.Context, by deadline, req *keystorev1.HeartbeatRequest) (*keystorev1.HeartbeatResponse, error) {
+	return timed(ctx, by, req, o.kv.Heartbeat)
+}
+
+// timed calls method with by on the context.
+func timed[Req, Resp any](ctx context.Context, by deadline, req Req, method func(context.Context, Req) (Resp, error)) (Resp, error) {
 	ctx, cancel := by.context(ctx)
 	defer cancel()
-	return o.kv.Heartbeat(ctx, req)
+	return method(ctx, req)
 }
 
 // Drain prepares for a stop: every Stream stops taking operations, answers

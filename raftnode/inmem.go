@@ -622,35 +622,51 @@ func (t *inmemTransport) forward(ctx context.Context, to, reqID uint64, command 
 	if reqID == 0 {
 		return nil, 0, errors.New("request id required")
 	}
+	var (
+		res   *statev1.Result
+		index uint64
+	)
+	err := t.call(ctx, to, func(ctx context.Context, dst Local) (err error) {
+		res, index, err = dst.ProposeForwarded(ctx, reqID, command)
+		// The answer travels back (the copy a decoded response would be).
+		if err == nil && res != nil {
+			res = proto.Clone(res).(*statev1.Result)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return res, index, nil
+}
+
+// call runs fn on to's Local as a request over the link from t to to and
+// its answer over the link back would: it waits out each way's delay and
+// fails when either way is cut, when either end stops, or when to is
+// unknown.
+func (t *inmemTransport) call(ctx context.Context, to uint64, fn func(ctx context.Context, dst Local) error) error {
 	select {
 	case <-t.stopc:
-		return nil, 0, errInmemStopped
+		return errInmemStopped
 	default:
 	}
 	ctx, cancel := withStop(ctx, t.stopc)
 	defer cancel()
 	if err := t.nw.travel(ctx, t.id, to); err != nil {
-		return nil, 0, err
+		return err
 	}
 	dst := t.nw.route(t.id, to)
 	if dst == nil || !dst.enter() {
-		return nil, 0, errInmemUnknown
+		return errInmemUnknown
 	}
 	dctx, dcancel := withStop(ctx, dst.stopc)
-	res, index, err := dst.local.ProposeForwarded(dctx, reqID, command)
+	err := fn(dctx, dst.local)
 	dcancel()
 	dst.exit()
 	if err != nil {
-		return nil, 0, err
+		return err
 	}
-	// The answer travels back (the copy a decoded response would be).
-	if res != nil {
-		res = proto.Clone(res).(*statev1.Result)
-	}
-	if err := t.nw.travel(ctx, to, t.id); err != nil {
-		return nil, 0, err
-	}
-	return res, index, nil
+	return t.nw.travel(ctx, to, t.id)
 }
 
 // withStop returns a context that also ends when stopc closes; cancel
@@ -683,31 +699,12 @@ func (t *inmemTransport) ForwardConfChange(ctx context.Context, to uint64, cc []
 }
 
 func (t *inmemTransport) forwardConfChange(ctx context.Context, to uint64, cc []byte) (uint64, error) {
-	select {
-	case <-t.stopc:
-		return 0, errInmemStopped
-	default:
-	}
-	ctx, cancel := withStop(ctx, t.stopc)
-	defer cancel()
-	if err := t.nw.travel(ctx, t.id, to); err != nil {
-		return 0, err
-	}
-	dst := t.nw.route(t.id, to)
-	if dst == nil || !dst.enter() {
-		return 0, errInmemUnknown
-	}
-	dctx, dcancel := withStop(ctx, dst.stopc)
-	index, err := dst.local.ProposeConfChangeForwarded(dctx, cc)
-	dcancel()
-	dst.exit()
-	if err != nil {
-		return 0, err
-	}
-	if err := t.nw.travel(ctx, to, t.id); err != nil {
-		return 0, err
-	}
-	return index, nil
+	var index uint64
+	err := t.call(ctx, to, func(ctx context.Context, dst Local) (err error) {
+		index, err = dst.ProposeConfChangeForwarded(ctx, cc)
+		return err
+	})
+	return index, err
 }
 
 // AddPeer implements Transport. The network routes to every transport it
@@ -719,19 +716,10 @@ func (t *inmemTransport) RemovePeer(uint64) {}
 
 // Hello implements Transport: it asks to's Local, if the link is up.
 func (t *inmemTransport) Hello(ctx context.Context, to uint64) (uint64, bool, error) {
-	ctx, cancel := withStop(ctx, t.stopc)
-	defer cancel()
-	if err := t.nw.travel(ctx, t.id, to); err != nil {
-		return 0, false, err
-	}
-	dst := t.nw.route(t.id, to)
-	if dst == nil || !dst.enter() {
-		return 0, false, errInmemUnknown
-	}
-	h := dst.local.Hello(t.id)
-	dst.exit()
-	if err := t.nw.travel(ctx, to, t.id); err != nil {
-		return 0, false, err
-	}
-	return h.Applied, h.Member, nil
+	var h HelloInfo
+	err := t.call(ctx, to, func(_ context.Context, dst Local) error {
+		h = dst.Hello(t.id)
+		return nil
+	})
+	return h.Applied, h.Member, err
 }
