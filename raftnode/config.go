@@ -19,10 +19,14 @@ type Config struct {
 	// Names optionally names the members of Peers, for the bootstrap's
 	// conf changes (the state machine keeps them with the addresses).
 	Names map[uint64]string
-	// Routes overrides, for dialing, the peer address the log has for a
-	// member: a proxy or NAT between this node and that one. The fault
-	// tests route every link through a proxy of its own this way.
-	Routes map[uint64]string
+	// Resolve, when set, chooses the address to dial member id (named
+	// name) at, given the one the log has for it (addr, "" if it has none
+	// yet); "" keeps the address the transport has. The server answers
+	// from its routes (a proxy or NAT in between: the fault tests route
+	// every link through a proxy of its own this way) and from gossip (a
+	// member that restarted on a new address). Called from the node's
+	// goroutines; RefreshPeers asks again for every member.
+	Resolve func(id uint64, name, addr string) string
 	// Join: this node joins an existing cluster (it was added as a
 	// learner). With an empty log it waits for the leader to send it the
 	// log instead of bootstrapping a new cluster from Peers.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -66,11 +68,8 @@ func (n *Node) appliedMembership(c appliedConfChange) {
 	switch c.cc.Type {
 	case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode, raftpb.ConfChangeUpdateNode:
 		if m := ctx.GetMember(); m.GetId() == id && id != n.cfg.ID {
-			addr := m.GetPeerAddress()
-			if r, ok := n.cfg.Routes[id]; ok {
-				addr = r
-			}
-			n.trans.AddPeer(id, addr) // "" (not published yet): keeps the one it has
+			// "" (not published yet): keeps the one it has
+			n.trans.AddPeer(id, n.resolve(id, m.GetName(), m.GetPeerAddress()))
 			n.peersMu.Lock()
 			n.knownPeerIDs[id] = true
 			n.peersMu.Unlock()
@@ -572,15 +571,46 @@ func (n *Node) Done() <-chan struct{} { return n.stopc }
 // cluster.
 func (n *Node) Removed() bool { return n.removed.Load() }
 
+// resolve is the address to dial member id at (see Config.Resolve).
+func (n *Node) resolve(id uint64, name, addr string) string {
+	if n.cfg.Resolve == nil {
+		return addr
+	}
+	return n.cfg.Resolve(id, name, addr)
+}
+
+// RefreshPeers asks Config.Resolve again for the address of every member
+// and dials the ones that changed: the server calls it when gossip learnt
+// a member's new address.
+func (n *Node) RefreshPeers() {
+	if n.cfg.Resolve == nil {
+		return
+	}
+	addrs, names := make(map[uint64]string), make(map[uint64]string)
+	if ml, ok := n.sm.(memberLister); ok {
+		for _, m := range ml.Members() {
+			addrs[m.GetId()], names[m.GetId()] = m.GetPeerAddress(), m.GetName()
+		}
+	}
+	n.peersMu.Lock()
+	ids := slices.Collect(maps.Keys(n.knownPeerIDs))
+	n.peersMu.Unlock()
+	for _, id := range ids {
+		if id != n.cfg.ID {
+			n.trans.AddPeer(id, n.resolve(id, names[id], addrs[id]))
+		}
+	}
+}
+
 // syncPeers makes the transport's peers the members of cs, at the
 // addresses the state machine has for them (or Config.Routes'), after a
 // snapshot replaced the state: a member the snapshot no longer names is
 // forgotten, one it adds is dialled.
 func (n *Node) syncPeers(cs raftpb.ConfState) {
-	addrs := make(map[uint64]string)
+	addrs, names := make(map[uint64]string), make(map[uint64]string)
 	if ml, ok := n.sm.(memberLister); ok {
 		for _, m := range ml.Members() {
-			addrs[m.GetId()] = m.GetPeerAddress()
+			addrs[m.GetId()], names[m.GetId()] = m.GetPeerAddress(), m.GetName()
 		}
 	}
 	members := make(map[uint64]bool)
@@ -593,11 +623,7 @@ func (n *Node) syncPeers(cs raftpb.ConfState) {
 		if id == n.cfg.ID {
 			continue
 		}
-		addr := addrs[id]
-		if r, ok := n.cfg.Routes[id]; ok {
-			addr = r
-		}
-		n.trans.AddPeer(id, addr) // "" keeps the address it has
+		n.trans.AddPeer(id, n.resolve(id, names[id], addrs[id])) // "" keeps the address it has
 	}
 	n.peersMu.Lock()
 	known := n.knownPeerIDs

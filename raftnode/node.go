@@ -177,13 +177,22 @@ func New(cfg Config, store LogStore, sm StateMachine) (*Node, error) {
 		heard:         make(map[uint64]*atomic.Int64),
 	}
 	n.reads.init()
-	peers := cfg.Peers
+	peers := maps.Clone(cfg.Peers)
+	names := make(map[uint64]string, len(cfg.Names))
+	maps.Copy(names, cfg.Names)
 	if ml, ok := sm.(memberLister); ok {
-		peers = knownPeers(cfg.ID, cfg.Peers, ml.Members(), n.logger)
+		peers = knownPeers(cfg.ID, peers, ml.Members(), n.logger)
+		for _, m := range ml.Members() {
+			if m.GetName() != "" {
+				names[m.GetId()] = m.GetName()
+			}
+		}
 	}
-	for id, addr := range cfg.Routes {
-		if _, ok := peers[id]; ok {
-			peers[id] = addr
+	for id, addr := range peers {
+		if id != cfg.ID {
+			if a := n.resolve(id, names[id], addr); a != "" {
+				peers[id] = a
+			}
 		}
 	}
 	n.knownPeerIDs = make(map[uint64]bool, len(peers))

@@ -42,9 +42,10 @@ type Config struct {
 	// nodes and clients reach this node at, when they differ from
 	// PeerAddr and ClientAddr (which may listen on every interface).
 	AdvertisePeerAddr, AdvertiseClientAddr string
-	// PeerRoutes maps members of the initial cluster (by name) to the
-	// address this node dials them at, whatever address the log has for
-	// them: a proxy or NAT in between (the fault tests' proxies).
+	// PeerRoutes maps members (by name) to the address this node dials
+	// them at, whatever address the log or gossip has for them: a proxy or
+	// NAT in between (the fault tests' proxies). A member that joins later
+	// under a routed name is dialled at its route too.
 	PeerRoutes map[string]string
 	// Join lists client addresses of members of an existing cluster: a
 	// node with an empty data dir asks them to add it (as a learner) and
@@ -197,10 +198,8 @@ func New(cfg Config) (*Server, error) {
 	rc := cfg.Raft
 	rc.ID, rc.ClusterID = st.id.NodeID, st.id.ClusterID
 	rc.Peers, rc.Names, rc.Join = st.peers, st.names, st.join
-	rc.Routes = make(map[uint64]string, len(cfg.PeerRoutes))
-	for name, addr := range cfg.PeerRoutes {
-		rc.Routes[raftnode.IDFromName(name)] = addr
-	}
+	book := &peerBook{routes: cfg.PeerRoutes}
+	rc.Resolve = book.resolve
 	rc.Logger = logger
 	node, err := raftnode.New(rc, store, store)
 	if err != nil {
