@@ -7,11 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -19,7 +19,8 @@ import (
 // Config configures a Client.
 type Config struct {
 	// Endpoints are the client addresses (host:port) of the cluster's
-	// nodes. At least one.
+	// nodes, or of a load balancer in front of them. At least one; unless
+	// NoDiscovery, that of one live node is enough.
 	Endpoints []string
 	// DialOptions are added to every connection (default: plaintext).
 	DialOptions []grpc.DialOption
@@ -37,8 +38,20 @@ type Config struct {
 	// LeaderRefresh is how often the client asks the nodes which one
 	// leads, so that calls go there first: any node accepts any call, but
 	// a follower forwards writes, one more hop (default 2s; negative: never
-	// ask, start at the first endpoint and stay where calls succeed).
+	// ask, start at the first endpoint and stay where calls succeed, and
+	// no discovery either). The same call tells the members, which
+	// discovery follows.
 	LeaderRefresh time.Duration
+	// NoDiscovery keeps the client to Endpoints. By default the client
+	// also calls the cluster's members at the client addresses they
+	// publish (ClusterService.MemberList, asked every LeaderRefresh): one
+	// endpoint of a live node is enough to find the others, and members
+	// added, removed or readdressed later are followed. Endpoints
+	// themselves are always kept, listed or not (one may be a load
+	// balancer's), and a member that published no client address is left
+	// out. Turn discovery off when the addresses members publish are not
+	// reachable from the client (behind NAT or port mappings, say).
+	NoDiscovery bool
 	// MaxInflight matters only against a server without
 	// BatchService.Stream, over which writes travel otherwise: it bounds
 	// the writes in flight to one node as separate RPCs; writes issued
@@ -75,12 +88,20 @@ func (c Config) withDefaults() Config {
 // Client talks to a keystore cluster. It is safe for concurrent use; Close
 // it when done.
 type Client struct {
-	cfg       Config
-	conns     []*grpc.ClientConn
-	kv        []keystorev1.KeyStoreServiceClient
-	batch     []*batcher
-	cluster   []keystorev1.ClusterServiceClient
-	preferred atomic.Int64 // the leader's endpoint, or the one that answered last
+	cfg   Config
+	opts  []grpc.DialOption
+	seeds []string // Config.Endpoints, without repeats
+
+	// set holds the endpoints calls go to (endpoints.go); preferred is the
+	// leader's endpoint, or the one that answered last (a call starts at
+	// it if it is in the set, at the set's first endpoint otherwise).
+	set       atomic.Pointer[endpointSet]
+	preferred atomic.Pointer[endpoint]
+
+	mu     sync.Mutex
+	open   map[*endpoint]struct{} // every endpoint not yet closed, in the set or retired
+	closed bool
+
 	closeOnce sync.Once
 	stop      chan struct{}
 	tracking  sync.WaitGroup
@@ -88,8 +109,8 @@ type Client struct {
 
 // New makes a client of the cluster's endpoints. Connections are made
 // lazily by gRPC, so New waits for no node and succeeds while nodes are
-// down; calls find the live ones, and the client looks for the leader in
-// the background.
+// down; calls find the live ones, and the client looks for the leader, and
+// unless Config.NoDiscovery the other members, in the background.
 //
 // ctx bounds New alone: if it is done before New returns, New returns an
 // error wrapping ctx.Err() and no client. It is not stored: ending it later
@@ -108,89 +129,64 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		// its ACK for nearly every call on a lightly loaded connection.
 		grpc.WithInitialWindowSize(1 << 20), grpc.WithInitialConnWindowSize(1 << 20),
 	}, cfg.DialOptions...)
-	c := &Client{cfg: cfg, stop: make(chan struct{})}
-	for _, ep := range cfg.Endpoints {
-		conn, err := grpc.NewClient(ep, opts...)
+	c := &Client{cfg: cfg, opts: opts, open: map[*endpoint]struct{}{}, stop: make(chan struct{})}
+	set := &endpointSet{}
+	for _, addr := range cfg.Endpoints {
+		if slices.Contains(c.seeds, addr) {
+			continue
+		}
+		e, err := c.dial(addr)
 		if err != nil {
 			_ = c.Close()
 			return nil, err
 		}
-		c.conns = append(c.conns, conn)
-		kv := keystorev1.NewKeyStoreServiceClient(conn)
-		c.kv = append(c.kv, kv)
-		bs := keystorev1.NewBatchServiceClient(conn)
-		var stream *opStream
-		if cfg.MaxInflight >= 0 {
-			stream = &opStream{bs: bs, timeout: cfg.AttemptTimeout}
-		}
-		c.batch = append(c.batch, &batcher{
-			stream:      stream,
-			kv:          kv,
-			bs:          bs,
-			maxInflight: cfg.MaxInflight,
-			timeout:     cfg.AttemptTimeout,
-		})
-		c.cluster = append(c.cluster, keystorev1.NewClusterServiceClient(conn))
+		c.seeds = append(c.seeds, addr)
+		set.eps = append(set.eps, e)
 	}
+	c.set.Store(set)
+	c.preferred.Store(set.eps[0])
 	if err := ctx.Err(); err != nil {
 		_ = c.Close()
 		return nil, fmt.Errorf("keystore: new client: %w", err)
 	}
-	if len(c.conns) > 1 && cfg.LeaderRefresh > 0 {
+	if cfg.LeaderRefresh > 0 && (len(set.eps) > 1 || !cfg.NoDiscovery) {
 		c.tracking.Add(1)
-		go c.trackLeader()
+		go c.track()
 	}
 	return c, nil
 }
 
-// trackLeader points preferred at the leader's endpoint: now, then every
-// LeaderRefresh, until Close.
-func (c *Client) trackLeader() {
-	defer c.tracking.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		<-c.stop
-		cancel()
-	}()
-	t := time.NewTicker(c.cfg.LeaderRefresh)
-	defer t.Stop()
-	for {
-		for i, st := range c.Status(ctx) {
-			if st.Status != nil && st.Status.GetName() != "" && st.Status.GetName() == st.Status.GetLeader() {
-				c.preferred.Store(int64(i))
-				break
-			}
-		}
-		select {
-		case <-c.stop:
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// Close closes every connection.
+// Close closes every connection the client opened, including those of
+// endpoints that left the cluster while calls still used them, and stops
+// its goroutines.
 func (c *Client) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
-		if c.stop != nil {
-			close(c.stop)
-			c.tracking.Wait()
+		close(c.stop)
+		c.tracking.Wait()
+		c.mu.Lock()
+		c.closed = true
+		open := make([]*endpoint, 0, len(c.open))
+		for e := range c.open {
+			open = append(open, e)
 		}
-		for _, conn := range c.conns {
-			err = errors.Join(err, conn.Close())
+		c.mu.Unlock()
+		for _, e := range open {
+			err = errors.Join(err, e.close())
 		}
 	})
 	return err
 }
 
-// invoke runs call on one node after another until it succeeds, fails for
-// a reason another node would not change, or the attempts or the caller's
-// deadline run out. extra lengthens the attempt timeout (a Claim's wait).
-func (c *Client) invoke(ctx context.Context, extra time.Duration, call func(ctx context.Context, node int, limit time.Time) error) error {
-	n := len(c.kv)
-	start := int(c.preferred.Load())
+// invoke runs call on one endpoint after another, of the set as the call
+// began (the preferred one first), until it succeeds, fails for a reason
+// another node would not change, or the attempts or the caller's deadline
+// run out. extra lengthens the attempt timeout (a Claim's wait).
+func (c *Client) invoke(ctx context.Context, extra time.Duration, call func(ctx context.Context, e *endpoint, limit time.Time) error) error {
+	set := c.set.Load()
+	pref := c.preferred.Load()
+	start := max(set.index(pref), 0)
+	first := set.eps[start]
 	var err error
 	for attempt := 0; attempt < c.cfg.MaxAttempts; attempt++ {
 		if attempt > 0 {
@@ -198,14 +194,21 @@ func (c *Client) invoke(ctx context.Context, extra time.Duration, call func(ctx 
 				break
 			}
 		}
-		node := (start + attempt) % n
-		err = c.attempt(ctx, extra, node, call)
+		e := set.eps[(start+attempt)%len(set.eps)]
+		for !e.acquire() {
+			// e left the set since this call took it; the current set
+			// does not have it.
+			set = c.set.Load()
+			e = set.eps[(start+attempt)%len(set.eps)]
+		}
+		err = c.attempt(ctx, extra, e, call)
+		e.release()
 		if err == nil {
 			// Move the preference only if this call had to fail over and
 			// nobody moved it meanwhile: a call that merely finished late
 			// must not undo what the leader tracking learnt.
-			if node != start {
-				c.preferred.CompareAndSwap(int64(start), int64(node))
+			if e != first {
+				c.preferred.CompareAndSwap(pref, e)
 			}
 			return nil
 		}
@@ -219,17 +222,17 @@ func (c *Client) invoke(ctx context.Context, extra time.Duration, call func(ctx 
 	return fromStatus(err)
 }
 
-// attempt runs call on node within the attempt timeout: call gets the
+// attempt runs call on e within the attempt timeout: call gets the
 // time the attempt must end by, or zero when the caller's own deadline
 // comes first. A call over the write stream hands the limit to the stream,
 // which enforces it without a timer of its own; any other call bounds its
 // context with it (bounded).
-func (c *Client) attempt(ctx context.Context, extra time.Duration, node int, call func(ctx context.Context, node int, limit time.Time) error) error {
+func (c *Client) attempt(ctx context.Context, extra time.Duration, e *endpoint, call func(ctx context.Context, e *endpoint, limit time.Time) error) error {
 	limit := time.Now().Add(c.cfg.AttemptTimeout + extra)
 	if dl, ok := ctx.Deadline(); ok && !dl.After(limit) {
 		limit = time.Time{}
 	}
-	return call(ctx, node, limit)
+	return call(ctx, e, limit)
 }
 
 // bounded returns ctx ended at limit as well; ctx itself for a zero limit.

@@ -8,6 +8,16 @@
 // Errors come back as sentinels for errors.Is (ErrFingerprintMismatch,
 // ErrClaimLost, ErrInProgress, ErrAlreadyCompleted, ErrNotFound, ...).
 //
+// One endpoint of a live node is enough: the client asks the cluster for
+// its members (ClusterService.MemberList, every Config.LeaderRefresh, the
+// call that also tells it the leader) and calls them too, at the client
+// addresses they publish, following members added, removed or readdressed.
+// The endpoints it was given are always kept (one may be a load
+// balancer's); one that leaves the membership is closed once the calls
+// using it have returned. Endpoints lists the current ones.
+// Config.NoDiscovery, or a negative LeaderRefresh, keeps the client to the
+// endpoints it was given.
+//
 // Writes to one node travel over one BatchService.Stream: writes issued
 // together share its messages (a sender with other writes in flight yields
 // first, so that callers woken at once join it), and each result comes back

@@ -2,7 +2,7 @@ package client
 
 import (
 	"context"
-	"sync"
+	"slices"
 	"time"
 
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
@@ -39,16 +39,16 @@ func (c *Client) Claim(ctx context.Context, req ClaimRequest) (*ClaimResult, err
 	}
 	var out *keystorev1.ClaimResponse
 	op := &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Claim{Claim: in}}
-	err := c.invoke(ctx, req.Wait, func(ctx context.Context, node int, limit time.Time) error {
+	err := c.invoke(ctx, req.Wait, func(ctx context.Context, e *endpoint, limit time.Time) error {
 		if req.Wait > 0 {
 			// A waiting Claim would hold up a whole batch.
 			ctx, cancel := bounded(ctx, limit)
 			defer cancel()
-			r, err := c.kv[node].Claim(ctx, in)
+			r, err := e.kv.Claim(ctx, in)
 			out = r
 			return err
 		}
-		r, err := c.batch[node].do(ctx, op, limit)
+		r, err := e.batch.do(ctx, op, limit)
 		out = r.GetClaim()
 		return err
 	})
@@ -80,8 +80,8 @@ func (c *Client) Complete(ctx context.Context, req CompleteRequest) (*Record, er
 	}
 	var out *keystorev1.CompleteResponse
 	op := &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Complete{Complete: in}}
-	err := c.invoke(ctx, 0, func(ctx context.Context, node int, limit time.Time) error {
-		r, err := c.batch[node].do(ctx, op, limit)
+	err := c.invoke(ctx, 0, func(ctx context.Context, e *endpoint, limit time.Time) error {
+		r, err := e.batch.do(ctx, op, limit)
 		out = r.GetComplete()
 		return err
 	})
@@ -97,8 +97,8 @@ func (c *Client) Release(ctx context.Context, namespace, key string, token uint6
 	op := &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Release{
 		Release: &keystorev1.ReleaseRequest{Namespace: namespace, Key: key, Token: token},
 	}}
-	return c.invoke(ctx, 0, func(ctx context.Context, node int, limit time.Time) error {
-		_, err := c.batch[node].do(ctx, op, limit)
+	return c.invoke(ctx, 0, func(ctx context.Context, e *endpoint, limit time.Time) error {
+		_, err := e.batch.do(ctx, op, limit)
 		return err
 	})
 }
@@ -110,8 +110,8 @@ func (c *Client) Heartbeat(ctx context.Context, namespace, key string, token uin
 		Heartbeat: &keystorev1.HeartbeatRequest{Namespace: namespace, Key: key, Token: token, Lease: duration(lease)},
 	}}
 	var out *keystorev1.HeartbeatResponse
-	err := c.invoke(ctx, 0, func(ctx context.Context, node int, limit time.Time) error {
-		r, err := c.batch[node].do(ctx, op, limit)
+	err := c.invoke(ctx, 0, func(ctx context.Context, e *endpoint, limit time.Time) error {
+		r, err := e.batch.do(ctx, op, limit)
 		out = r.GetHeartbeat()
 		return err
 	})
@@ -134,10 +134,10 @@ func (c *Client) GetStale(ctx context.Context, namespace, key string) (*Record, 
 func (c *Client) get(ctx context.Context, namespace, key string, cons keystorev1.Consistency) (*Record, error) {
 	in := &keystorev1.GetRequest{Namespace: namespace, Key: key, Consistency: cons}
 	var out *keystorev1.GetResponse
-	err := c.invoke(ctx, 0, func(ctx context.Context, node int, limit time.Time) (err error) {
+	err := c.invoke(ctx, 0, func(ctx context.Context, e *endpoint, limit time.Time) (err error) {
 		ctx, cancel := bounded(ctx, limit)
 		defer cancel()
-		out, err = c.kv[node].Get(ctx, in)
+		out, err = e.kv.Get(ctx, in)
 		return err
 	})
 	if err != nil {
@@ -155,22 +155,11 @@ type NodeStatus struct {
 
 // Status asks every endpoint, at once, for its view of the cluster (no
 // retries: a node that does not answer within 2s, or ctx, is reported as
-// such).
+// such). The endpoints are those the client calls now: the ones it was
+// given and, unless discovery is off, the members it learnt of.
 func (c *Client) Status(ctx context.Context) []NodeStatus {
-	out := make([]NodeStatus, len(c.cluster))
-	var wg sync.WaitGroup
-	for i, cl := range c.cluster {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			defer cancel()
-			st, err := cl.Status(actx, &keystorev1.StatusRequest{})
-			out[i] = NodeStatus{Endpoint: c.cfg.Endpoints[i], Status: st, Err: fromStatus(err)}
-		}()
-	}
-	wg.Wait()
-	return out
+	out := c.status(ctx, c.set.Load())
+	return slices.DeleteFunc(out, func(st NodeStatus) bool { return st.Err == errRetired })
 }
 
 func duration(d time.Duration) *durationpb.Duration {

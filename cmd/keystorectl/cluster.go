@@ -15,8 +15,9 @@ import (
 // clusterCaller makes the membership calls of ClusterService, which the
 // client package leaves to operators' tools. Any node takes them (a
 // follower forwards a change to the leader), so it tries the endpoints in
-// the order given, as the client does for the other commands. The caller
-// must Close it.
+// the order given, as the client does for the other commands; it calls
+// exactly --endpoints (no discovery: a membership change is one call, made
+// before discovery could answer). The caller must Close it.
 type clusterCaller struct {
 	endpoints      []string
 	conns          []*grpc.ClientConn

@@ -154,7 +154,7 @@ func setupClaim(fs *flag.FlagSet) func(e *env) error {
 			}
 			fingerprint = b
 		}
-		c, err := e.dial()
+		c, err := e.dial(false)
 		if err != nil {
 			return err
 		}
@@ -230,7 +230,7 @@ func setupComplete(fs *flag.FlagSet) func(e *env) error {
 			}
 			payload = b
 		}
-		c, err := e.dial()
+		c, err := e.dial(false)
 		if err != nil {
 			return err
 		}
@@ -264,7 +264,7 @@ func setupRelease(fs *flag.FlagSet) func(e *env) error {
 		if err := requireToken(*token); err != nil {
 			return err
 		}
-		c, err := e.dial()
+		c, err := e.dial(false)
 		if err != nil {
 			return err
 		}
@@ -293,7 +293,7 @@ func setupHeartbeat(fs *flag.FlagSet) func(e *env) error {
 		if *lease < 0 {
 			return usageErrorf("--lease must not be negative")
 		}
-		c, err := e.dial()
+		c, err := e.dial(false)
 		if err != nil {
 			return err
 		}
@@ -316,7 +316,7 @@ func setupGet(fs *flag.FlagSet) func(e *env) error {
 		if err := k.validate(); err != nil {
 			return err
 		}
-		c, err := e.dial()
+		c, err := e.dial(false)
 		if err != nil {
 			return err
 		}
@@ -336,10 +336,12 @@ func setupGet(fs *flag.FlagSet) func(e *env) error {
 }
 
 // setupStatus asks every endpoint. It fails (exit 1) only when none
-// answered: a row per endpoint shows who did not and why.
+// answered: a row per endpoint shows who did not and why. It asks exactly
+// --endpoints (no discovery), so that its rows do not depend on how soon
+// the client learns the members.
 func setupStatus(fs *flag.FlagSet) func(e *env) error {
 	return func(e *env) error {
-		c, err := e.dial()
+		c, err := e.dial(true)
 		if err != nil {
 			return err
 		}

@@ -6,11 +6,17 @@
 //
 // Commands: claim, complete, release, heartbeat, get, status, and
 // member list | add | promote | remove. Global flags (--endpoints, -o,
-// --timeout) go before or after the command, and a command's flags before
-// or after its arguments. Output is aligned "key: value" lines or a table,
+// --timeout, --no-discovery) go before or after the command, and a
+// command's flags before or after its arguments. Output is aligned "key: value" lines or a table,
 // or with -o json one JSON object per result (times RFC 3339, bytes
 // base64). Exit status: 0 on success, 1 when keystore (or the network)
 // refused the call, 2 on a usage error.
+//
+// claim, complete, release, heartbeat and get use the Go client, which
+// also learns the members' published client addresses in the background
+// (turn it off with --no-discovery): a call that outlives the first
+// answer, a claim's --wait or its retries, may go to a member not in
+// --endpoints. status and the member commands call exactly --endpoints.
 //
 // A session:
 //

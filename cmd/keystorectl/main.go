@@ -28,9 +28,10 @@ func main() {
 
 // globals are the flags every command takes.
 type globals struct {
-	endpoints string
-	output    string
-	timeout   time.Duration
+	endpoints   string
+	output      string
+	timeout     time.Duration
+	noDiscovery bool
 }
 
 func defaultGlobals() globals {
@@ -44,6 +45,7 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.output, "o", g.output, "output `format`: text or json")
 	fs.StringVar(&g.output, "output", g.output, "same as -o")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "bound on the whole call (a claim's --wait is added)")
+	fs.BoolVar(&g.noDiscovery, "no-discovery", g.noDiscovery, "call only --endpoints, not also the client addresses the members publish")
 }
 
 func (g *globals) validate() error {
@@ -81,12 +83,17 @@ func (e *env) call(extra time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), e.g.timeout+extra)
 }
 
-// dial connects to the endpoints; the caller must Close the client.
-func (e *env) dial() (*client.Client, error) {
+// dial connects to the endpoints; the caller must Close the client. Unless
+// --no-discovery (or noDiscovery, for a command that must call exactly
+// --endpoints), the client also learns the members' client addresses in
+// the background, as client.Config describes: a call that outlives the
+// first answer (a claim's --wait, retries) may fail over to them.
+func (e *env) dial(noDiscovery bool) (*client.Client, error) {
 	return client.New(context.Background(), client.Config{
 		Endpoints: e.g.endpointList(),
 		// One stuck node must not eat the whole --timeout.
 		AttemptTimeout: min(6*time.Second, e.g.timeout),
+		NoDiscovery:    noDiscovery || e.g.noDiscovery,
 	})
 }
 

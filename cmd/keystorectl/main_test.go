@@ -241,6 +241,22 @@ func TestAgainstCluster(t *testing.T) {
 			t.Fatalf("status of a dead endpoint: exit %d, stdout %q, stderr %q; want exit 1, its row, and one line saying no endpoint answered", code, out, errOut)
 		}
 	})
+
+	// With discovery (the default) or without, one endpoint is enough; status
+	// asks exactly the endpoints given either way.
+	t.Run("one endpoint", func(t *testing.T) {
+		one := "--endpoints=" + tc.Endpoint("n2")
+		for i, flags := range [][]string{{one}, {one, "--no-discovery"}} {
+			key := []string{"--namespace", "one", "--key", fmt.Sprint("k", i)}
+			if f := textFields(t, mustCLI(t, append(append([]string{"claim"}, flags...), key...)...)); f["outcome"] != "ACQUIRED" {
+				t.Fatalf("claim %v: %v; want ACQUIRED", flags, f)
+			}
+		}
+		out := mustCLI(t, "status", one)
+		if lines := strings.Split(strings.TrimRight(out, "\n"), "\n"); len(lines) != 2 {
+			t.Fatalf("status of one endpoint:\n%s\nwant a header and 1 row", out)
+		}
+	})
 }
 
 // checkCompleted checks a JSON record is COMPLETED by token with body.
