@@ -9,10 +9,18 @@
 //     leases and 5 s retention so that takeovers and expiry happen inside
 //     fault windows (harness.Workload), and two overlapping streams of
 //     faults: kill, kill-leader, kill-all, pause, isolate, one-way, slow,
-//     reset, clock skew (harness.RunNemesis). After healing, every node's
-//     state checksum must agree, and the history must pass the checker
-//     (package checker: porcupine per key plus direct invariants). A failing
-//     run saves history, visualization and node logs under results/seed-N.
+//     reset, clock skew, and membership changes: replace (kill a node,
+//     remove it, wipe its data, rejoin it with --join under a new id) and
+//     remove-rejoin (remove a live node, which exits, then wipe and rejoin
+//     it), one at a time and never while another node is down
+//     (harness.RunNemesis; -faults.kinds draws from a subset). After
+//     healing, every node's state checksum must agree, every node must list
+//     the three nodes as voters, and the history must pass the checker
+//     (package checker: porcupine per key plus direct invariants). The
+//     summary gives each fault kind's recovery times, and for membership
+//     changes the time from --join to voter. A failing run saves history,
+//     visualization, fault schedule and node logs under results/seed-N
+//     (every run with -faults.save-logs).
 //   - docker_test.go (TestDockerCluster): the FROM scratch image as three
 //     containers; docker kill, network disconnect and pause of the leader.
 //

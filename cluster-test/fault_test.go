@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -24,6 +25,8 @@ var (
 	faultTags     = flag.String("faults.tags", "", "extra build tags for keystored, e.g. bug_notoken (see internal/bugs)")
 	faultArgs     = flag.String("faults.args", "", "extra keystored flags for every node, space-separated (e.g. --raft-commit-hold=-1ms)")
 	faultExpect   = flag.Bool("faults.expect-violations", false, "checker efficacy: pass only if some run finds a violation (stops at the first)")
+	faultSaveLogs = flag.Bool("faults.save-logs", false, "save every run's node logs under -faults.results, not only a failing run's")
+	faultKinds    = flag.String("faults.kinds", "", "comma-separated fault kinds to draw from (default: the nemesis's mix; e.g. replace,remove-rejoin,kill)")
 )
 
 // runStats is what one run measured.
@@ -36,6 +39,8 @@ type runStats struct {
 	takeovers  int
 	expiries   int
 	recoveries map[string][]time.Duration
+	rejoins    map[string][]time.Duration // membership faults: time from --join to voter
+	caughtUp   map[string][]time.Duration // membership faults: time from --join to serving
 	violations int
 	notes      []string
 }
@@ -46,6 +51,13 @@ type runStats struct {
 func TestFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs real processes under faults")
+	}
+	if *faultKinds != "" {
+		for _, k := range strings.Split(*faultKinds, ",") {
+			if !slices.Contains(harness.FaultKinds, k) {
+				t.Fatalf("-faults.kinds: unknown kind %q (known: %s)", k, strings.Join(harness.FaultKinds, ","))
+			}
+		}
 	}
 	var tags []string
 	if *faultTags != "" {
@@ -102,10 +114,15 @@ func faultRun(t *testing.T, bin string, seed int64, expectBug bool) runStats {
 		w.Lease, w.Retention = 20*time.Second, time.Hour
 	}
 	var log history.Log
+	runStart := time.Now()
 	runCtx, stopRun := context.WithTimeout(ctx, *faultDuration)
 	defer stopRun()
 	faultsc := make(chan []harness.Fault, 1)
-	go func() { faultsc <- harness.RunNemesis(runCtx, c, harness.Nemesis{Seed: seed}) }()
+	nem := harness.Nemesis{Seed: seed}
+	if *faultKinds != "" {
+		nem.Kinds = strings.Split(*faultKinds, ",")
+	}
+	go func() { faultsc <- harness.RunNemesis(runCtx, c, nem) }()
 	harness.RunWorkload(runCtx, c, w, &log)
 	faults := <-faultsc
 
@@ -113,7 +130,7 @@ func faultRun(t *testing.T, bin string, seed int64, expectBug bool) runStats {
 	if err := c.Heal(); err != nil {
 		t.Fatal(err)
 	}
-	st := runStats{seed: seed, faults: map[string]int{}, recoveries: map[string][]time.Duration{}}
+	st := runStats{seed: seed, faults: map[string]int{}, recoveries: map[string][]time.Duration{}, rejoins: map[string][]time.Duration{}, caughtUp: map[string][]time.Duration{}}
 	fail := func(format string, args ...any) {
 		st.violations++
 		st.notes = append(st.notes, fmt.Sprintf(format, args...))
@@ -123,6 +140,10 @@ func faultRun(t *testing.T, bin string, seed int64, expectBug bool) runStats {
 	if err := c.WaitServing(healCtx); err != nil {
 		fail("after healing: %v", err)
 	} else if err := c.SameState(healCtx); err != nil {
+		fail("after healing: %v", err)
+	} else if err := c.WaitMembers(healCtx); err != nil {
+		// Replaced nodes joined under new ids: every one must be back as
+		// a voter, and no removed id left behind.
 		fail("after healing: %v", err)
 	}
 	ops := log.Ops()
@@ -146,6 +167,15 @@ func faultRun(t *testing.T, bin string, seed int64, expectBug bool) runStats {
 		if f.Recovery > 0 {
 			st.recoveries[f.Kind] = append(st.recoveries[f.Kind], f.Recovery)
 		}
+		if f.Rejoin > 0 {
+			st.rejoins[f.Kind] = append(st.rejoins[f.Kind], f.Rejoin)
+		}
+		if f.CaughtUp > 0 {
+			st.caughtUp[f.Kind] = append(st.caughtUp[f.Kind], f.CaughtUp)
+		}
+		if f.Note != "" {
+			t.Logf("seed %d: %s at +%s: %s", seed, f.Kind, f.Start.Sub(runStart).Round(time.Millisecond), f.Note)
+		}
 	}
 	st.takeovers, st.expiries = countDuringFaults(ops, faults)
 	violations, rep := checkHistory(ops)
@@ -155,7 +185,11 @@ func faultRun(t *testing.T, bin string, seed int64, expectBug bool) runStats {
 	}
 	if st.violations > 0 && !expectBug {
 		saveFailure(t, seed, c, ops, st, rep)
+		saveFaults(seed, faults, runStart)
 		t.Errorf("seed %d: %d violations:\n%s", seed, st.violations, strings.Join(st.notes, "\n"))
+	} else if *faultSaveLogs {
+		saveLogs(t, seed, c)
+		saveFaults(seed, faults, runStart)
 	}
 	return st
 }
@@ -220,6 +254,23 @@ func saveLogs(t *testing.T, seed int64, c *harness.Cluster) {
 	t.Logf("seed %d: node logs saved in %s", seed, abs)
 }
 
+// saveFaults writes the run's fault schedule beside its logs, times from
+// the run's start and wall clock (as the node logs have it).
+func saveFaults(seed int64, faults []harness.Fault, start time.Time) {
+	faults = append([]harness.Fault(nil), faults...)
+	sort.Slice(faults, func(i, j int) bool { return faults[i].Start.Before(faults[j].Start) })
+	var b strings.Builder
+	for _, f := range faults {
+		fmt.Fprintf(&b, "+%-8s %s–%s  %-13s %-9s recovery=%s", f.Start.Sub(start).Round(time.Millisecond),
+			f.Start.UTC().Format("15:04:05.000"), f.End.UTC().Format("15:04:05.000"), f.Kind, strings.Join(f.Nodes, ","), f.Recovery.Round(time.Millisecond))
+		if f.Note != "" {
+			fmt.Fprintf(&b, " voter=%s serving=%s  %s", f.Rejoin.Round(time.Millisecond), f.CaughtUp.Round(time.Millisecond), f.Note)
+		}
+		b.WriteString("\n")
+	}
+	_ = os.WriteFile(filepath.Join(*faultResults, fmt.Sprintf("seed-%d", seed), "faults.txt"), []byte(b.String()), 0o644)
+}
+
 func copyLogs(c *harness.Cluster, dir string) {
 	for _, n := range c.Names {
 		if b, err := os.ReadFile(c.LogPath(n)); err == nil {
@@ -231,6 +282,8 @@ func copyLogs(c *harness.Cluster, dir string) {
 func printSummary(t *testing.T, runs []runStats) {
 	faults := map[string]int{}
 	rec := map[string][]time.Duration{}
+	rejoin := map[string][]time.Duration{}
+	caught := map[string][]time.Duration{}
 	var ops, checked, takeovers, expiries, violations int
 	var elections uint64
 	for _, r := range runs {
@@ -246,6 +299,12 @@ func printSummary(t *testing.T, runs []runStats) {
 		for k, v := range r.recoveries {
 			rec[k] = append(rec[k], v...)
 		}
+		for k, v := range r.rejoins {
+			rejoin[k] = append(rejoin[k], v...)
+		}
+		for k, v := range r.caughtUp {
+			caught[k] = append(caught[k], v...)
+		}
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nfault runs: %d   operations: %d (judged by the checkers: %d)   violations: %d\n", len(runs), ops, checked, violations)
@@ -256,13 +315,22 @@ func printSummary(t *testing.T, runs []runStats) {
 	}
 	sort.Strings(kinds)
 	// recovered: faults after which a Claim succeeded within the probe's
-	// limit, timed from the kill (kill, kill-leader), the restart of all
-	// (kill-all) or the heal (isolate, pause); see harness.Fault.
-	fmt.Fprintf(&b, "%-12s %6s %10s %10s %10s %10s\n", "fault", "count", "recovered", "p50", "p99", "max")
+	// limit, timed from the kill (kill, kill-leader, replace), the restart
+	// of all (kill-all), the heal (isolate, pause) or the removal request
+	// (remove-rejoin); see harness.Fault. Membership faults also show how
+	// many wiped nodes were voters again within the limit (rejoined) and
+	// how long after their start with --join they were voters, and served.
+	fmt.Fprintf(&b, "%-13s %6s %10s %10s %10s %10s %9s %10s %10s %10s %10s\n", "fault", "count", "recovered", "p50", "p99", "max",
+		"rejoined", "voter p50", "voter max", "serve p50", "serve max")
 	for _, k := range kinds {
 		d := rec[k]
 		p50, p99, pmax := percentile(d, 0.5), percentile(d, 0.99), percentile(d, 1)
-		fmt.Fprintf(&b, "%-12s %6d %10d %10s %10s %10s\n", k, faults[k], len(d), p50, p99, pmax)
+		fmt.Fprintf(&b, "%-13s %6d %10d %10s %10s %10s", k, faults[k], len(d), p50, p99, pmax)
+		if k == harness.FaultReplace || k == harness.FaultRemoveRejoin {
+			j, s := rejoin[k], caught[k]
+			fmt.Fprintf(&b, " %9d %10s %10s %10s %10s", len(j), percentile(j, 0.5), percentile(j, 1), percentile(s, 0.5), percentile(s, 1))
+		}
+		b.WriteString("\n")
 	}
 	fmt.Print(b.String())
 }

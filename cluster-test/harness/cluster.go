@@ -56,9 +56,29 @@ type Cluster struct {
 	proxy  map[[2]string]*faultproxy.Proxy
 
 	mu     sync.Mutex
-	procs  map[string]*exec.Cmd
+	procs  map[string]*proc
 	paused map[string]bool
+	// joined names the nodes whose data was wiped and that joined the
+	// cluster again under a new Raft id (Rejoin): they start with --join
+	// from then on, never with --initial-cluster.
+	joined map[string]bool
 	conns  map[string]*grpc.ClientConn
+}
+
+// proc is a keystored process the harness started.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed once it has exited and been reaped (cmd.ProcessState set)
+}
+
+// exited reports whether p has ended.
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // freeAddr picks a free loopback port below Linux's ephemeral range
@@ -86,8 +106,8 @@ func Start(cfg Config) (*Cluster, error) {
 	}
 	c := &Cluster{
 		cfg: cfg, client: map[string]string{}, peer: map[string]string{},
-		proxy: map[[2]string]*faultproxy.Proxy{}, procs: map[string]*exec.Cmd{},
-		paused: map[string]bool{}, conns: map[string]*grpc.ClientConn{},
+		proxy: map[[2]string]*faultproxy.Proxy{}, procs: map[string]*proc{},
+		paused: map[string]bool{}, joined: map[string]bool{}, conns: map[string]*grpc.ClientConn{},
 	}
 	for i := 1; i <= cfg.Nodes; i++ {
 		n := fmt.Sprintf("n%d", i)
@@ -147,7 +167,14 @@ func (c *Cluster) initialCluster(n string) string {
 // LogPath returns node n's log file.
 func (c *Cluster) LogPath(n string) string { return filepath.Join(c.cfg.Dir, n+".log") }
 
-// StartNode starts n (with its data, if it ran before).
+// DataDir returns node n's data directory.
+func (c *Cluster) DataDir(n string) string { return filepath.Join(c.cfg.Dir, n) }
+
+// StartNode starts n (with its data, if it ran before). A node that joined
+// again after its data was wiped (Rejoin) starts as an operator would
+// start a replacement: with --join (the other nodes' client addresses)
+// instead of --initial-cluster; once it has state, keystored ignores
+// --join and takes its peers from the log.
 func (c *Cluster) StartNode(n string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -158,21 +185,37 @@ func (c *Cluster) StartNode(n string) error {
 	if err != nil {
 		return err
 	}
-	args := append([]string{
-		"--name", n, "--data-dir", filepath.Join(c.cfg.Dir, n),
+	args := []string{
+		"--name", n, "--data-dir", c.DataDir(n),
 		"--client-addr", c.client[n], "--peer-addr", c.peer[n],
-		"--initial-cluster", c.initialCluster(n), "--peer-route", c.initialCluster(n), "--log-level", "info",
+		"--peer-route", c.initialCluster(n), "--log-level", "info",
 		"--test-clock-offset-file", c.clockFile(n),
-	}, c.cfg.Args...)
+	}
+	if c.joined[n] {
+		var join []string
+		for _, m := range others(c.Names, n) {
+			join = append(join, c.client[m])
+		}
+		args = append(args, "--join", strings.Join(join, ","), "--initial-cluster-state", "existing",
+			"--advertise-peer-addr", c.peer[n], "--advertise-client-addr", c.client[n])
+	} else {
+		args = append(args, "--initial-cluster", c.initialCluster(n))
+	}
+	args = append(args, c.cfg.Args...)
 	cmd := exec.Command(c.cfg.Binary, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return err
 	}
-	c.procs[n] = cmd
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	c.procs[n] = p
 	c.paused[n] = false
-	go func() { _ = cmd.Wait(); _ = logf.Close() }()
+	go func() {
+		_ = cmd.Wait()
+		_ = logf.Close()
+		close(p.done)
+	}()
 	return nil
 }
 
@@ -191,25 +234,90 @@ func (c *Cluster) Terminate(n string) { c.signalAndReap(n, syscall.SIGTERM) }
 
 func (c *Cluster) signalAndReap(n string, sig syscall.Signal) {
 	c.mu.Lock()
-	cmd := c.procs[n]
+	p := c.procs[n]
 	delete(c.procs, n)
 	paused := c.paused[n]
 	c.paused[n] = false
 	c.mu.Unlock()
-	if cmd == nil {
+	if p == nil {
 		return
 	}
-	_ = cmd.Process.Signal(sig)
+	_ = p.cmd.Process.Signal(sig)
 	if paused {
-		_ = cmd.Process.Signal(syscall.SIGCONT)
+		_ = p.cmd.Process.Signal(syscall.SIGCONT)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for cmd.Process.Signal(syscall.Signal(0)) == nil && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
 	}
-	if time.Now().After(deadline) {
-		_ = cmd.Process.Kill()
+}
+
+// WaitExit waits up to d for n's process to end by itself (as a removed
+// node does) and then forgets it, so that StartNode starts n again. It
+// returns the exit status (-1 for a death by signal) and whether the
+// process ended in time; one that did not is left running.
+func (c *Cluster) WaitExit(n string, d time.Duration) (code int, exited bool) {
+	c.mu.Lock()
+	p := c.procs[n]
+	c.mu.Unlock()
+	if p == nil {
+		return 0, false
 	}
+	select {
+	case <-p.done:
+	case <-time.After(d):
+		return 0, false
+	}
+	c.mu.Lock()
+	if c.procs[n] == p {
+		delete(c.procs, n)
+		c.paused[n] = false
+	}
+	c.mu.Unlock()
+	return p.cmd.ProcessState.ExitCode(), true
+}
+
+// Exited reports whether n's process was started and has ended by itself
+// (not by Kill or Terminate, which forget it).
+func (c *Cluster) Exited(n string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.procs[n]
+	return p != nil && p.exited()
+}
+
+// Rejoin replaces n as an operator replaces a node whose data is lost:
+// its process must have ended and its member been removed; its data dir
+// is wiped and it starts empty with --join (see StartNode), under the same
+// name, addresses and routes, to join as a learner under a new Raft id.
+func (c *Cluster) Rejoin(n string) error {
+	c.mu.Lock()
+	running := c.procs[n] != nil
+	c.mu.Unlock()
+	if running {
+		return fmt.Errorf("harness: %s still runs; it cannot be wiped", n)
+	}
+	if err := os.RemoveAll(c.DataDir(n)); err != nil {
+		return err
+	}
+	c.Note(n, "data dir wiped; starting it with --join to join again under a new id")
+	c.mu.Lock()
+	c.joined[n] = true
+	c.mu.Unlock()
+	return c.StartNode(n)
+}
+
+// Note appends a line from the harness to n's log, so that a reader sees
+// where the harness changed the node's membership.
+func (c *Cluster) Note(n, msg string) {
+	f, err := os.OpenFile(c.LogPath(n), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "=== harness %s: %s\n", time.Now().Format("15:04:05.000"), msg)
 }
 
 // Pause stops n with SIGSTOP; Resume continues it.
@@ -221,8 +329,8 @@ func (c *Cluster) Resume(n string) { c.pauseSignal(n, syscall.SIGCONT, false) }
 func (c *Cluster) pauseSignal(n string, sig syscall.Signal, paused bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if cmd := c.procs[n]; cmd != nil && c.paused[n] != paused {
-		_ = cmd.Process.Signal(sig)
+	if p := c.procs[n]; p != nil && c.paused[n] != paused {
+		_ = p.cmd.Process.Signal(sig)
 		c.paused[n] = paused
 	}
 }

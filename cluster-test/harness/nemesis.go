@@ -20,7 +20,15 @@ const (
 	FaultSlow       = "slow"        // delay with jitter on a node's links
 	FaultReset      = "reset"       // close every connection of a node's links
 	FaultClock      = "clock"       // skew a node's wall clock by minutes to an hour
+	// Membership changes (membership.go), one at a time and only while no
+	// node is killed or paused:
+	FaultReplace      = "replace"       // SIGKILL a node, remove it, wipe its data, rejoin it (--join, new id)
+	FaultRemoveRejoin = "remove-rejoin" // remove a live node, let it exit, wipe its data, rejoin it
 )
+
+// FaultKinds are the kinds of fault inject knows.
+var FaultKinds = []string{FaultKill, FaultKillLeader, FaultKillAll, FaultPause, FaultIsolate, FaultOneWay, FaultSlow,
+	FaultReset, FaultClock, FaultReplace, FaultRemoveRejoin}
 
 // Fault is one injected fault and when it was in force.
 type Fault struct {
@@ -32,8 +40,42 @@ type Fault struct {
 	// did not within the probe's limit, or is not measured for the kind):
 	// kill and kill-leader from the kill, through the live nodes; kill-all
 	// from the restart of all three; isolate and pause from the heal,
-	// through the node that was cut off or paused.
+	// through the node that was cut off or paused; replace from the kill,
+	// through the others; remove-rejoin from the removal request, through
+	// the others.
 	Recovery time.Duration
+	// Rejoin is, for replace and remove-rejoin, how long after the wiped
+	// node was started with --join it was listed as a voter again (0 when
+	// it did not rejoin, or was not a voter within the limit).
+	Rejoin time.Duration
+	// CaughtUp is, for replace and remove-rejoin, how long after the
+	// wiped node was started with --join it served (it knew the leader
+	// and had applied up to its commit index; 0 when it did not within
+	// the limit). The fault ends only then, as an operator replacing a
+	// node waits for it to be healthy before touching the next one.
+	CaughtUp time.Duration
+	// Note says, for people, what a membership fault did: the node's role
+	// and ids, how long each step took, and any step that did not go as
+	// planned (e.g. a node that could not be removed was restarted with
+	// its data instead).
+	Note string
+}
+
+// schedule orders the faults of concurrent streams.
+type schedule struct {
+	// nodeMu serialises faults on the process table so that two streams
+	// never kill and restart one node at the same moment.
+	nodeMu sync.Mutex
+	// down is held shared while a fault keeps a node down (kill,
+	// kill-leader, kill-all, pause) and exclusively by a membership
+	// change (replace, remove-rejoin): one membership change at a time,
+	// never while another node is down, so that it never has to
+	// remove a voter from a cluster that has lost one already. Network
+	// faults and clock skew may still overlap a membership change: a
+	// removal the leader cannot make safely then is refused, and
+	// changeMembership retries it for a while. Taken before nodeMu,
+	// never inside it.
+	down sync.RWMutex
 }
 
 // Nemesis configures the fault schedule of a run: Streams independent
@@ -48,7 +90,8 @@ type Nemesis struct {
 }
 
 // RunNemesis injects faults until ctx ends, then heals everything. It
-// returns the faults in the order they started.
+// returns the faults in the order they ended (a membership change may
+// outlast several faults of the other stream).
 func RunNemesis(ctx context.Context, c *Cluster, n Nemesis) []Fault {
 	if n.Streams == 0 {
 		n.Streams = 2
@@ -57,15 +100,13 @@ func RunNemesis(ctx context.Context, c *Cluster, n Nemesis) []Fault {
 		n.MinGap, n.MaxGap = time.Second, 3*time.Second
 	}
 	if len(n.Kinds) == 0 {
-		n.Kinds = []string{FaultKill, FaultKillLeader, FaultPause, FaultIsolate, FaultOneWay, FaultSlow, FaultReset, FaultClock, FaultKill, FaultIsolate, FaultKillAll}
+		n.Kinds = []string{FaultKill, FaultKillLeader, FaultPause, FaultIsolate, FaultOneWay, FaultSlow, FaultReset, FaultClock, FaultKill, FaultIsolate, FaultKillAll, FaultReplace, FaultRemoveRejoin}
 	}
 	var (
 		mu     sync.Mutex
 		faults []Fault
 		wg     sync.WaitGroup
-		// nodeMu serialises faults on the process table so that two
-		// streams never kill and restart one node at the same moment.
-		nodeMu sync.Mutex
+		sched  schedule
 	)
 	for s := 0; s < n.Streams; s++ {
 		wg.Add(1)
@@ -80,7 +121,10 @@ func RunNemesis(ctx context.Context, c *Cluster, n Nemesis) []Fault {
 				case <-time.After(gap):
 				}
 				kind := n.Kinds[rng.Intn(len(n.Kinds))]
-				f := inject(ctx, c, kind, rng, &nodeMu)
+				f, ok := inject(ctx, c, kind, rng, &sched)
+				if !ok {
+					continue // the run ended while it waited for its turn
+				}
 				mu.Lock()
 				faults = append(faults, f)
 				mu.Unlock()
@@ -91,10 +135,24 @@ func RunNemesis(ctx context.Context, c *Cluster, n Nemesis) []Fault {
 	return faults
 }
 
-// inject applies one fault, holds it for a while, and undoes it.
-func inject(ctx context.Context, c *Cluster, kind string, rng *rand.Rand, nodeMu *sync.Mutex) Fault {
+// inject applies one fault, holds it for a while, and undoes it. It
+// returns false, having done nothing, when the run ended while the fault
+// waited for its turn (see schedule).
+func inject(ctx context.Context, c *Cluster, kind string, rng *rand.Rand, sched *schedule) (Fault, bool) {
 	hold := time.Second + time.Duration(rng.Int63n(int64(2*time.Second)))
 	node := c.Names[rng.Intn(len(c.Names))]
+	nodeMu := &sched.nodeMu
+	switch kind {
+	case FaultKill, FaultKillLeader, FaultKillAll, FaultPause:
+		sched.down.RLock()
+		defer sched.down.RUnlock()
+	case FaultReplace, FaultRemoveRejoin:
+		sched.down.Lock()
+		defer sched.down.Unlock()
+	}
+	if ctx.Err() != nil {
+		return Fault{}, false
+	}
 	f := Fault{Kind: kind, Start: time.Now(), Nodes: []string{node}}
 	wait := func(d time.Duration) {
 		select {
@@ -103,6 +161,8 @@ func inject(ctx context.Context, c *Cluster, kind string, rng *rand.Rand, nodeMu
 		}
 	}
 	switch kind {
+	case FaultReplace, FaultRemoveRejoin:
+		changeMembership(ctx, c, &f, nodeMu)
 	case FaultKill, FaultKillLeader:
 		if kind == FaultKillLeader {
 			if l := c.Leader(ctx); l != "" {
@@ -191,7 +251,7 @@ func inject(ctx context.Context, c *Cluster, kind string, rng *rand.Rand, nodeMu
 		}
 	}
 	f.End = time.Now()
-	return f
+	return f, true
 }
 
 // probeRecovery claims fresh keys through nodes until one succeeds, and
