@@ -265,7 +265,13 @@ func (n *Node) Start() error {
 	}
 	n.core = newCore(rn, n.cfg.CallerReadies, n.handleReady, n.stopOnFailure)
 	n.rn = n.core
+	// Where the last compaction left the log (it keeps KeepEntries below
+	// what was applied), not rc.Applied: a node that restarts often must
+	// still compact every SnapshotEntries.
 	n.compactedAt = rc.Applied
+	if first, err := n.store.FirstIndex(); err == nil && first-1+n.cfg.KeepEntries < n.compactedAt {
+		n.compactedAt = first - 1 + n.cfg.KeepEntries
+	}
 	if err := n.trans.Start(nodeLocal{n}); err != nil {
 		return err
 	}

@@ -561,3 +561,26 @@ func TestPartitionRestartedFollowerRejoins(t *testing.T) {
 		t.Errorf("leader %d at term %d after the restart; want %d at %d", st.Leader, st.Term, lead, term)
 	}
 }
+
+// TestCompactionSurvivesRestarts: a node restarted more often than every
+// SnapshotEntries still compacts its log (compaction counts from where the
+// last one left the log, not from the restart).
+func TestCompactionSurvivesRestarts(t *testing.T) {
+	c := startInmemCluster(t, 3, func(cfg *Config) { cfg.SnapshotEntries, cfg.KeepEntries = 20, 5 })
+	lead, _ := c.waitLeader()
+	f := c.others(lead)[0]
+	for round := range 8 {
+		for i := range 8 { // fewer than SnapshotEntries between restarts
+			c.mustPropose(lead, fmt.Sprint("round ", round, " ", i))
+		}
+		c.waitConverged(c.node(lead).Status().Applied, c.ids...)
+		c.restart(f)
+		lead, _ = c.waitLeader()
+	}
+	c.mustPropose(lead, "last")
+	applied := c.waitConverged(c.node(lead).Status().Applied, c.ids...)
+	waitFor(t, "the restarted follower's log compacted", func() bool {
+		first, _ := c.logs[f].FirstIndex()
+		return first > applied-20-5
+	})
+}
