@@ -2,9 +2,7 @@ package storage
 
 import (
 	"cmp"
-	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"time"
 
@@ -41,9 +39,10 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 	if closed {
 		return nil, ErrClosed
 	}
-	// Decode first: the kind of batch depends on the commands.
+	// Decode first: the batch keeps its index writes in memory only up to
+	// the last sweep.
 	decoded := make([]decodedEntry, len(entries))
-	sweeps := false
+	lastSweep := -1
 	for i := range entries {
 		e := &entries[i]
 		if e.Index <= meta.AppliedIndex || e.Type != raftpb.EntryNormal || len(e.Data) == 0 {
@@ -71,10 +70,10 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 		}
 		d.cmd = decodeCommand(d.env.Command)
 		if _, ok := d.cmd.GetOp().(*statev1.Command_Expire); ok {
-			sweeps = true
+			lastSweep = i
 		}
 	}
-	b := newApplyBatch(s.db, sweeps, fs)
+	b := newApplyBatch(s.db, lastSweep >= 0, fs)
 	defer b.Close()
 	results := make([]*statev1.Result, len(entries))
 	var touched [][]byte
@@ -121,6 +120,9 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 		res, keys, err := s.applyCommand(b, d.cmd, d.env.RequestId, e.Index, meta)
 		if err != nil {
 			return nil, err
+		}
+		if i == lastSweep {
+			b.noMoreScans()
 		}
 		res.LogTime = meta.LogTime
 		results[i] = res
@@ -210,80 +212,6 @@ func (s *Store) applyPacked(b *applyBatch, d *decodedEntry, index uint64, meta *
 	return &statev1.Result{Packed: subs, LogTime: meta.LogTime}, touched, nil
 }
 
-// applyBatch is the batch one Apply writes. It reads its own writes, so
-// several commands on one key in a batch see each other and the result does
-// not depend on how entries were grouped into batches. Record reads and
-// writes go through an overlay map of the records written so far, over a
-// plain batch; only a batch with an Expire, which scans the expiry index
-// with an iterator, pays for an indexed batch (Pebble keeps a skiplist of
-// every write in one, costly under load: docs/performance-notes.md).
-type applyBatch struct {
-	b       *pebble.Batch
-	db      *pebble.DB
-	overlay map[string]*statev1.Record // nil when b is indexed; a nil record: deleted
-	// fs tells keys that certainly have no record (no lookup then), and
-	// learns every key a record is created at.
-	fs filters
-}
-
-func newApplyBatch(db *pebble.DB, indexed bool, fs filters) *applyBatch {
-	if indexed {
-		return &applyBatch{b: db.NewIndexedBatch(), db: db, fs: fs}
-	}
-	return &applyBatch{b: db.NewBatch(), db: db, overlay: make(map[string]*statev1.Record), fs: fs}
-}
-
-func (a *applyBatch) Close() { _ = a.b.Close() }
-
-// getRecord returns the record at k as of the writes so far; nil if absent.
-func (a *applyBatch) getRecord(k []byte) (*statev1.Record, error) {
-	var (
-		v      []byte
-		closer io.Closer
-		err    error
-	)
-	if a.overlay != nil {
-		if rec, ok := a.overlay[string(k)]; ok {
-			return rec, nil
-		}
-	}
-	// A record this batch created was added to the filter as it was.
-	if a.fs.absent(k) {
-		return nil, nil
-	}
-	if a.overlay != nil {
-		v, closer, err = a.db.Get(k)
-	} else {
-		v, closer, err = a.b.Get(k)
-	}
-	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer closer.Close()
-	rec := &statev1.Record{}
-	if err := proto.Unmarshal(v, rec); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
-	}
-	return rec, nil
-}
-
-func (a *applyBatch) setRecord(k []byte, rec *statev1.Record) error {
-	if a.overlay != nil {
-		a.overlay[string(k)] = rec
-	}
-	return a.b.Set(k, mustMarshal(rec), nil)
-}
-
-func (a *applyBatch) deleteRecord(k []byte) error {
-	if a.overlay != nil {
-		a.overlay[string(k)] = nil
-	}
-	return a.b.Delete(k, nil)
-}
-
 // applyCommand applies one decoded command inside b. It returns the result
 // and the record keys it changed.
 func (s *Store) applyCommand(b *applyBatch, cmd *statev1.Command, requestID, index uint64, meta *statev1.Meta) (*statev1.Result, [][]byte, error) {
@@ -323,7 +251,7 @@ func putRecord(b *applyBatch, ns, key string, stored, next *statev1.Record, meta
 	// SingleDelete removes it: it and the Set vanish together at the
 	// first compaction that meets both (see DESIGN.md).
 	if stored != nil && (next == nil || stored.ExpiresAt != next.ExpiresAt) {
-		if err := b.b.SingleDelete(expiryKey(stored.ExpiresAt, ns, key), nil); err != nil {
+		if err := b.singleDeleteIndex(expiryKey(stored.ExpiresAt, ns, key)); err != nil {
 			return err
 		}
 	}
@@ -334,7 +262,7 @@ func putRecord(b *applyBatch, ns, key string, stored, next *statev1.Record, meta
 		return b.deleteRecord(k)
 	}
 	if stored == nil || stored.ExpiresAt != next.ExpiresAt {
-		if err := b.b.Set(expiryKey(next.ExpiresAt, ns, key), nil, nil); err != nil {
+		if err := b.setIndex(expiryKey(next.ExpiresAt, ns, key)); err != nil {
 			return err
 		}
 	}
@@ -362,7 +290,7 @@ const (
 func applyExpire(b *applyBatch, e *statev1.Expire, meta *statev1.Meta) (*statev1.Result, [][]byte, error) {
 	limit := int(min(max(e.GetLimit(), 1), MaxExpireLimit))
 	cutoff := min(e.GetUpTo(), meta.LogTime)
-	it, err := b.b.NewIter(&pebble.IterOptions{LowerBound: expiryStart, UpperBound: expiryBound(cutoff)})
+	it, err := b.scanIndex(expiryBound(cutoff))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -371,8 +299,7 @@ func applyExpire(b *applyBatch, e *statev1.Expire, meta *statev1.Meta) (*statev1
 		last    []byte
 		n       int
 	)
-	valid := it.First()
-	for ; valid && n < limit; valid = it.Next() {
+	for ; it.Key() != nil && n < limit; it.Next() {
 		t, ns, key, err := splitExpiryKey(it.Key())
 		if err != nil {
 			_ = it.Close()
@@ -398,12 +325,12 @@ func applyExpire(b *applyBatch, e *statev1.Expire, meta *statev1.Meta) (*statev1
 		meta.StoredRecords--
 		touched = append(touched, k)
 	}
-	more := valid
+	more := it.Key() != nil
 	if err := it.Close(); err != nil {
 		return nil, nil, err
 	}
 	if n > 0 {
-		if err := b.b.DeleteRange(expiryStart, append(last, 0), nil); err != nil {
+		if err := b.sweptIndex(last); err != nil {
 			return nil, nil, err
 		}
 	}

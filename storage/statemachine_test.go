@@ -417,8 +417,8 @@ func workload() []raftpb.Entry {
 		l.cmd(commandtest.T0+int64(time.Minute)+1, commandtest.ClaimFor("ns", "key-3", "fp")), // takeover
 		l.cmd(commandtest.T0+int64(time.Minute)+2, commandtest.ClaimFor("ns2", "key-0", "")),
 		// Short-lived records, swept in the middle of the log, and a key
-		// claimed again after its sweep: batches with an Expire read
-		// through an indexed batch, the others through an overlay.
+		// claimed again after its sweep: a batch with an Expire reads the
+		// index through its overlay (applyBatch) as well as the records.
 		l.cmd(commandtest.T0+int64(time.Minute)+3, shortClaim("brief-0")),
 		l.cmd(commandtest.T0+int64(time.Minute)+4, shortClaim("brief-1")),
 		l.cmd(commandtest.T0+int64(time.Minute)+5, &statev1.Command{Op: &statev1.Command_Complete{Complete: &statev1.Complete{
