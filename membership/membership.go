@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -164,6 +165,7 @@ type Gossip struct {
 	keyring *memberlist.Keyring
 	logger  *slog.Logger
 	notify  func()
+	shut    atomic.Bool // after Leave or Shutdown
 
 	mu      sync.Mutex
 	self    Member
@@ -348,8 +350,11 @@ func (g *Gossip) SetKeys(keys [][]byte) error {
 }
 
 // Leave tells the others that this node leaves (a graceful stop), waiting
-// up to timeout, and stops gossiping.
+// up to timeout, and stops gossiping. A no-op after Leave or Shutdown.
 func (g *Gossip) Leave(timeout time.Duration) error {
+	if g.shut.Swap(true) {
+		return nil
+	}
 	g.mu.Lock()
 	g.self.leaving = true
 	g.mu.Unlock()
@@ -359,7 +364,10 @@ func (g *Gossip) Leave(timeout time.Duration) error {
 }
 
 // Shutdown stops gossiping at once; the others will find this node dead.
-func (g *Gossip) Shutdown() error { return g.ml.Shutdown() }
+func (g *Gossip) Shutdown() error {
+	g.shut.Store(true)
+	return g.ml.Shutdown()
+}
 
 // check refuses a node that is no keystore node or belongs to another
 // cluster than this one.

@@ -28,6 +28,10 @@ type identity struct {
 	// Joined is set for a node that joined a cluster rather than
 	// bootstrapped it: with no state it waits to be sent the log.
 	Joined bool `json:"joined,omitempty"`
+	// Expecting is set while a node started with --bootstrap-expect waits
+	// for the others (its cluster id is 0 until they agreed): it waits
+	// again after a restart, under the same id.
+	Expecting bool `json:"expecting,omitempty"`
 }
 
 // identityFile is the identity's file name in the data dir.

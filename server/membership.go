@@ -57,7 +57,7 @@ type startup struct {
 
 // resolveIdentity works out who this node is and how it starts (see
 // above), writing its identity the first time.
-func resolveIdentity(cfg Config, store *storage.Store, logger *slog.Logger) (*startup, error) {
+func resolveIdentity(cfg Config, store *storage.Store, logger *slog.Logger, gs *gossiper) (*startup, error) {
 	fs := cfg.fs()
 	id, err := loadIdentity(fs, cfg.DataDir)
 	if err != nil {
@@ -75,10 +75,17 @@ func resolveIdentity(cfg Config, store *storage.Store, logger *slog.Logger) (*st
 		self = cfg.PeerAddr // its own; peers learn it from the log
 	}
 	switch {
+	case id != nil && id.Expecting:
+		// Waiting for --bootstrap-expect's others when it stopped: wait
+		// again, under the same id.
+		if _, err := gs.start(id.NodeID, 0); err != nil {
+			return nil, err
+		}
+		return bootstrapByGossip(cfg, id, gs, logger)
 	case id != nil && (id.Joining || id.Joined && empty):
 		// A join that did not finish, or one that finished but crashed
 		// before any of the log arrived: ask again, under the same id.
-		return joinCluster(cfg, id, logger)
+		return joinCluster(cfg, id, logger, joinEndpoints(cfg, gs, id))
 	case id != nil:
 		// The addresses the log has, over those of the initial cluster for
 		// a member of it (for members that have not published theirs, and
@@ -104,12 +111,23 @@ func resolveIdentity(cfg Config, store *storage.Store, logger *slog.Logger) (*st
 		}
 		peers, names := initialPeers(cfg)
 		return &startup{id: id, peers: peers, names: names}, nil
-	case len(cfg.Join) > 0:
+	case cfg.BootstrapExpect > 0:
+		id = &identity{NodeID: newNodeID(), Name: cfg.Name, Expecting: true}
+		if err := id.save(fs, cfg.DataDir); err != nil {
+			return nil, err
+		}
+		if _, err := gs.start(id.NodeID, 0); err != nil {
+			return nil, err
+		}
+		return bootstrapByGossip(cfg, id, gs, logger)
+	case len(cfg.Join) > 0 && (cfg.GossipAddr == "" || cfg.InitialClusterState == ClusterStateExisting || !namesSelf(cfg)):
+		// (With gossip, Join lists gossip seeds, which every node may be
+		// given: a node of the initial cluster bootstraps it all the same.)
 		id = &identity{NodeID: newNodeID(), Name: cfg.Name, Joining: true}
 		if err := id.save(fs, cfg.DataDir); err != nil {
 			return nil, err
 		}
-		return joinCluster(cfg, id, logger)
+		return joinCluster(cfg, id, logger, joinEndpoints(cfg, gs, id))
 	case cfg.InitialClusterState == ClusterStateExisting:
 		return nil, errors.New("server: the data dir is empty and the initial cluster state is existing: give --join to join the cluster")
 	default:
@@ -122,6 +140,29 @@ func resolveIdentity(cfg Config, store *storage.Store, logger *slog.Logger) (*st
 		}
 		peers, names := initialPeers(cfg)
 		return &startup{id: id, peers: peers, names: names}, nil
+	}
+}
+
+func namesSelf(cfg Config) bool {
+	_, ok := cfg.InitialCluster[cfg.Name]
+	return ok
+}
+
+// joinEndpoints returns where a joining node asks to be added: the client
+// addresses in Join, or with gossip those of the members it finds.
+func joinEndpoints(cfg Config, gs *gossiper, id *identity) func() ([]string, error) {
+	if cfg.GossipAddr == "" {
+		return func() ([]string, error) { return cfg.Join, nil }
+	}
+	return func() ([]string, error) {
+		if _, err := gs.start(id.NodeID, 0); err != nil {
+			return nil, err
+		}
+		want := uint64(0)
+		if id.Joined {
+			want = id.ClusterID
+		}
+		return clusterEndpoints(gs, want)
 	}
 }
 
@@ -213,18 +254,22 @@ func hello(addr string, id *identity) (*peerv1.HelloResponse, error) {
 	return peerv1.NewPeerServiceClient(conn).Hello(ctx, &peerv1.HelloRequest{ClusterId: id.ClusterID, From: id.NodeID})
 }
 
-// joinCluster asks the members at cfg.Join (client addresses) to add this
-// node as a learner, under the id it chose, until one does; then this node
-// starts empty and is sent the log.
-func joinCluster(cfg Config, id *identity, logger *slog.Logger) (*startup, error) {
+// joinCluster asks the members at the client addresses endpoints gives
+// to add this node as a learner, under the id it chose, until one does;
+// then this node starts empty and is sent the log.
+func joinCluster(cfg Config, id *identity, logger *slog.Logger, endpoints func() ([]string, error)) (*startup, error) {
 	if cfg.advertisedPeerAddr() == "" {
 		return nil, errors.New("server: to join, this node must tell the others its peer address: --peer-addr listens on every interface, so give --advertise-peer-addr")
+	}
+	eps, err := endpoints()
+	if err != nil {
+		return nil, err
 	}
 	req := &keystorev1.MemberAddRequest{Name: cfg.Name, PeerAddress: cfg.advertisedPeerAddr(), ClientAddress: cfg.advertisedClientAddr(), Id: fmt.Sprintf("%x", id.NodeID)}
 	deadline := time.Now().Add(joinTimeout)
 	var lastErr error
 	for attempt := 0; time.Now().Before(deadline); attempt++ {
-		for _, ep := range cfg.Join {
+		for _, ep := range eps {
 			resp, err := memberAdd(ep, req)
 			if err == nil {
 				clusterID, err := strconv.ParseUint(resp.GetClusterId(), 16, 64)
@@ -235,11 +280,13 @@ func joinCluster(cfg Config, id *identity, logger *slog.Logger) (*startup, error
 				if err := id.save(cfg.fs(), cfg.DataDir); err != nil {
 					return nil, err
 				}
-				st := &startup{id: id, peers: map[uint64]string{id.NodeID: req.PeerAddress}, join: true}
+				st := &startup{id: id, peers: map[uint64]string{id.NodeID: req.PeerAddress}, names: map[uint64]string{}, join: true}
 				for _, m := range resp.GetMembers() {
 					mid, err := strconv.ParseUint(m.GetId(), 16, 64)
 					if err == nil && m.GetPeerAddress() != "" {
-						st.peers[mid] = m.GetPeerAddress()
+						// The names too, so that routes by name apply
+						// before the log arrives.
+						st.peers[mid], st.names[mid] = m.GetPeerAddress(), m.GetName()
 					}
 				}
 				logger.Info("added to the cluster as a learner", "via", ep, "id", fmt.Sprintf("%x", id.NodeID), "members", len(st.peers))
@@ -252,7 +299,7 @@ func joinCluster(cfg Config, id *identity, logger *slog.Logger) (*startup, error
 		}
 		time.Sleep(min(time.Duration(attempt+1)*200*time.Millisecond, 2*time.Second))
 	}
-	return nil, fmt.Errorf("server: could not join through %s: %w", strings.Join(cfg.Join, ","), lastErr)
+	return nil, fmt.Errorf("server: could not join through %s: %w", strings.Join(eps, ","), lastErr)
 }
 
 func memberAdd(endpoint string, req *keystorev1.MemberAddRequest) (*keystorev1.MemberAddResponse, error) {
@@ -488,6 +535,7 @@ func (s *Server) memberViews() []*keystorev1.Member {
 		out = append(out, &keystorev1.Member{
 			Name: m.GetName(), Id: fmt.Sprintf("%x", m.GetId()), PeerAddress: peer, ClientAddress: m.GetClientAddress(),
 			IsLeader: m.GetId() == st.Leader, IsLearner: r.Learner, MatchIndex: r.Match,
+			GossipState: s.gossipState(m.GetId()),
 		})
 	}
 	slices.SortFunc(out, func(a, b *keystorev1.Member) int { return strings.Compare(a.GetName(), b.GetName()) })

@@ -15,6 +15,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/keystore-dev/keystore/api"
 	"github.com/keystore-dev/keystore/expiry"
+	"github.com/keystore-dev/keystore/membership"
 	peerv1 "github.com/keystore-dev/keystore/proto/keystore/peer/v1"
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
 	"github.com/keystore-dev/keystore/raftnode"
@@ -47,10 +48,28 @@ type Config struct {
 	// NAT in between (the fault tests' proxies). A member that joins later
 	// under a routed name is dialled at its route too.
 	PeerRoutes map[string]string
-	// Join lists client addresses of members of an existing cluster: a
-	// node with an empty data dir asks them to add it (as a learner) and
-	// then is sent the log, instead of bootstrapping from InitialCluster.
+	// Join lists where to find an existing cluster. Without gossip they
+	// are client addresses of its members: a node with an empty data dir
+	// asks them to add it (as a learner) and then is sent the log, instead
+	// of bootstrapping from InitialCluster. With gossip (GossipAddr) they
+	// are gossip addresses of any nodes: the node joins the gossip pool,
+	// and, if it has no state and is not named by InitialCluster (or
+	// InitialClusterState is existing), asks the members gossip shows it.
 	Join []string
+	// GossipAddr, when set, is where this node gossips (package
+	// membership), host:port; AdvertiseGossipAddr the address others
+	// reach it at, if different.
+	GossipAddr, AdvertiseGossipAddr string
+	// GossipKeys encrypt and authenticate gossip (see ReadGossipKeys);
+	// nil: none.
+	GossipKeys [][]byte
+	// GossipFast uses gossip timings for tests on one machine.
+	GossipFast bool
+	// BootstrapExpect: with an empty data dir, wait until this many nodes
+	// (this one included) found each other by gossip, and bootstrap them
+	// as one cluster, unless gossip shows a cluster already, which the
+	// node then joins. Needs GossipAddr; InitialCluster is not used.
+	BootstrapExpect int
 	// InitialClusterState is ClusterStateNew (default: with an empty data
 	// dir, bootstrap InitialCluster) or ClusterStateExisting (never
 	// bootstrap: an empty data dir needs Join).
@@ -123,7 +142,17 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("server: initial cluster state %q: want %q or %q", c.InitialClusterState, ClusterStateNew, ClusterStateExisting)
 	}
-	if _, ok := c.InitialCluster[c.Name]; !ok && len(c.Join) == 0 {
+	switch {
+	case c.BootstrapExpect < 0:
+		return errors.New("server: bootstrap-expect must not be negative")
+	case c.BootstrapExpect > 0 && c.GossipAddr == "":
+		return errors.New("server: bootstrap-expect needs gossip: give --gossip-addr and --join")
+	case c.BootstrapExpect > 0 && len(c.InitialCluster) > 0:
+		return errors.New("server: give either an initial cluster or bootstrap-expect, not both")
+	case c.BootstrapExpect > 0 && c.advertisedPeerAddr() == "":
+		return errors.New("server: with bootstrap-expect, this node must tell the others its peer address: --peer-addr listens on every interface, so give --advertise-peer-addr")
+	}
+	if _, ok := c.InitialCluster[c.Name]; !ok && len(c.Join) == 0 && c.BootstrapExpect == 0 {
 		return fmt.Errorf("server: initial cluster does not name this member %q", c.Name)
 	}
 	ids := make(map[uint64]string)
@@ -149,6 +178,7 @@ type Server struct {
 	node       *raftnode.Node
 	sweep      *expiry.Sweeper
 	health     *health.Server
+	gossip     *gossiper
 
 	client, peer       *grpc.Server
 	batch              *api.BatchService // drained before client stops
@@ -190,28 +220,43 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := resolveIdentity(cfg, store, logger)
+	gs := newGossiper(cfg, logger)
+	st, err := resolveIdentity(cfg, store, logger, gs)
+	if err == nil {
+		_, err = gs.start(st.id.NodeID, st.id.ClusterID)
+	}
 	if err != nil {
+		gs.stop(false)
+		_ = store.Close()
+		return nil, err
+	}
+	if gs.g != nil {
+		if err := gs.g.Update(func(m *membership.Member) { m.ClusterID = st.id.ClusterID }); err != nil {
+			logger.Warn("gossiping this node's cluster failed", "err", err)
+		}
+	}
+	// fail undoes New's work so far.
+	fail := func(err error) (*Server, error) {
+		gs.stop(false)
 		_ = store.Close()
 		return nil, err
 	}
 	rc := cfg.Raft
 	rc.ID, rc.ClusterID = st.id.NodeID, st.id.ClusterID
 	rc.Peers, rc.Names, rc.Join = st.peers, st.names, st.join
-	book := &peerBook{routes: cfg.PeerRoutes}
+	book := &peerBook{routes: cfg.PeerRoutes, cluster: st.id.ClusterID}
+	book.gossip.Store(gs.g)
 	rc.Resolve = book.resolve
 	rc.Logger = logger
 	node, err := raftnode.New(rc, store, store)
 	if err != nil {
-		_ = store.Close()
-		return nil, err
+		return fail(err)
 	}
 	ec := cfg.Expiry
 	ec.Logger = logger
 	sweep, err := expiry.New(ec, node, store)
 	if err != nil {
-		_ = store.Close()
-		return nil, err
+		return fail(err)
 	}
 	apiCfg := cfg.API
 	apiCfg.Logger = logger
@@ -219,8 +264,7 @@ func New(cfg Config) (*Server, error) {
 	apiCfg.IsLeader = node.IsLeader
 	svc, err := api.NewService(apiCfg, node, store)
 	if err != nil {
-		_ = store.Close()
-		return nil, err
+		return fail(err)
 	}
 	apiCfg = apiCfg.WithDefaults()
 	s := &Server{
@@ -232,6 +276,7 @@ func New(cfg Config) (*Server, error) {
 		node:          node,
 		sweep:         sweep,
 		health:        health.NewServer(),
+		gossip:        gs,
 		healthTimings: defaultHealthTimings,
 		stopHealth:    make(chan struct{}),
 		stopping:      make(chan struct{}),
@@ -266,6 +311,7 @@ func (s *Server) Start() error {
 	s.peerLis = s.cfg.PeerListener
 	if s.peerLis == nil {
 		if s.peerLis, err = net.Listen("tcp", s.cfg.PeerAddr); err != nil {
+			s.gossip.stop(false)
 			_ = s.store.Close()
 			return fmt.Errorf("server: listen peer: %w", err)
 		}
@@ -274,6 +320,7 @@ func (s *Server) Start() error {
 	if s.clientLis == nil {
 		if s.clientLis, err = net.Listen("tcp", s.cfg.ClientAddr); err != nil {
 			_ = s.peerLis.Close()
+			s.gossip.stop(false)
 			_ = s.store.Close()
 			return fmt.Errorf("server: listen client: %w", err)
 		}
@@ -281,6 +328,7 @@ func (s *Server) Start() error {
 	if err := s.node.Start(); err != nil {
 		_ = s.peerLis.Close()
 		_ = s.clientLis.Close()
+		s.gossip.stop(false)
 		_ = s.store.Close()
 		return err
 	}
@@ -305,6 +353,9 @@ func (s *Server) Start() error {
 	s.group.Go(func() error { return s.serveError("client", s.client.Serve(s.clientLis)) })
 	s.group.Go(func() error { s.healthLoop(); return nil })
 	s.group.Go(func() error { s.publishLoop(); return nil })
+	if s.gossip.g != nil {
+		s.group.Go(func() error { s.gossipLoop(); return nil })
+	}
 	// A node removed from the cluster stops serving: Wait returns
 	// raftnode.ErrRemoved.
 	s.group.Go(func() error {
@@ -357,6 +408,9 @@ func (s *Server) Wait() error {
 // ClientAddr returns the address the KeyStoreService listens on.
 func (s *Server) ClientAddr() string { return s.clientLis.Addr().String() }
 
+// ClusterID returns the id of the cluster the node belongs to.
+func (s *Server) ClusterID() uint64 { return s.clusterID }
+
 // Store returns the node's store (tests compare checksums).
 func (s *Server) Store() *storage.Store { return s.store }
 
@@ -392,6 +446,9 @@ func (s *Server) Stop(grace time.Duration) {
 		s.node.Stop()
 		s.peer.Stop()
 		s.err = s.group.Wait()
+		// Leave the gossip pool: the others see this node left, not
+		// failed.
+		s.gossip.stop(true)
 		if err := s.store.Close(); err != nil {
 			s.logger.Error("closing store", "err", err)
 		}

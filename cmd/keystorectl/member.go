@@ -24,7 +24,9 @@ var memberListCommand = command{
 	name: "member list", synopsis: "",
 	summary: "List the members: id, name, role (leader, voter or learner), addresses, how far each log reaches.",
 	details: "Any node answers, from the membership its log holds. MATCH is how far a member's log is\n" +
-		"known to reach, which only the leader knows: \"-\" when another node answered.",
+		"known to reach, which only the leader knows: \"-\" when another node answered. GOSSIP is how\n" +
+		"gossip sees the member from the answering node (alive, dead, left; \"-\" without gossip):\n" +
+		"a dead voter keeps its vote until you remove it.",
 	setup: setupMemberList,
 }
 

@@ -230,10 +230,10 @@ func TestMemberList(t *testing.T) {
 	out := mustCLI(t, "member", "list", eps)
 	t.Logf("member list:\n%s", out)
 	want := [][]string{
-		{"ID", "NAME", "ROLE", "PEER", "ADDR", "CLIENT", "ADDR", "MATCH"},
-		{"8e9a1f3c2b7d4e01", "n1", "leader", "10.0.0.1:7101", "10.0.0.1:7001", "120"},
-		{"2b", "n2", "voter", "10.0.0.2:7101", "10.0.0.2:7001", "118"},
-		{"3c", "n3", "learner", "10.0.0.3:7101", "-", "-"},
+		{"ID", "NAME", "ROLE", "PEER", "ADDR", "CLIENT", "ADDR", "MATCH", "GOSSIP"},
+		{"8e9a1f3c2b7d4e01", "n1", "leader", "10.0.0.1:7101", "10.0.0.1:7001", "120", "-"},
+		{"2b", "n2", "voter", "10.0.0.2:7101", "10.0.0.2:7001", "118", "-"},
+		{"3c", "n3", "learner", "10.0.0.3:7101", "-", "-", "-"},
 	}
 	if got := tableRows(t, out); !slices.EqualFunc(got, want, slices.Equal) {
 		t.Fatalf("member list:\n%s\ngot rows %q; want %q (sorted by name, - for unknown)", out, got, want)

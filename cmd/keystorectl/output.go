@@ -68,6 +68,7 @@ type memberJSON struct {
 	ClientAddress string `json:"client_address"`
 	IsLearner     bool   `json:"is_learner"`
 	MatchIndex    uint64 `json:"match_index"`
+	GossipState   string `json:"gossip_state,omitempty"`
 }
 
 type memberListJSON struct {
@@ -140,6 +141,7 @@ func toMemberJSON(m *keystorev1.Member) memberJSON {
 	return memberJSON{
 		Name: m.GetName(), ID: m.GetId(), PeerAddress: m.GetPeerAddress(), IsLeader: m.GetIsLeader(),
 		ClientAddress: m.GetClientAddress(), IsLearner: m.GetIsLearner(), MatchIndex: m.GetMatchIndex(),
+		GossipState: m.GetGossipState(),
 	}
 }
 
@@ -318,14 +320,14 @@ func memberTable(w io.Writer, ms []*keystorev1.Member) error {
 		return cmp.Or(cmp.Compare(a.GetName(), b.GetName()), cmp.Compare(a.GetId(), b.GetId()))
 	})
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tROLE\tPEER ADDR\tCLIENT ADDR\tMATCH")
+	fmt.Fprintln(tw, "ID\tNAME\tROLE\tPEER ADDR\tCLIENT ADDR\tMATCH\tGOSSIP")
 	for _, m := range ms {
 		match := "-"
 		if m.GetMatchIndex() != 0 {
 			match = strconv.FormatUint(m.GetMatchIndex(), 10)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", dash(m.GetId()), dash(m.GetName()), memberRole(m),
-			dash(m.GetPeerAddress()), dash(m.GetClientAddress()), match)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dash(m.GetId()), dash(m.GetName()), memberRole(m),
+			dash(m.GetPeerAddress()), dash(m.GetClientAddress()), match, dash(m.GetGossipState()))
 	}
 	return tw.Flush()
 }

@@ -58,7 +58,11 @@ func run(args []string) error {
 		advPeer        = fs.String("advertise-peer-addr", "", "the peer address other nodes reach this one at, when --peer-addr listens on every interface or behind NAT (default: --peer-addr)")
 		advClient      = fs.String("advertise-client-addr", "", "the client address clients reach this node at (default: --client-addr unless it listens on every interface)")
 		peerRoutes     = fs.String("peer-route", "", "name=host:port,...: dial these members of the initial cluster at these addresses instead of the ones in the log (a proxy or NAT in between)")
-		join           = fs.String("join", "", "client addresses (host:port, comma-separated) of members of an existing cluster: with an empty data dir, join it as a new member instead of bootstrapping")
+		join           = fs.String("join", "", "where to find the cluster, host:port,...: with --gossip-addr, gossip addresses of any nodes (a node with an empty data dir that --initial-cluster does not name joins the cluster gossip shows); without, client addresses of members (with an empty data dir, join as a new member instead of bootstrapping)")
+		gossipAddr     = fs.String("gossip-addr", "", "where this node gossips (TCP and UDP), host:port; off when empty")
+		advGossip      = fs.String("advertise-gossip-addr", "", "the gossip address other nodes reach this one at (default: --gossip-addr)")
+		gossipKeyFile  = fs.String("gossip-key-file", "", "file of base64 gossip keys, one per line (16, 24 or 32 bytes; the first encrypts, all are accepted); reread on SIGHUP. Generate one with: head -c 32 /dev/urandom | base64")
+		bootstrapExp   = fs.Int("bootstrap-expect", 0, "with an empty data dir, wait until this many nodes found each other by gossip and bootstrap them as one cluster (or join the cluster gossip shows); needs --gossip-addr and --join, not --initial-cluster")
 		clusterState   = fs.String("initial-cluster-state", server.ClusterStateNew, "new: with an empty data dir, bootstrap --initial-cluster (after making sure no member of it has seen this node run); existing: never bootstrap (an empty data dir needs --join)")
 		clusterToken   = fs.String("cluster-token", "keystore", "tells this cluster from others with the same member names; the same on every member")
 		logLevel       = fs.String("log-level", "info", "debug, info, warn or error")
@@ -97,8 +101,14 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if *initialCluster == "" {
+	if *initialCluster == "" && *bootstrapExp == 0 && (*join == "" || *gossipAddr == "") {
 		*initialCluster = *name + "=" + *peerAddr
+	}
+	var gossipKeys [][]byte
+	if *gossipKeyFile != "" {
+		if gossipKeys, err = server.ReadGossipKeys(*gossipKeyFile); err != nil {
+			return err
+		}
 	}
 	cluster, err := server.ParseCluster(*initialCluster)
 	if err != nil {
@@ -121,6 +131,10 @@ func run(args []string) error {
 		PeerRoutes:          routes,
 		AdvertiseClientAddr: *advClient,
 		Join:                splitList(*join),
+		GossipAddr:          *gossipAddr,
+		AdvertiseGossipAddr: *advGossip,
+		GossipKeys:          gossipKeys,
+		BootstrapExpect:     *bootstrapExp,
 		ClusterToken:        *clusterToken,
 		API: api.Config{
 			DefaultLease:     *defaultLease,
@@ -187,6 +201,9 @@ func run(args []string) error {
 	// it return nil once the node has stopped gracefully.
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(srv.Wait)
+	if *gossipKeyFile != "" {
+		g.Go(func() error { reloadGossipKeys(gctx, srv, *gossipKeyFile, logger); return nil })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		if ctx.Err() != nil {
@@ -196,6 +213,30 @@ func run(args []string) error {
 		return nil
 	})
 	return g.Wait()
+}
+
+// reloadGossipKeys rereads the gossip key file at each SIGHUP until ctx
+// ends (a key rotation: see the README).
+func reloadGossipKeys(ctx context.Context, srv *server.Server, path string, logger *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		keys, err := server.ReadGossipKeys(path)
+		if err == nil {
+			err = srv.SetGossipKeys(keys)
+		}
+		if err != nil {
+			logger.Error("gossip keys not reloaded", "err", err)
+			continue
+		}
+		logger.Info("gossip keys reloaded", "keys", len(keys))
+	}
 }
 
 func newLogger(level, format string) (*slog.Logger, error) {

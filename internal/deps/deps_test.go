@@ -22,6 +22,10 @@ func TestLayering(t *testing.T) {
 		"rules":    append(pure, mod+"/entry"),
 		"storage":  {"google.golang.org/grpc", mod + "/raftnode", mod + "/api", mod + "/server", mod + "/proto/keystore/v1", mod + "/proto/keystore/peer/v1"},
 		"raftnode": {mod + "/storage", mod + "/rules", mod + "/api", mod + "/server", mod + "/proto/keystore/v1"},
+		// Gossip knows node ids and addresses, nothing of the API, the
+		// store or Raft (each Raft group keeps its own membership).
+		"membership": {mod + "/storage", mod + "/raftnode", mod + "/api", mod + "/server", mod + "/proto/keystore/v1",
+			"google.golang.org/grpc", "go.etcd.io/raft/v3", "github.com/cockroachdb/pebble/v2"},
 		// The API reads records through its Store interface and runs the
 		// rules (DecideClaim); the store itself is not its business.
 		"api": {mod + "/server", mod + "/cmd", mod + "/storage", "github.com/cockroachdb/pebble/v2"},

@@ -38,6 +38,10 @@ type Options struct {
 	// through it, with Pebble's vfs/errorfs. It is called from StartNode's
 	// goroutine; what it returns is used until the node stops.
 	WrapFS func(name string, fs vfs.FS) vfs.FS
+	// Gossip runs gossip on every node (fast timings), each seeded with
+	// the others' gossip addresses; a node that joins (AddNode, Rejoin)
+	// then finds the cluster by gossip.
+	Gossip bool
 	Raft   raftnode.Config
 	Expiry expiry.Config
 	API    api.Config
@@ -57,6 +61,7 @@ type Cluster struct {
 	servers map[string]*server.Server
 	conns   map[string]*grpc.ClientConn
 	joins   map[string][]string // nodes that join through these client addresses
+	gossips map[string]string   // each node's gossip address (Options.Gossip)
 	// lis holds each node's listeners (peer, client) from Start until the
 	// node first starts on them, so no other process can take the ports
 	// in between (a port merely free a moment ago may go to any outgoing
@@ -78,8 +83,8 @@ func Start(t testing.TB, opts Options) *Cluster {
 		t: t, opts: opts,
 		peers: map[string]string{}, clients: map[string]string{}, dirs: map[string]string{},
 		fss: map[string]*vfs.MemFS{}, servers: map[string]*server.Server{}, conns: map[string]*grpc.ClientConn{},
-		joins: map[string][]string{},
-		lis:   map[string][2]net.Listener{},
+		joins: map[string][]string{}, gossips: map[string]string{},
+		lis: map[string][2]net.Listener{},
 	}
 	c.root = t.TempDir()
 	for i := 1; i <= opts.Size; i++ {
@@ -89,6 +94,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 		c.lis[n] = [2]net.Listener{peer, client}
 		c.peers[n], c.clients[n] = peer.Addr().String(), client.Addr().String()
 		c.dirs[n] = filepath.Join(c.root, n)
+		if opts.Gossip {
+			c.gossips[n] = FreeAddr(t)
+		}
 		if opts.Crashable {
 			c.fss[n] = vfs.NewCrashableMem()
 		}
@@ -171,6 +179,17 @@ func (c *Cluster) TryStartNode(name string) error {
 		Expiry:         c.opts.Expiry,
 		API:            c.opts.API,
 	}
+	if c.opts.Gossip {
+		cfg.GossipAddr, cfg.GossipFast, cfg.Join = c.gossips[name], true, nil
+		for _, n := range c.Names {
+			if n != name {
+				cfg.Join = append(cfg.Join, c.gossips[n])
+			}
+		}
+		if len(c.joins[name]) > 0 {
+			cfg.InitialClusterState = server.ClusterStateExisting
+		}
+	}
 	if c.opts.Crashable {
 		cfg.FS = c.fss[name]
 	}
@@ -240,6 +259,9 @@ func (c *Cluster) AddNode(name, via string) {
 	peer, client := listen(c.t), listen(c.t)
 	c.lis[name] = [2]net.Listener{peer, client}
 	c.peers[name], c.clients[name] = peer.Addr().String(), client.Addr().String()
+	if c.opts.Gossip {
+		c.gossips[name] = FreeAddr(c.t)
+	}
 	c.Names = append(c.Names, name)
 	c.Rejoin(name, via)
 }
@@ -264,6 +286,25 @@ func (c *Cluster) Rejoin(name, via string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Move restarts node name, its data kept, on new peer and client
+// addresses (a node rescheduled onto another host): the others learn the
+// new peer address by gossip (Options.Gossip), or once the node published
+// it in the log. It does not wait for the node to serve.
+func (c *Cluster) Move(name string) {
+	c.t.Helper()
+	c.StopNode(name)
+	peer, client := listen(c.t), listen(c.t)
+	c.mu.Lock()
+	c.lis[name] = [2]net.Listener{peer, client}
+	c.peers[name], c.clients[name] = peer.Addr().String(), client.Addr().String()
+	if conn := c.conns[name]; conn != nil {
+		_ = conn.Close()
+		delete(c.conns, name)
+	}
+	c.mu.Unlock()
+	c.StartNode(name)
 }
 
 // Wipe stops node name and gives it an empty data dir: the next

@@ -1471,7 +1471,12 @@ type Member struct {
 	// A learner receives the log but does not vote.
 	IsLearner bool `protobuf:"varint,6,opt,name=is_learner,json=isLearner,proto3" json:"is_learner,omitempty"`
 	// How far its log is known to reach (on the leader's view; 0 elsewhere).
-	MatchIndex    uint64 `protobuf:"varint,7,opt,name=match_index,json=matchIndex,proto3" json:"match_index,omitempty"`
+	MatchIndex uint64 `protobuf:"varint,7,opt,name=match_index,json=matchIndex,proto3" json:"match_index,omitempty"`
+	// How gossip sees it from the answering node: "alive", "dead" (failed:
+	// missed its probes), "left" (stopped gracefully) or "unknown"; empty
+	// when the answering node runs without gossip. Advice only: a dead
+	// member stays a member (a voter keeps its vote) until it is removed.
+	GossipState   string `protobuf:"bytes,8,opt,name=gossip_state,json=gossipState,proto3" json:"gossip_state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1553,6 +1558,13 @@ func (x *Member) GetMatchIndex() uint64 {
 		return x.MatchIndex
 	}
 	return 0
+}
+
+func (x *Member) GetGossipState() string {
+	if x != nil {
+		return x.GossipState
+	}
+	return ""
 }
 
 // StatusResponse is a node's view of the cluster.
@@ -1783,7 +1795,7 @@ const file_keystore_v1_keystore_proto_rawDesc = "" +
 	"\x14MemberRemoveResponse\x12-\n" +
 	"\amembers\x18\x01 \x03(\v2\x13.keystore.v1.MemberR\amembers\":\n" +
 	"\rStatusRequest\x12)\n" +
-	"\x10include_checksum\x18\x01 \x01(\bR\x0fincludeChecksum\"\xd3\x01\n" +
+	"\x10include_checksum\x18\x01 \x01(\bR\x0fincludeChecksum\"\xf6\x01\n" +
 	"\x06Member\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12!\n" +
@@ -1793,7 +1805,8 @@ const file_keystore_v1_keystore_proto_rawDesc = "" +
 	"\n" +
 	"is_learner\x18\x06 \x01(\bR\tisLearner\x12\x1f\n" +
 	"\vmatch_index\x18\a \x01(\x04R\n" +
-	"matchIndex\"\x96\x03\n" +
+	"matchIndex\x12!\n" +
+	"\fgossip_state\x18\b \x01(\tR\vgossipState\"\x96\x03\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
 	"\amembers\x18\x02 \x03(\v2\x13.keystore.v1.MemberR\amembers\x12\x16\n" +
