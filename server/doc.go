@@ -26,6 +26,16 @@
 // before it stops; a node removed from the cluster stops, and Wait returns
 // raftnode.ErrRemoved.
 //
+// # Gossip
+//
+// With Config.GossipAddr the node also gossips (package membership,
+// gossip.go). Gossip advises, Raft decides: it finds the cluster a node
+// with an empty data dir joins (Join then lists gossip seeds), agrees on
+// the first members of a cluster started with BootstrapExpect, tells the
+// transport where a live member is now (peerBook: routes, then gossip,
+// then the log), and shows each member's gossip state in the member list.
+// It never changes who votes.
+//
 // # Health
 //
 // The gRPC health service (the whole server, "", and
