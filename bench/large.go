@@ -51,6 +51,12 @@ type largeConfig struct {
 	clientBase      int
 	peerBase        int
 	fsyncDuration   time.Duration
+	report          string
+	only            string
+	membership      bool
+	memberRate      float64
+	memberWorkers   int
+	memberTimeout   time.Duration
 }
 
 // largeCmd is `keystore-bench large`: the large-state benchmark that
@@ -91,6 +97,12 @@ func largeCmd(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.clientBase, "client-port", 27001, "client port of n1 (n2, n3: the next ones)")
 	fs.IntVar(&cfg.peerBase, "peer-port", 27101, "peer port of n1 (n2, n3: the next ones)")
 	fs.DurationVar(&cfg.fsyncDuration, "fsync-duration", 3*time.Second, "how long to measure the disk's fdatasync rate (0: skip)")
+	fs.StringVar(&cfg.report, "report", "large-state", "the report's file name in -out, without .md / .jsonl")
+	fs.StringVar(&cfg.only, "only", "", "membership: after each preload, only the membership steps (no throughput, restart, catch-up or big state)")
+	fs.BoolVar(&cfg.membership, "membership", true, "at each state size, a fourth node's join and a killed follower's replacement")
+	fs.Float64Var(&cfg.memberRate, "member-rate", 300, "lifecycles/s written during the membership steps (0: none)")
+	fs.IntVar(&cfg.memberWorkers, "member-workers", 16, "concurrent writers of those lifecycles")
+	fs.DurationVar(&cfg.memberTimeout, "member-timeout", 10*time.Minute, "longest a joining node may take to be a voter, SERVING and caught up")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -126,6 +138,14 @@ func largeCmd(ctx context.Context, args []string) error {
 		return errors.New("-snapshot-entries and -keep-entries must be > 0")
 	case cfg.fsyncDuration < 0 || cfg.fsyncDuration > time.Minute:
 		return fmt.Errorf("-fsync-duration %v: want 0..1m", cfg.fsyncDuration)
+	case cfg.only != "" && cfg.only != "membership":
+		return fmt.Errorf("-only %q: want empty or membership", cfg.only)
+	case cfg.only == "membership" && !cfg.membership:
+		return errors.New("-only membership with -membership=false measures nothing")
+	case cfg.memberRate < 0 || cfg.memberRate > 10_000 || cfg.memberWorkers < 1:
+		return fmt.Errorf("-member-rate %v, -member-workers %d: want a rate of 0..10000/s and at least one worker", cfg.memberRate, cfg.memberWorkers)
+	case cfg.report == "" || strings.ContainsRune(cfg.report, '/'):
+		return fmt.Errorf("-report %q: want a file name", cfg.report)
 	}
 	if cfg.out != "" {
 		if err := os.MkdirAll(cfg.out, 0o755); err != nil {
@@ -142,6 +162,10 @@ func largeCmd(ctx context.Context, args []string) error {
 		Flags:  strings.Join(largeFlags(cfg), " "),
 		Settings: fmt.Sprintf("Every record: a 32-byte fingerprint, a response of 200 B (the big state: %s B), retention %.0f h. Preload: %d concurrent lifecycles over one `client.Client`; while a follower is down: %d.",
 			commas(int64(cfg.bigSize)), largeRetention.Hours(), cfg.preloadWorkers, cfg.catchupWorkers),
+		Only:           cfg.only,
+		MemberRate:     cfg.memberRate,
+		MemberWorkers:  cfg.memberWorkers,
+		ElectionBoundS: electionBound.Seconds(),
 	}
 	runErr := runLarge(ctx, cfg, rep)
 	if runErr != nil {
@@ -155,8 +179,8 @@ func largeCmd(ctx context.Context, args []string) error {
 	fmt.Println()
 	fmt.Print(md)
 	if cfg.out != "" {
-		mdPath := filepath.Join(cfg.out, "large-state.md")
-		jsonPath := filepath.Join(cfg.out, "large-state.jsonl")
+		mdPath := filepath.Join(cfg.out, cfg.report+".md")
+		jsonPath := filepath.Join(cfg.out, cfg.report+".jsonl")
 		if err := os.WriteFile(mdPath, []byte(md), 0o644); err != nil {
 			return err
 		}
@@ -223,11 +247,15 @@ func runLarge(ctx context.Context, cfg largeConfig, rep *largeReport) error {
 
 	// The empty cluster, then each state size in turn: the preload tops
 	// the state up to the target (what earlier steps wrote counts).
-	empty, err := measureLarge(ctx, cfg, cl, "empty", 0)
-	if err != nil {
-		return err
+	only := cfg.only == "membership"
+	var empty *largeThroughput
+	if !only {
+		empty, err = measureLarge(ctx, cfg, cl, "empty", 0)
+		if err != nil {
+			return err
+		}
+		rep.Throughput = append(rep.Throughput, empty)
 	}
-	rep.Throughput = append(rep.Throughput, empty)
 	// written counts the records of the preloads and catch-ups; each
 	// preload tops it up to the next target. The throughput runs' own
 	// records come on top (the table shows what the leader stores).
@@ -245,6 +273,14 @@ func runLarge(ctx context.Context, cfg largeConfig, rep *largeReport) error {
 			}
 			logf("preload: %s stored in %.1f s (%.0f/s, %d errors)", commas(ls.stored), ls.elapsed.Seconds(), ls.rate(), ls.errors)
 			written += ls.stored
+			rep.Preloads = append(rep.Preloads, &largePreload{Kind: "preload", State: state, Target: target, Preloaded: ls.stored,
+				PreloadS: ls.elapsed.Seconds(), PreloadPerS: ls.rate(), PreloadErrors: ls.errors})
+		}
+		if only {
+			if err := measureMembership(ctx, cfg, cl, kc, state, rep); err != nil {
+				return err
+			}
+			continue
 		}
 		t, err := measureLarge(ctx, cfg, cl, state, target)
 		if err != nil {
@@ -267,12 +303,17 @@ func runLarge(ctx context.Context, cfg largeConfig, rep *largeReport) error {
 		if err != nil {
 			return err
 		}
+		if cfg.membership {
+			if err := measureMembership(ctx, cfg, cl, kc, state, rep); err != nil {
+				return err
+			}
+		}
 	}
 	_ = kc.Close()
 	cl.close()
 	logf("stopped the cluster")
 
-	if cfg.bigCount > 0 {
+	if cfg.bigCount > 0 && !only {
 		if err := runBig(ctx, cfg, rep, pidDir); err != nil {
 			return err
 		}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,11 +28,12 @@ import (
 // starts writes its pid to pidDir/<name>.pid while it runs, so that the
 // calling script can kill it should this program die without doing so.
 type ksCluster struct {
-	bin    string
-	dir    string // data directories and logs
-	pidDir string
-	flags  []string // extra keystored flags, the same for every node
-	nodes  []*ksNode
+	bin     string
+	dir     string // data directories and logs
+	pidDir  string
+	flags   []string // extra keystored flags, the same for every node
+	initial string   // --initial-cluster: n1..n3
+	nodes   []*ksNode
 }
 
 // ksNode is one member. Its process fields change on restart.
@@ -41,6 +43,9 @@ type ksNode struct {
 	peerAddr   string
 	dataDir    string
 	logPath    string
+	// join, when set, starts the node with --join (these client
+	// addresses) instead of --initial-cluster: a node added at runtime.
+	join []string
 
 	conn    *grpc.ClientConn // to clientAddr, redialled fast while the node is down
 	cluster keystorev1.ClusterServiceClient
@@ -62,34 +67,66 @@ func newKSCluster(bin, dir, pidDir string, clientBase, peerBase int, flags []str
 			return nil, err
 		}
 	}
+	var initial []string
 	for i := range 3 {
-		name := fmt.Sprintf("n%d", i+1)
-		n := &ksNode{
-			name:       name,
-			clientAddr: fmt.Sprintf("127.0.0.1:%d", clientBase+i),
-			peerAddr:   fmt.Sprintf("127.0.0.1:%d", peerBase+i),
-			dataDir:    filepath.Join(dir, name),
-			logPath:    filepath.Join(dir, name+".log"),
-		}
-		// A short reconnect backoff: the restart timings poll a node that
-		// is not listening yet, and gRPC's default (1s, growing) would
-		// be measured instead of the node.
-		conn, err := grpc.NewClient(n.clientAddr,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithConnectParams(grpc.ConnectParams{
-				Backoff:           backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.2, MaxDelay: 50 * time.Millisecond},
-				MinConnectTimeout: time.Second,
-			}))
+		n, err := c.newNode(fmt.Sprintf("n%d", i+1), clientBase+i, peerBase+i)
 		if err != nil {
 			c.close()
 			return nil, err
 		}
-		n.conn = conn
-		n.cluster = keystorev1.NewClusterServiceClient(conn)
-		n.health = healthpb.NewHealthClient(conn)
 		c.nodes = append(c.nodes, n)
+		initial = append(initial, n.name+"="+n.peerAddr)
 	}
+	c.initial = strings.Join(initial, ",")
 	return c, nil
+}
+
+// newNode describes a node of c (not added to c.nodes) on loopback.
+func (c *ksCluster) newNode(name string, clientPort, peerPort int) (*ksNode, error) {
+	n := &ksNode{
+		name:       name,
+		clientAddr: fmt.Sprintf("127.0.0.1:%d", clientPort),
+		peerAddr:   fmt.Sprintf("127.0.0.1:%d", peerPort),
+		dataDir:    filepath.Join(c.dir, name),
+		logPath:    filepath.Join(c.dir, name+".log"),
+	}
+	// A short reconnect backoff: the restart timings poll a node that
+	// is not listening yet, and gRPC's default (1s, growing) would
+	// be measured instead of the node.
+	conn, err := grpc.NewClient(n.clientAddr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.2, MaxDelay: 50 * time.Millisecond},
+			MinConnectTimeout: time.Second,
+		}))
+	if err != nil {
+		return nil, err
+	}
+	n.conn = conn
+	n.cluster = keystorev1.NewClusterServiceClient(conn)
+	n.health = healthpb.NewHealthClient(conn)
+	return n, nil
+}
+
+// addNode adds a node that joins the running cluster through the client
+// addresses of the members now in c (it is not started).
+func (c *ksCluster) addNode(name string, clientPort, peerPort int) (*ksNode, error) {
+	n, err := c.newNode(name, clientPort, peerPort)
+	if err != nil {
+		return nil, err
+	}
+	n.join = c.endpoints()
+	c.nodes = append(c.nodes, n)
+	return n, nil
+}
+
+// dropNode takes a node that has exited out of c and closes its
+// connection.
+func (c *ksCluster) dropNode(n *ksNode) {
+	c.nodes = slices.DeleteFunc(c.nodes, func(m *ksNode) bool { return m == n })
+	if n.conn != nil {
+		_ = n.conn.Close()
+	}
 }
 
 func (c *ksCluster) endpoints() []string {
@@ -149,16 +186,16 @@ func (c *ksCluster) start(n *ksNode) error {
 	if n.cmd != nil && !isClosed(n.done) {
 		return fmt.Errorf("%s is running", n.name)
 	}
-	var initial []string
-	for _, m := range c.nodes {
-		initial = append(initial, m.name+"="+m.peerAddr)
-	}
-	args := append([]string{
+	args := []string{
 		"--name", n.name, "--data-dir", n.dataDir,
 		"--client-addr", n.clientAddr, "--peer-addr", n.peerAddr,
-		"--initial-cluster", strings.Join(initial, ","),
-		"--log-level", "info", "--log-format", "json",
-	}, c.flags...)
+	}
+	if len(n.join) > 0 {
+		args = append(args, "--join", strings.Join(n.join, ","))
+	} else {
+		args = append(args, "--initial-cluster", c.initial)
+	}
+	args = append(append(args, "--log-level", "info", "--log-format", "json"), c.flags...)
 	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
@@ -207,6 +244,41 @@ func (c *ksCluster) stop(n *ksNode, grace time.Duration) (time.Duration, error) 
 	_ = cmd.Process.Kill()
 	<-done
 	return time.Since(t0), fmt.Errorf("%s did not exit within %v of SIGTERM; killed", n.name, grace)
+}
+
+// kill sends SIGKILL to n and waits for the exit.
+func (c *ksCluster) kill(n *ksNode) {
+	n.mu.Lock()
+	cmd, done := n.cmd, n.done
+	n.stopped = true
+	n.mu.Unlock()
+	if cmd == nil || isClosed(done) {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-done
+}
+
+// expectExit marks n's coming exit as wanted (not a crash): a member being
+// removed stops by itself.
+func (n *ksNode) expectExit() {
+	n.mu.Lock()
+	n.stopped = true
+	n.mu.Unlock()
+}
+
+// exited returns the channel closed when n's process has exited, and its
+// exit status then (-1: killed by a signal or not exited).
+func (n *ksNode) exited() (<-chan struct{}, func() int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	cmd, done := n.cmd, n.done
+	return done, func() int {
+		if cmd == nil || cmd.ProcessState == nil || !isClosed(done) {
+			return -1
+		}
+		return cmd.ProcessState.ExitCode()
+	}
 }
 
 // stopAll stops every node (SIGTERM, then SIGKILL after grace).

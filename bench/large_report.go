@@ -21,11 +21,33 @@ type largeReport struct {
 	FsyncsPerS float64 `json:"fsyncs_per_s"` // 0: not measured
 	Flags      string  `json:"keystored_flags"`
 	Settings   string  `json:"settings"`
+	// Only is -only ("membership": the membership steps alone).
+	Only string `json:"only,omitempty"`
+	// The paced writes of the membership steps, and the longest gap in
+	// them that is not a failure.
+	MemberRate     float64 `json:"member_rate"`
+	MemberWorkers  int     `json:"member_workers"`
+	ElectionBoundS float64 `json:"election_bound_s"`
 
+	Preloads   []*largePreload    `json:"-"`
 	Throughput []*largeThroughput `json:"-"`
 	Restarts   []*largeRestart    `json:"-"`
 	CatchUps   []*largeCatchUp    `json:"-"`
+	Joins      []*largeJoin       `json:"-"`
+	Replaces   []*largeReplace    `json:"-"`
 	Failures   []string           `json:"failures,omitempty"`
+}
+
+// largePreload is one preload to a state size (the throughput rows show
+// it too).
+type largePreload struct {
+	Kind          string  `json:"kind"` // "preload"
+	State         string  `json:"state"`
+	Target        int64   `json:"target_records"`
+	Preloaded     int64   `json:"preloaded"`
+	PreloadS      float64 `json:"preload_s"`
+	PreloadPerS   float64 `json:"preload_per_s"`
+	PreloadErrors int64   `json:"preload_errors"`
 }
 
 // largeThroughput is one measured run at a state size.
@@ -225,6 +247,9 @@ func (r *largeReport) writeJSONLines(path string) error {
 		*largeReport
 	}{"machine", r}
 	err = enc.Encode(head)
+	for _, t := range r.Preloads {
+		err = errorsJoin(err, enc.Encode(t))
+	}
 	for _, t := range r.Throughput {
 		err = errorsJoin(err, enc.Encode(t))
 	}
@@ -232,6 +257,12 @@ func (r *largeReport) writeJSONLines(path string) error {
 		err = errorsJoin(err, enc.Encode(t))
 	}
 	for _, t := range r.CatchUps {
+		err = errorsJoin(err, enc.Encode(t))
+	}
+	for _, t := range r.Joins {
+		err = errorsJoin(err, enc.Encode(t))
+	}
+	for _, t := range r.Replaces {
 		err = errorsJoin(err, enc.Encode(t))
 	}
 	if cerr := f.Close(); err == nil {
@@ -257,6 +288,16 @@ func (r *largeReport) markdown() string {
 		fmt.Fprintf(&b, ", the disk does %s fdatasyncs/s (200 B appends, one writer)", commas(int64(r.FsyncsPerS+0.5)))
 	}
 	fmt.Fprintf(&b, ".\nThree `keystored` processes on loopback, `%s`. %s\n", r.Flags, r.Settings)
+	if r.Only != "" {
+		fmt.Fprintf(&b, "\nOnly the %s steps were run (`-only %s`).\n", r.Only, r.Only)
+	}
+
+	if len(r.Throughput) == 0 && len(r.Preloads) > 0 {
+		b.WriteString("\n## Preload\n\n| state | preloaded | time | lifecycles/s | errors |\n|---|---:|---:|---:|---:|\n")
+		for _, p := range r.Preloads {
+			fmt.Fprintf(&b, "| %s | %s | %.0f s | %s | %d |\n", p.State, commas(p.Preloaded), p.PreloadS, commas(int64(p.PreloadPerS+0.5)), p.PreloadErrors)
+		}
+	}
 
 	if len(r.Throughput) > 0 {
 		run := r.Throughput[0].Run
@@ -360,6 +401,7 @@ func (r *largeReport) markdown() string {
 				other, sums)
 		}
 	}
+	r.membershipMarkdown(&b)
 	if len(r.Failures) > 0 {
 		b.WriteString("\n## Failures\n\n")
 		for _, f := range r.Failures {
@@ -429,4 +471,110 @@ func mdEscape(s string) string {
 		s = s[:300] + "…"
 	}
 	return s
+}
+
+// membershipMarkdown renders the "Membership" section.
+func (r *largeReport) membershipMarkdown(b *strings.Builder) {
+	if len(r.Joins) == 0 && len(r.Replaces) == 0 {
+		return
+	}
+	b.WriteString("\n## Membership\n\n")
+	fmt.Fprintf(b, "While %s lifecycles/s are written (%d paced writers, no catching up on a missed slot), a node joins or is replaced. \"Learner\" and \"voter\": the leader's `MemberList` shows the node (a learner), then shows it no longer a learner (the leader promotes a learner once its match index is within 90%% of its log); \"SERVING\": the node's gRPC health (service \"\"); \"caught up\": its applied index reached the leader's commit index; all polled every 20 ms. \"Snapshot\": from the nodes' logs (\"sent snapshot\" on the sender, \"received\" and \"applied snapshot\" on the node). \"Longest gap\": the longest time in which no lifecycle completed, with when it began (from the start or the kill); more than an election (%.0f s: 10 ticks of 100 ms, randomised up to twice that) is a failure.\n",
+		commas(int64(r.MemberRate)), r.MemberWorkers, r.ElectionBoundS)
+	if len(r.Joins) > 0 {
+		b.WriteString("\n### Join to voter\n\nA fourth node starts with an empty data dir and `--join` the three members' client addresses; times from its process's start. Then it is removed (`MemberRemove` through the leader) and must exit by itself with status 0; the four replicas' checksums are compared before.\n\n")
+		b.WriteString("| state | stored records | leader on disk (SSTables) | learner | voter | SERVING | caught up | snapshot | leader RSS peak | joiner RSS peak | writes | longest gap | checksums | removal → exit (status) |\n")
+		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|---|\n")
+		for _, j := range r.Joins {
+			if j.Err != "" && j.VoterS == 0 {
+				fmt.Fprintf(b, "| %s | %s | %s | failed: %s | | | | | | | | | | |\n", j.State, commas(int64(j.Records)), disk(j.DiskBytes, j.TableBytes), mdEscape(j.Err))
+				continue
+			}
+			removal := "—"
+			if j.ExitS > 0 {
+				removal = fmt.Sprintf("%s → %s (%d)", shortSecs(j.RemoveS), secs3(j.ExitS), j.ExitCode)
+				if j.ExitCode != 0 {
+					removal = "**" + removal + "**"
+				}
+			}
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+				j.State, commas(int64(j.Records)), disk(j.DiskBytes, j.TableBytes), secs3(j.LearnerS), secs3(j.VoterS), secs3(j.ServingS), secs3(j.CaughtUpS),
+				snapCell(j.Snapshot, j.BySnapshot), mb(j.RSSPeak[j.Leader]), mb(j.RSSPeak[j.Node]), writesCell(j.Load), gapCell(j.Load, r.ElectionBoundS),
+				sumsCell(j.ChecksumAt, j.ChecksumErr), removal)
+		}
+	}
+	if len(r.Replaces) > 0 {
+		b.WriteString("\n### Replace a dead node\n\nA follower is killed (SIGKILL); then, as an operator would: `MemberRemove` of its id through the leader, its data dir wiped, the node started again with the same name and ports, an empty data dir and `--join` the other two (it joins under a new id). Times from the kill (\"started\" includes the wipe).\n\n")
+		b.WriteString("| state | node (old id → new id) | removed | started | learner | voter | SERVING | caught up | kill → SERVING voter | snapshot | writes | longest gap | checksums |\n")
+		b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|\n")
+		for _, t := range r.Replaces {
+			node := fmt.Sprintf("%s (%s → %s)", t.Node, t.OldID, t.NewID)
+			if t.Err != "" && t.VoterServingS == 0 {
+				fmt.Fprintf(b, "| %s | %s | %s | %s | failed: %s | | | | | | | | |\n", t.State, node, secs3(t.RemovedS), secs3(t.StartS), mdEscape(t.Err))
+				continue
+			}
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | **%s** | %s | %s | %s | %s |\n",
+				t.State, node, secs3(t.RemovedS), secs3(t.StartS), secs3(t.LearnerS), secs3(t.VoterS), secs3(t.ServingS), secs3(t.CaughtUpS),
+				secs3(t.VoterServingS), snapCell(t.Snapshot, t.BySnapshot), writesCell(t.Load), gapCell(t.Load, r.ElectionBoundS),
+				sumsCell(t.ChecksumAt, t.ChecksumErr))
+		}
+	}
+}
+
+// shortSecs is secs3 with milliseconds under 0.1 s.
+func shortSecs(s float64) string {
+	if s > 0 && s < 0.1 {
+		return fmt.Sprintf("%.1f ms", s*1000)
+	}
+	return secs3(s)
+}
+
+func snapCell(l snapLog, by bool) string {
+	if !by {
+		return "**none received and applied**"
+	}
+	out := "received and applied"
+	if n := len(l.Sent); n > 0 {
+		s := l.Sent[n-1]
+		out = fmt.Sprintf("%s in %.1f s", mb(s.Bytes), s.DurationMs/1000)
+		if len(l.Applied) > 0 {
+			a := l.Applied[len(l.Applied)-1]
+			out += fmt.Sprintf(" (%d table%s)", a.Tables, plural(a.Tables))
+		}
+		if n > 1 {
+			out += fmt.Sprintf(", %d sends", n)
+		}
+	}
+	if f := l.SendFailures + l.ReceiveFailures; f > 0 {
+		out += fmt.Sprintf(", %d failed", f)
+	}
+	return out
+}
+
+func writesCell(s *pacedStats) string {
+	if s == nil || s.TargetPerS <= 0 {
+		return "none"
+	}
+	return fmt.Sprintf("%s in %.0f s (%s/s), %d errors", commas(s.Stored), s.DurationS, commas(int64(s.perS()+0.5)), s.Errors)
+}
+
+func gapCell(s *pacedStats, bound float64) string {
+	if s == nil || s.TargetPerS <= 0 {
+		return "—"
+	}
+	out := fmt.Sprintf("%.3f s at %+.1f s", s.LongestGapS, s.GapStartS)
+	if bound > 0 && s.LongestGapS > bound {
+		out = "**" + out + "**"
+	}
+	return out
+}
+
+func sumsCell(at uint64, err string) string {
+	if err != "" {
+		return "**" + mdEscape(err) + "**"
+	}
+	if at == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("equal at %d", at)
 }

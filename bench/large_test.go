@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseVmRSS(t *testing.T) {
@@ -79,5 +80,48 @@ func TestCommas(t *testing.T) {
 		if got := commas(n); got != want {
 			t.Errorf("commas(%d) = %q; want %q", n, got, want)
 		}
+	}
+}
+
+func TestMembershipMarkdown(t *testing.T) {
+	r := &largeReport{Time: "now", NumCPU: 2, Only: "membership", MemberRate: 300, MemberWorkers: 16, ElectionBoundS: 2}
+	r.Preloads = []*largePreload{{State: "1,000 records", Target: 1000, Preloaded: 1000, PreloadS: 2, PreloadPerS: 500}}
+	snap := snapLog{Sent: []snapEvent{{Node: "n1", Bytes: 450_000_000, DurationMs: 3900}},
+		Received: []snapEvent{{Node: "n4"}}, Applied: []snapEvent{{Node: "n4", Tables: 4}}}
+	r.Joins = []*largeJoin{{State: "1,000 records", Node: "n4", Leader: "n1", Records: 1500,
+		memberTimes: memberTimes{LearnerS: 0.3, VoterS: 5.5, ServingS: 5.2, CaughtUpS: 5.4},
+		Snapshot:    snap, BySnapshot: true, RSSPeak: map[string]int64{"n1": 600e6, "n4": 400e6}, ChecksumAt: 77,
+		RemoveS: 0.05, ExitS: 4.5, ExitCode: 0,
+		Load: &pacedStats{TargetPerS: 300, Workers: 16, Stored: 3000, DurationS: 10, LongestGapS: 0.25, GapStartS: 1.5}}}
+	r.Replaces = []*largeReplace{{State: "1,000 records", Node: "n3", OldID: "aa", NewID: "bb", RemovedS: 0.1, StartS: 0.15,
+		memberTimes:   memberTimes{LearnerS: 0.5, VoterS: 6, ServingS: 5.8, CaughtUpS: 5.9},
+		VoterServingS: 6, Snapshot: snapLog{}, BySnapshot: false,
+		Load: &pacedStats{TargetPerS: 300, Stored: 2000, DurationS: 10, LongestGapS: 2.5, GapStartS: -0.1}}}
+	md := r.markdown()
+	for _, want := range []string{
+		"## Preload",
+		"| 1,000 records | 1,000 | 2 s | 500 | 0 |",
+		"## Membership",
+		"| 1,000 records | 1,500 | — (—) | 0.30 s | 5.50 s | 5.20 s | 5.40 s | 450 MB in 3.9 s (4 tables) | 600 MB | 400 MB | 3,000 in 10 s (300/s), 0 errors | 0.250 s at +1.5 s | equal at 77 | 50.0 ms → 4.50 s (0) |",
+		"| 1,000 records | n3 (aa → bb) | 0.10 s | 0.15 s | 0.50 s | 6.00 s | 5.80 s | 5.90 s | **6.00 s** | **none received and applied** |",
+		"**2.500 s at -0.1 s**",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+}
+
+func TestPacedGap(t *testing.T) {
+	p := &pacedLoad{rate: 1, cancel: func() {}}
+	t0 := time.Now()
+	p.begin, p.last = t0, t0
+	p.completed(t0.Add(100 * time.Millisecond))
+	p.completed(t0.Add(1500 * time.Millisecond)) // the gap: 0.1 s → 1.5 s
+	p.completed(t0.Add(1400 * time.Millisecond)) // out of order: ignored
+	p.completed(t0.Add(1600 * time.Millisecond))
+	s := p.stop(t0.Add(time.Second))
+	if s.LongestGapS < 1.39 || s.LongestGapS > 1.41 || s.GapStartS < -0.91 || s.GapStartS > -0.89 {
+		t.Errorf("gap %.3f s at %+.3f s; want 1.4 s at -0.9 s", s.LongestGapS, s.GapStartS)
 	}
 }
