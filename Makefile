@@ -157,9 +157,11 @@ bench:
 
 ## bench-large: keystore holding 1M and 5M live records, and 600 responses of
 ## 1 MB: lifecycles/s against the empty cluster, a follower's restart to
-## SERVING, its catch-up by snapshot (time, peak RSS, checksums); about 30
-## minutes on 2 cores. Knobs: RECORDS, DURATION, CATCHUP, SNAPSHOT_ENTRIES,
-## KEEP_ENTRIES, BIG_COUNT, OUT (see bench/README.md, "Large state").
+## SERVING, its catch-up by snapshot (time, peak RSS, checksums), a node's
+## join to voter and the replacement of a dead one; about 30 minutes on 2
+## cores. Knobs: RECORDS, DURATION, CATCHUP, SNAPSHOT_ENTRIES, KEEP_ENTRIES,
+## BIG_COUNT, MEMBERSHIP (0: skip), MEMBERSHIP_ONLY (1: preload, then only
+## membership), MEMBER_RATE, REPORT, LOGS, OUT (see bench/README.md).
 bench-large:
 	./bench/large.sh
 bench-peers:
