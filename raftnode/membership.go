@@ -86,8 +86,16 @@ func (n *Node) appliedMembership(c appliedConfChange) {
 			n.peersMu.Unlock()
 		}
 	}
+	name := ctx.GetMember().GetName()
+	if ml, ok := n.sm.(memberLister); ok && name == "" { // a promotion or removal names only the id
+		for _, m := range ml.Members() {
+			if m.GetId() == id {
+				name = m.GetName()
+			}
+		}
+	}
 	n.logger.Info("membership changed", "change", c.cc.Type.String(), "member", fmt.Sprintf("%x", id),
-		"name", ctx.GetMember().GetName(), "index", c.index)
+		"name", name, "index", c.index)
 	if rid := ctx.GetRequestId(); rid != 0 {
 		n.mu.Lock()
 		n.answer(rid, nil, c.index)
