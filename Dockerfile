@@ -18,7 +18,7 @@ VOLUME ["/data"]
 
 # 7001 serves clients (KeyStoreService, health, reflection); 7101 is Raft
 # and forwarded writes, for the other nodes only: publish 7001 alone.
-EXPOSE 7001 7101
+EXPOSE 7001 7101 7201 7201/udp
 
 # keystored handles SIGTERM itself (docker stop): in-flight calls get 5 s.
 STOPSIGNAL SIGTERM

@@ -250,6 +250,22 @@ func splitHostPort(addr string) (string, int, error) {
 	if host == "" {
 		host = "0.0.0.0"
 	}
+	if net.ParseIP(host) == nil {
+		// memberlist takes IPs only: resolve a name (an IPv4 address
+		// first), as it resolves now.
+		ips, err := net.LookupIP(host)
+		if err != nil || len(ips) == 0 {
+			return "", 0, fmt.Errorf("cannot resolve %q: %v", host, err)
+		}
+		ip := ips[0]
+		for _, c := range ips {
+			if c.To4() != nil {
+				ip = c
+				break
+			}
+		}
+		host = ip.String()
+	}
 	return host, port, nil
 }
 

@@ -3,6 +3,7 @@ package membership
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -171,5 +172,16 @@ func TestGossipKey(t *testing.T) {
 	eventually(t, "b sees the new node", func() bool { return state(b, 5) == StateAlive })
 	if _, err := start(t, 6, 7, k1).Join([]string{a.Addr()}); err == nil {
 		t.Fatal("the retired key still works")
+	}
+}
+
+func TestHostNamesResolve(t *testing.T) {
+	g, err := Start(Config{Self: Member{ID: 1}, BindAddr: "localhost:0", AdvertiseAddr: "localhost:0", Fast: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Shutdown()
+	if host, _, _ := strings.Cut(g.Addr(), ":"); host != "127.0.0.1" {
+		t.Fatalf("advertised %s; want 127.0.0.1:port", g.Addr())
 	}
 }
