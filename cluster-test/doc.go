@@ -2,6 +2,14 @@
 // promises of docs/contract.md under faults.
 //
 //   - process_test.go: kill -9 of one node, of the leader, of all three.
+//   - gossip_process_test.go: gossip between real processes.
+//     TestProcessBootstrapExpect: three nodes with empty data dirs and
+//     --bootstrap-expect 3 form exactly one cluster, 20 rounds (3 under
+//     -short). TestProcessJoinByGossip: a node not named by
+//     --initial-cluster joins by one member's gossip address and becomes a
+//     voter; a node of another cluster pointed at the cluster's gossip is
+//     refused; gossip shows a SIGKILLed follower dead within 15 s, and it
+//     stays a voter.
 //   - fault_test.go (TestFaults, make cluster-test): seeded runs of three
 //     keystored processes, every peer link through a fault proxy
 //     (faultproxy), a recorded workload of pinned and roaming clients over
@@ -16,13 +24,21 @@
 //     (harness.RunNemesis; -faults.kinds draws from a subset). After
 //     healing, every node's state checksum must agree, every node must list
 //     the three nodes as voters, and the history must pass the checker
-//     (package checker: porcupine per key plus direct invariants). The
+//     (package checker: porcupine per key plus direct invariants). Every
+//     node gossips (its own loopback port, the others' as --join; not
+//     through the proxies, and a --peer-route by name wins over the
+//     addresses gossip spreads, so Raft stays on the proxies), and a wiped
+//     node rejoins with --join of the others' gossip addresses and
+//     --initial-cluster-state existing (-faults.gossip=false: without
+//     gossip, --join of their client addresses). The
 //     summary gives each fault kind's recovery times, and for membership
 //     changes the time from --join to voter. A failing run saves history,
 //     visualization, fault schedule and node logs under results/seed-N
 //     (every run with -faults.save-logs).
 //   - docker_test.go (TestDockerCluster): the FROM scratch image as three
-//     containers; docker kill, network disconnect and pause of the leader.
+//     containers bootstrapped by gossip (--bootstrap-expect 3, as
+//     docker-compose.yml); docker kill, network disconnect and pause of the
+//     leader; a fourth container joining by gossip.
 //
 // Checker efficacy: internal/bugs holds deliberate bugs compiled in only by
 // a build tag; make cluster-test-bugs shows each is caught.

@@ -10,21 +10,27 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/keystore-dev/keystore/client"
+	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // dockerCluster is three keystored containers, built from the repository's
-// Dockerfile, on a private Docker network of their own. Members find each
-// other by their network alias (n1, n2, n3) through Docker's DNS, exactly as
-// in docker-compose.yml; the test reaches each one through its client port,
-// published on a random 127.0.0.1 port.
+// Dockerfile, on a private Docker network of their own, started exactly as
+// docker-compose.yml starts them: no member list, each gossips on 7201 with
+// the other two's gossip addresses (by network alias, through Docker's DNS)
+// as --join, and --bootstrap-expect 3 makes the three one cluster; members
+// advertise their aliases (nX:7101, nX:7001). The test reaches each one
+// through its client port, published on a random 127.0.0.1 port, with
+// discovery off: the advertised client addresses resolve only on the
+// network.
 //
 // Every name it creates carries a random suffix and the label keystore-test,
 // and t.Cleanup removes containers (with their volumes), network and image
@@ -35,7 +41,6 @@ type dockerCluster struct {
 	image   string
 	network string
 	names   []string
-	cluster string // --initial-cluster, by alias
 	// addr is each node's published client address. NB: Docker picks a new
 	// host port whenever the container starts again or rejoins the network,
 	// so refreshAddr reads it after every such event.
@@ -50,11 +55,15 @@ const (
 	dockerWait = 20 * time.Second
 )
 
-// TestDockerCluster runs keystored as containers and injects the faults a
-// container platform produces: kill -9 of the leader's container, the
-// leader cut off the network, the leader frozen by docker pause. Each time
-// the other two serve a Claim within 5 s, and the faulted node, once back,
-// serves linearizable reads of what was written without it.
+// TestDockerCluster runs keystored as containers, bootstrapped by gossip
+// (--bootstrap-expect 3) as docker-compose.yml does: the three form one
+// cluster; then the faults a container platform produces: kill -9 of the
+// leader's container, the leader cut off the network, the leader frozen by
+// docker pause. Each time the other two serve a Claim within 5 s, and the
+// faulted node, once back, serves linearizable reads of what was written
+// without it. Then a fourth container, given one member's gossip address
+// as --join and no member list, joins as a voter, and gossip finds all four
+// alive.
 func TestDockerCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds an image and runs containers")
@@ -64,6 +73,7 @@ func TestDockerCluster(t *testing.T) {
 	}
 	d := newDockerCluster(t)
 	d.waitServing(d.names...)
+	d.waitMembers(d.names...)
 	d.claimWithin(10*time.Second, "before", d.names...)
 
 	// kill -9 of the leader's container.
@@ -105,6 +115,16 @@ func TestDockerCluster(t *testing.T) {
 	for _, n := range d.names {
 		d.assertCompleted(n, "before", "after-kill", "during-partition", "during-pause")
 	}
+
+	// A fourth node finds the cluster by gossip and joins it as a voter.
+	began = time.Now()
+	d.start("n4", "--join", "n1:7201")
+	d.names = append(d.names, "n4")
+	d.waitMembers(d.names...)
+	d.waitServing("n4")
+	d.assertCompleted("n4", "before", "after-kill", "during-partition", "during-pause")
+	t.Logf("n4 joined by gossip, a voter and serving %s after docker run", time.Since(began).Round(time.Millisecond))
+	d.claimWithin(5*time.Second, "after-join", "n4")
 }
 
 func newDockerCluster(t *testing.T) *dockerCluster {
@@ -118,11 +138,6 @@ func newDockerCluster(t *testing.T) *dockerCluster {
 		t: t, id: id, image: "keystore-test:" + id, network: "keystore-test-" + id,
 		names: []string{"n1", "n2", "n3"}, addr: map[string]string{},
 	}
-	var parts []string
-	for _, n := range d.names {
-		parts = append(parts, n+"="+n+":7101")
-	}
-	d.cluster = strings.Join(parts, ",")
 
 	// The image: the repository's Dockerfile over a context holding only
 	// the static binary, as `make build` would leave it in bin/.
@@ -148,14 +163,80 @@ func newDockerCluster(t *testing.T) *dockerCluster {
 	d.docker("network", "create", "--label", dockerLabel+"="+id, d.network)
 
 	for _, n := range d.names {
-		t.Cleanup(func() { d.remove(n) })
-		d.docker("run", "-d", "--name", d.container(n), "--label", dockerLabel+"="+id,
-			"--network", d.network, "--network-alias", n, "-p", "127.0.0.1::7001", d.image,
-			"--name", n, "--data-dir", "/data", "--client-addr", "0.0.0.0:7001",
-			"--peer-addr", "0.0.0.0:7101", "--initial-cluster", d.cluster)
-		d.refreshAddr(n)
+		var seeds []string
+		for _, m := range d.others(n) {
+			seeds = append(seeds, m+":7201")
+		}
+		d.start(n, "--join", strings.Join(seeds, ","), "--bootstrap-expect", "3")
 	}
 	return d
+}
+
+// start runs node n's container as docker-compose.yml does (addresses by
+// alias, gossip on 7201), with extra flags (--join, --bootstrap-expect).
+func (d *dockerCluster) start(n string, extra ...string) {
+	d.t.Helper()
+	d.t.Cleanup(func() { d.remove(n) })
+	args := []string{"run", "-d", "--name", d.container(n), "--label", dockerLabel + "=" + d.id,
+		"--network", d.network, "--network-alias", n, "-p", "127.0.0.1::7001", d.image,
+		"--name", n, "--data-dir", "/data", "--client-addr", "0.0.0.0:7001", "--peer-addr", "0.0.0.0:7101",
+		"--advertise-client-addr", n + ":7001", "--advertise-peer-addr", n + ":7101", "--gossip-addr", "0.0.0.0:7201"}
+	d.docker(append(args, extra...)...)
+	d.refreshAddr(n)
+}
+
+// waitMembers waits until every named node lists exactly the named nodes,
+// all voters, in one cluster (the same id everywhere), and finds each alive
+// in gossip.
+func (d *dockerCluster) waitMembers(names ...string) {
+	d.t.Helper()
+	want := strings.Join(names, " ")
+	deadline := time.Now().Add(dockerWait)
+	for {
+		err := func() error {
+			cluster := ""
+			for _, n := range names {
+				conn, err := grpc.NewClient(d.addr[n], grpc.WithTransportCredentials(insecure.NewCredentials()))
+				if err != nil {
+					return err
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				resp, err := keystorev1.NewClusterServiceClient(conn).MemberList(ctx, &keystorev1.MemberListRequest{})
+				cancel()
+				_ = conn.Close()
+				if err != nil {
+					return fmt.Errorf("%s: %v", n, err)
+				}
+				var got []string
+				for _, m := range resp.GetMembers() {
+					s := m.GetName()
+					if m.GetIsLearner() {
+						s += "(learner)"
+					}
+					if m.GetGossipState() != "alive" {
+						s += "(gossip: " + m.GetGossipState() + ")"
+					}
+					got = append(got, s)
+				}
+				sort.Strings(got)
+				if strings.Join(got, " ") != want {
+					return fmt.Errorf("%s lists %v; want voters %s, alive in gossip", n, got, want)
+				}
+				if cluster != "" && resp.GetClusterId() != cluster {
+					d.t.Fatalf("two clusters: %s is in %s, %s in %s", names[0], cluster, n, resp.GetClusterId())
+				}
+				cluster = resp.GetClusterId()
+			}
+			return nil
+		}()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("members not settled after %s: %v", dockerWait, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // remove shows a failed test the container's log, then removes the
@@ -232,8 +313,11 @@ func (d *dockerCluster) client(names ...string) *client.Client {
 	for _, n := range names {
 		eps = append(eps, d.addr[n])
 	}
+	// NoDiscovery: the members advertise their aliases, which resolve on
+	// the Docker network only.
 	c, err := client.New(context.Background(), client.Config{
 		Endpoints: eps, AttemptTimeout: time.Second, MaxAttempts: 1000, BackoffMax: 200 * time.Millisecond,
+		NoDiscovery: true,
 	})
 	if err != nil {
 		d.t.Fatal(err)

@@ -27,6 +27,7 @@ var (
 	faultExpect   = flag.Bool("faults.expect-violations", false, "checker efficacy: pass only if some run finds a violation (stops at the first)")
 	faultSaveLogs = flag.Bool("faults.save-logs", false, "save every run's node logs under -faults.results, not only a failing run's")
 	faultKinds    = flag.String("faults.kinds", "", "comma-separated fault kinds to draw from (default: the nemesis's mix; e.g. replace,remove-rejoin,kill)")
+	faultGossip   = flag.Bool("faults.gossip", true, "run the nodes with gossip (--gossip-addr, --join the others' gossip addresses; rejoins find the cluster by gossip)")
 )
 
 // runStats is what one run measured.
@@ -95,7 +96,7 @@ func TestFaults(t *testing.T) {
 // reported, not failed on.
 func faultRun(t *testing.T, bin string, seed int64, expectBug bool) runStats {
 	dir := t.TempDir()
-	c, err := harness.Start(harness.Config{Binary: bin, Dir: dir, Args: strings.Fields(*faultArgs)})
+	c, err := harness.Start(harness.Config{Binary: bin, Dir: dir, Args: strings.Fields(*faultArgs), NoGossip: !*faultGossip})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,6 +131,7 @@ func faultRun(t *testing.T, bin string, seed int64, expectBug bool) runStats {
 	if err := c.Heal(); err != nil {
 		t.Fatal(err)
 	}
+	healed := time.Now()
 	st := runStats{seed: seed, faults: map[string]int{}, recoveries: map[string][]time.Duration{}, rejoins: map[string][]time.Duration{}, caughtUp: map[string][]time.Duration{}}
 	fail := func(format string, args ...any) {
 		st.violations++
@@ -145,6 +147,12 @@ func faultRun(t *testing.T, bin string, seed int64, expectBug bool) runStats {
 		// Replaced nodes joined under new ids: every one must be back as
 		// a voter, and no removed id left behind.
 		fail("after healing: %v", err)
+	} else if err := c.WaitGossipAlive(healCtx); err != nil {
+		// Advice, yet once every node serves, gossip must see them all
+		// alive too (a node restarted on its old ports is taken back).
+		fail("after healing: %v", err)
+	} else if *faultGossip {
+		t.Logf("seed %d: every node alive in every node's gossip %s after healing", seed, time.Since(healed).Round(time.Millisecond))
 	}
 	ops := log.Ops()
 	st.ops = len(ops)

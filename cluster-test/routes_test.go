@@ -9,11 +9,13 @@ import (
 )
 
 // TestPeerTrafficStaysOnTheProxies: after every node has published its own
-// peer address in the log, the nodes still reach each other through the
-// fault proxies they were given (--peer-route): isolating the leader at
-// its proxies makes the others elect a new leader. Were the published
-// addresses dialled instead, the faults of the fault suite would not reach
-// the peer links.
+// peer address in the log, and while gossip (which the proxies do not
+// carry) finds every node alive at the peer address it gossips, the nodes
+// still reach each other through the fault proxies they were given
+// (--peer-route: a route by name wins over gossip and log): isolating the
+// leader at its proxies makes the others elect a new leader. Were the
+// published or gossiped addresses dialled instead, the faults of the fault
+// suite would not reach the peer links.
 func TestPeerTrafficStaysOnTheProxies(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs real processes")
@@ -32,18 +34,26 @@ func TestPeerTrafficStaysOnTheProxies(t *testing.T) {
 	if err := c.WaitServing(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// Every member published itself (its client address is in the log).
+	// Every member published itself (its client address is in the log),
+	// and every node's gossip finds every member alive.
 	for {
 		st, err := c.Status(ctx, c.Names[0])
 		published := err == nil && len(st.GetMembers()) == len(c.Names)
 		for _, m := range st.GetMembers() {
 			published = published && m.GetClientAddress() != ""
 		}
+		for _, n := range c.Names {
+			ms, err := c.MemberList(ctx, n)
+			published = published && err == nil && len(ms) == len(c.Names)
+			for _, m := range ms {
+				published = published && m.GetGossipState() == "alive"
+			}
+		}
 		if published {
 			break
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("members never all published: %v %v", st, err)
+			t.Fatalf("members never all published and alive in gossip: %v %v", st, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -44,6 +44,12 @@ type Config struct {
 	Nodes int
 	// Args are extra keystored flags for every node.
 	Args []string
+	// NoGossip starts the nodes without gossip. By default every node
+	// gossips on a loopback port of its own (--gossip-addr) with the
+	// others' gossip addresses as --join. Gossip is not proxied: the
+	// faults reach Raft's links only, and since a --peer-route by name
+	// wins over the addresses gossip spreads, Raft keeps to the proxies.
+	NoGossip bool
 }
 
 // Cluster is keystored processes whose peer links all pass through fault
@@ -53,6 +59,7 @@ type Cluster struct {
 	Names  []string
 	client map[string]string // name → client address
 	peer   map[string]string // name → peer listen address
+	gossip map[string]string // name → gossip address (TCP and UDP); empty without gossip
 	proxy  map[[2]string]*faultproxy.Proxy
 
 	mu     sync.Mutex
@@ -99,13 +106,31 @@ func freeAddr() (string, error) {
 	return "", errors.New("harness: no free port in 20000-31999")
 }
 
+// FreeGossipAddr is freeAddr for gossip, which listens on the port for
+// TCP and UDP: a loopback port below the ephemeral range free for both.
+func FreeGossipAddr() (string, error) {
+	for range 100 {
+		addr, err := freeAddr()
+		if err != nil {
+			return "", err
+		}
+		u, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			continue // UDP taken: try another
+		}
+		_ = u.Close()
+		return addr, nil
+	}
+	return "", errors.New("harness: no port in 20000-31999 free for TCP and UDP")
+}
+
 // Start starts the proxies and every node.
 func Start(cfg Config) (*Cluster, error) {
 	if cfg.Nodes == 0 {
 		cfg.Nodes = 3
 	}
 	c := &Cluster{
-		cfg: cfg, client: map[string]string{}, peer: map[string]string{},
+		cfg: cfg, client: map[string]string{}, peer: map[string]string{}, gossip: map[string]string{},
 		proxy: map[[2]string]*faultproxy.Proxy{}, procs: map[string]*proc{},
 		paused: map[string]bool{}, joined: map[string]bool{}, conns: map[string]*grpc.ClientConn{},
 	}
@@ -118,6 +143,11 @@ func Start(cfg Config) (*Cluster, error) {
 		}
 		if c.peer[n], err = freeAddr(); err != nil {
 			return nil, err
+		}
+		if !cfg.NoGossip {
+			if c.gossip[n], err = FreeGossipAddr(); err != nil {
+				return nil, err
+			}
 		}
 	}
 	for _, from := range c.Names {
@@ -170,11 +200,15 @@ func (c *Cluster) LogPath(n string) string { return filepath.Join(c.cfg.Dir, n+"
 // DataDir returns node n's data directory.
 func (c *Cluster) DataDir(n string) string { return filepath.Join(c.cfg.Dir, n) }
 
-// StartNode starts n (with its data, if it ran before). A node that joined
-// again after its data was wiped (Rejoin) starts as an operator would
-// start a replacement: with --join (the other nodes' client addresses)
-// instead of --initial-cluster; once it has state, keystored ignores
-// --join and takes its peers from the log.
+// StartNode starts n (with its data, if it ran before). With gossip, every
+// node gossips and has the others' gossip addresses as --join: for a node
+// of the initial cluster they only seed gossip. A node that joined again
+// after its data was wiped (Rejoin) starts as an operator would start a
+// replacement: with --initial-cluster-state existing and --join instead
+// of --initial-cluster, --join listing the others' gossip addresses (it
+// joins the cluster gossip shows) or, without gossip, their client
+// addresses; once it has state, keystored takes its peers from the log.
+// The routes (--peer-route) are the same throughout.
 func (c *Cluster) StartNode(n string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -191,14 +225,25 @@ func (c *Cluster) StartNode(n string) error {
 		"--peer-route", c.initialCluster(n), "--log-level", "info",
 		"--test-clock-offset-file", c.clockFile(n),
 	}
-	if c.joined[n] {
-		var join []string
-		for _, m := range others(c.Names, n) {
-			join = append(join, c.client[m])
+	var seeds, members []string
+	for _, m := range others(c.Names, n) {
+		seeds = append(seeds, c.gossip[m])
+		members = append(members, c.client[m])
+	}
+	if c.gossip[n] != "" {
+		args = append(args, "--gossip-addr", c.gossip[n])
+	}
+	switch {
+	case c.joined[n]:
+		join := members
+		if c.gossip[n] != "" {
+			join = seeds
 		}
 		args = append(args, "--join", strings.Join(join, ","), "--initial-cluster-state", "existing",
 			"--advertise-peer-addr", c.peer[n], "--advertise-client-addr", c.client[n])
-	} else {
+	case c.gossip[n] != "":
+		args = append(args, "--initial-cluster", c.initialCluster(n), "--join", strings.Join(seeds, ","))
+	default:
 		args = append(args, "--initial-cluster", c.initialCluster(n))
 	}
 	args = append(args, c.cfg.Args...)
@@ -376,6 +421,9 @@ func (c *Cluster) Heal() error {
 	}
 	return nil
 }
+
+// GossipAddr returns n's gossip address ("" without gossip).
+func (c *Cluster) GossipAddr(n string) string { return c.gossip[n] }
 
 // ClientAddr returns n's client address.
 func (c *Cluster) ClientAddr(n string) string { return c.client[n] }

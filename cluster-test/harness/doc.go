@@ -1,6 +1,7 @@
 // Package harness runs keystore as real processes for the fault tests: it
 // builds cmd/keystored, starts a three-node cluster on loopback with a
-// fault proxy (cluster-test/faultproxy) on every directed peer link, and
+// fault proxy (cluster-test/faultproxy) on every directed peer link (and,
+// unless Config.NoGossip, gossip between the nodes, not proxied), and
 // injects faults — SIGKILL and restart, SIGSTOP/SIGCONT, full, partial and
 // one-way partitions, slow links, and membership changes that replace a
 // node by removing it, wiping its data and joining it again under a new

@@ -334,3 +334,36 @@ func waitRemovedAfterAll(ctx context.Context, c *Cluster, n, id string) bool {
 	}
 	return c.Exited(n)
 }
+
+// WaitGossipAlive waits until every node's member list shows every member
+// alive in gossip (without gossip: at once). Gossip advises only, so this
+// is no correctness rule; after healing it tells how long gossip took to
+// see the cluster whole again.
+func (c *Cluster) WaitGossipAlive(ctx context.Context) error {
+	if c.cfg.NoGossip {
+		return nil
+	}
+	for {
+		var bad string
+		for _, n := range c.Names {
+			ms, err := c.MemberList(ctx, n)
+			if err != nil {
+				bad = fmt.Sprintf("%s: %v", n, err)
+				break
+			}
+			for _, m := range ms {
+				if m.GetGossipState() != "alive" {
+					bad = fmt.Sprintf("%s sees %s (id %s) as %q in gossip", n, m.GetName(), m.GetId(), m.GetGossipState())
+				}
+			}
+		}
+		if bad == "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("gossip never saw every member alive: %s", bad)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
