@@ -52,7 +52,7 @@ const (
 	// dockerWait bounds every wait of the test for a node to become healthy
 	// or to show a record: generous for a loaded machine, well under the
 	// test's 90 s budget.
-	dockerWait = 20 * time.Second
+	dockerWait = 45 * time.Second
 )
 
 // TestDockerCluster runs keystored as containers, bootstrapped by gossip

@@ -37,8 +37,16 @@ func newGNode(t *testing.T, root, name string) *gnode {
 	if err != nil {
 		t.Fatal(err)
 	}
+	client, err := harness.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := harness.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
 	n := &gnode{name: name, dir: filepath.Join(root, name), log: filepath.Join(root, name+".log"),
-		client: freePort(t), peer: freePort(t), gossip: g}
+		client: client, peer: peer, gossip: g}
 	conn, err := grpc.NewClient(n.client, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -195,6 +195,11 @@ func Start(cfg Config) (*Gossip, error) {
 	}
 	g.self.GossipAddr, g.self.State = "", StateAlive
 	mc := memberlist.DefaultLANConfig()
+	// A full state exchange every 10 s rather than 30: a node restarted
+	// on a new address whose old self the others still hold alive (its
+	// news refused as a conflict) is found dead and reclaimed within a
+	// push/pull or two. Cheap for the few nodes of a cluster.
+	mc.PushPullInterval = 10 * time.Second
 	if cfg.Fast {
 		mc = memberlist.DefaultLocalConfig()
 		mc.ProbeInterval, mc.ProbeTimeout = 200*time.Millisecond, 100*time.Millisecond

@@ -93,7 +93,28 @@ func (p *proc) exited() bool {
 // taken as the source port of any outgoing connection before keystored
 // binds it, and a killed node's port again before its restart; ports below
 // the range are taken only by a listener that names them.
-func freeAddr() (string, error) {
+func freeAddr() (string, error) { return FreeAddr() }
+
+// FreeAddr picks a free loopback TCP port below Linux's ephemeral range
+// (see freeAddr's comment), one no other caller in this process was given.
+func FreeAddr() (string, error) {
+	for range 100 {
+		addr, err := pickAddr()
+		if err != nil {
+			return "", err
+		}
+		if _, dup := handedOut.LoadOrStore(addr, true); !dup {
+			return addr, nil
+		}
+	}
+	return "", errors.New("harness: no fresh free port")
+}
+
+// handedOut holds every address FreeAddr gave, so that two nodes of one
+// test never get the same port while neither listens yet.
+var handedOut sync.Map
+
+func pickAddr() (string, error) {
 	for range 100 {
 		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
 		l, err := net.Listen("tcp", addr)
