@@ -13,6 +13,7 @@ import (
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
 	"github.com/keystore-dev/keystore/raftnode"
 	"github.com/keystore-dev/keystore/server"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // waitGossip waits until node n's member list shows member m in gossip
@@ -51,6 +52,12 @@ func TestGossipShowsFailuresButNeverRemoves(t *testing.T) {
 		t.Fatalf("the member cut off from gossip is %v on the leader; want a voter", m)
 	}
 	lifecycle(t, c.Client(cut), "through the node gossip finds dead")
+	if v := gauge(t, c.Server(lead), "keystore_member_gossip_state", map[string]string{"member": cut, "state": "dead"}); v != 1 {
+		t.Fatalf("keystore_member_gossip_state{member=%s,state=dead} = %v on the leader; want 1", cut, v)
+	}
+	if v := gauge(t, c.Server(lead), "keystore_member_role", map[string]string{"member": cut, "role": "voter"}); v != 1 {
+		t.Fatalf("keystore_member_role{member=%s,role=voter} = %v on the leader; want 1", cut, v)
+	}
 
 	other := otherNode(c, cut)
 	if other == lead {
@@ -286,4 +293,35 @@ func firstKey(m map[uint64]int) uint64 {
 		return k
 	}
 	return 0
+}
+
+// gauge returns the value of the gauge name with labels (a subset) that
+// s's collectors export; -1 if there is none.
+func gauge(t *testing.T, s *server.Server, name string, labels map[string]string) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(s.Collectors()...)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue metrics
+				}
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return -1
 }

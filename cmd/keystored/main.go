@@ -67,6 +67,7 @@ func run(args []string) error {
 		clusterToken   = fs.String("cluster-token", "keystore", "tells this cluster from others with the same member names; the same on every member")
 		logLevel       = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat      = fs.String("log-format", "text", "text or json")
+		metricsAddr    = fs.String("metrics-addr", "", "serve Prometheus metrics (/metrics) and a liveness check (/healthz) on this address (off when empty)")
 		debugAddr      = fs.String("debug-addr", "", "serve Go's pprof profiles on this address under /debug/pprof/ (off when empty; keep it on loopback)")
 
 		defaultLease     = fs.Duration("default-lease", 30*time.Second, "lease when a Claim names none")
@@ -183,6 +184,12 @@ func run(args []string) error {
 	defer stop()
 	if err := srv.Start(); err != nil {
 		return err
+	}
+	if *metricsAddr != "" {
+		if err := serveMetrics(*metricsAddr, srv, logger); err != nil {
+			srv.Stop(time.Second)
+			return err
+		}
 	}
 	if *debugAddr != "" {
 		if err := serveDebug(*debugAddr, logger); err != nil {
