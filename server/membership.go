@@ -427,6 +427,12 @@ func (c clusterService) MemberAdd(ctx context.Context, req *keystorev1.MemberAdd
 	if len(v) > 0 {
 		return nil, status.Error(codes.InvalidArgument, strings.Join(v, "; "))
 	}
+	// Judge names by the membership as of now, not as this node applied it
+	// so far: a removal the leader applied a moment ago (a replace: remove,
+	// then join under the old name) must count.
+	if err := c.s.node.ReadIndex(ctx); err != nil {
+		return nil, membershipStatus(err)
+	}
 	for _, m := range c.s.store.Members() {
 		if m.GetName() != req.GetName() || m.GetId() == id {
 			continue
