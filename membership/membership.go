@@ -335,10 +335,17 @@ func (g *Gossip) Members() []Member {
 
 // Lookup returns node id's record and state.
 func (g *Gossip) Lookup(id uint64) (Member, bool) {
-	for _, m := range g.Members() {
-		if m.ID == id {
-			return m, true
-		}
+	g.mu.Lock()
+	isSelf := id == g.self.ID
+	r, ok := g.members[id]
+	g.mu.Unlock()
+	switch {
+	case isSelf:
+		m := g.Self()
+		m.State = StateAlive
+		return m, true
+	case ok:
+		return r.m, true
 	}
 	return Member{}, false
 }

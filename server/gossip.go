@@ -93,8 +93,9 @@ func (gs *gossiper) stop(graceful bool) {
 
 // alone reports whether gossip sees no other live node.
 func alone(g *membership.Gossip) bool {
+	self := g.Self().ID
 	for _, m := range g.Members() {
-		if m.ID != g.Self().ID && m.State == membership.StateAlive {
+		if m.ID != self && m.State == membership.StateAlive {
 			return false
 		}
 	}
