@@ -392,10 +392,19 @@ func TestClientFollowsLeader(t *testing.T) {
 		defer mu.Unlock()
 		return maps.Clone(calls)
 	}
+	// onlyTo wants the calls at the leader. A call that fails there (the
+	// leader, starved of CPU on a loaded CI machine, stepped down for a
+	// moment) rightly fails over to another node, so a few calls
+	// elsewhere are allowed; a client that did not follow the leader
+	// would send nearly all of them to the first endpoint, a follower.
 	onlyTo := func(want string, got map[string]int) {
 		t.Helper()
-		if len(got) != 1 || got[tc.Endpoint(want)] == 0 {
-			t.Fatalf("calls went to %v; want all to the leader %s at %s", got, want, tc.Endpoint(want))
+		total := 0
+		for _, n := range got {
+			total += n
+		}
+		if at := got[tc.Endpoint(want)]; total == 0 || at < total*98/100 {
+			t.Fatalf("calls went to %v; want (nearly) all to the leader %s at %s", got, want, tc.Endpoint(want))
 		}
 	}
 	load(time.Second) // the client learns the leader under load
