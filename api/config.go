@@ -2,6 +2,7 @@ package api
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 )
@@ -61,11 +62,18 @@ func (c Config) Validate() error {
 		return errors.New("api: DefaultRetention must be in (0, MaxRetention]")
 	case c.MaxBodyBytes <= 0 || c.MaxMetadataBytes <= 0:
 		return errors.New("api: MaxBodyBytes and MaxMetadataBytes must be positive")
+	case c.MaxBodyBytes+c.MaxMetadataBytes > MaxEntryBytes:
+		return fmt.Errorf("api: MaxBodyBytes + MaxMetadataBytes must be at most %d (a record travels in one raft frame)", MaxEntryBytes)
 	case c.RequestTimeout <= 0 || c.MaxWait < 0:
 		return errors.New("api: RequestTimeout must be positive and MaxWait not negative")
 	}
 	return nil
 }
+
+// MaxEntryBytes bounds what one stored response may hold (body and
+// metadata), so that its log entry fits a peer frame
+// (raftnode.MaxMessageBytes) with room for a batch beside it.
+const MaxEntryBytes = 32 << 20
 
 // WithDefaults returns c with zero fields set to their defaults.
 func (c Config) WithDefaults() Config {

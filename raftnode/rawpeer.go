@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -200,27 +201,17 @@ func (t *tcpTransport) serveRaft(c net.Conn, preamble []byte) {
 	defer t.untrack(c)
 	r := bufio.NewReaderSize(c, 64<<10)
 	var (
-		head [4]byte
 		buf  []byte
 		msgs []raftpb.Message
 	)
 	for {
-		if _, err := io.ReadFull(r, head[:]); err != nil {
-			return
-		}
-		size := binary.LittleEndian.Uint32(head[:])
-		if size > MaxMessageBytes {
-			t.logger.Warn("raft frame too large; closing the connection", "from", fmt.Sprintf("%x", from), "bytes", size)
-			return
-		}
-		if cap(buf) < int(size) || cap(buf) > 4<<20 && size <= 4<<20 {
-			buf = make([]byte, size)
-		}
-		buf = buf[:size]
-		if _, err := io.ReadFull(r, buf); err != nil {
-			return
-		}
 		var err error
+		if buf, err = readFrame(r, buf, MaxMessageBytes); err != nil {
+			if errors.Is(err, errFrameTooLarge) {
+				t.logger.Warn("raft frame too large; closing the connection", "from", fmt.Sprintf("%x", from), "err", err)
+			}
+			return
+		}
 		if msgs, err = t.stepFrame(buf, from, msgs); err != nil {
 			t.logger.Warn("bad raft frame; closing the connection", "from", fmt.Sprintf("%x", from), "err", err)
 			return
@@ -342,4 +333,44 @@ const peerUserTimeout = 5 * time.Second
 // Large frames (snapshots) get time in proportion.
 func writeTimeout(bytes int) time.Duration {
 	return 5*time.Second + time.Duration(bytes/(1<<20))*time.Second
+}
+
+// errFrameTooLarge: a frame header announced more than the limit.
+var errFrameTooLarge = errors.New("raftnode: frame too large")
+
+// frameChunk is how much of a frame readFrame allocates ahead of the data:
+// a header alone cannot make the receiver allocate more than this, so a
+// stranger announcing a huge frame and sending nothing costs nothing.
+const frameChunk = 1 << 20
+
+// readFrame reads one frame (length u32 LE, then that many bytes) from r
+// into buf (reused when large enough, dropped when a big frame left it
+// oversized) and returns the frame's bytes. A length over limit is refused
+// before any allocation; the buffer then grows with the data that actually
+// arrives, a chunk at a time.
+func readFrame(r io.Reader, buf []byte, limit int) ([]byte, error) {
+	var head [4]byte
+	if _, err := io.ReadFull(r, head[:]); err != nil {
+		return buf, err
+	}
+	size := int(binary.LittleEndian.Uint32(head[:]))
+	if size > limit {
+		return buf, fmt.Errorf("%w: %d bytes, limit %d", errFrameTooLarge, size, limit)
+	}
+	if cap(buf) > 4<<20 && size <= 4<<20 {
+		buf = nil // do not keep a snapshot-sized buffer for small frames
+	}
+	buf = buf[:0]
+	for len(buf) < size {
+		n := min(size-len(buf), frameChunk)
+		if cap(buf)-len(buf) < n {
+			buf = slices.Grow(buf, n)
+		}
+		off := len(buf)
+		buf = buf[:off+n]
+		if _, err := io.ReadFull(r, buf[off:]); err != nil {
+			return buf[:0], err
+		}
+	}
+	return buf, nil
 }

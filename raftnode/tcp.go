@@ -22,8 +22,11 @@ import (
 )
 
 // MaxMessageBytes is the largest frame of raft messages (and a Forward's
-// message). Snapshots do not travel in frames (snapshot.go).
-const MaxMessageBytes = 512 << 20
+// message). Snapshots do not travel in frames (snapshot.go); a frame holds
+// at most maxBatchBytes of messages or one larger entry, whose size the
+// API bounds (api.MaxEntryBytes, well below this). A receiver refuses a
+// larger frame from its header, and allocates only as its data arrives.
+const MaxMessageBytes = 64 << 20
 
 const (
 	// peerQueue is how many messages wait for one peer before new ones are
