@@ -85,7 +85,7 @@ func TestBatchAnswersEachOperationAsAlone(t *testing.T) {
 
 	// What the batch did is what the store holds.
 	rec, err := env.client.Get(ctxT(t), &keystorev1.GetRequest{Namespace: ns, Key: "fresh"})
-	if err != nil || rec.GetRecord().GetToken() != res[0].GetClaim().GetToken() {
+	if err != nil || rec.GetRecord().GetCreatedAt().AsTime() != res[0].GetClaim().GetRecord().GetCreatedAt().AsTime() {
 		t.Errorf("Get(fresh) = %v, %v; want the record the batch's claim created", rec, err)
 	}
 	if _, err := env.client.Get(ctxT(t), &keystorev1.GetRequest{Namespace: ns, Key: "k"}); status.Code(err) != codes.NotFound {

@@ -36,6 +36,10 @@ type Config struct {
 	// lease, a fingerprint mismatch) with a linearizable read instead of a
 	// log write; nil turns that off.
 	IsLeader func() bool
+	// Access decides per call which namespaces the caller may use and
+	// whether it sees live claims' tokens; nil: every namespace, no live
+	// tokens (authorization off).
+	Access Access
 	// Logger receives the service's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -58,6 +62,8 @@ func (c Config) Validate() error {
 		return errors.New("api: MaxLease must be at most 1h (docs/contract.md)")
 	case c.DefaultLease <= 0 || c.DefaultLease > c.MaxLease:
 		return errors.New("api: DefaultLease must be in (0, MaxLease]")
+	case c.MaxRetention > maxRetentionCeiling:
+		return fmt.Errorf("api: MaxRetention must be at most %s", maxRetentionCeiling)
 	case c.DefaultRetention <= 0 || c.DefaultRetention > c.MaxRetention:
 		return errors.New("api: DefaultRetention must be in (0, MaxRetention]")
 	case c.MaxBodyBytes <= 0 || c.MaxMetadataBytes <= 0:

@@ -50,6 +50,11 @@ func errorStatus(logger *slog.Logger, err error) error {
 		// backoff (ErrUnavailable); RESOURCE_EXHAUSTED it would hand back
 		// unmapped, not retried. The reason tells it from NO_QUORUM.
 		return withInfo(codes.Unavailable, "the cluster is overloaded: no quorum keeps up with writes; retry with backoff", ReasonOverloaded)
+	case errors.Is(err, raftnode.ErrRefused):
+		// The node validated the request; the leader, judging by the
+		// contract's ceilings (CheckCommand), did not: a forged forward,
+		// or a node configured past them.
+		return withInfo(codes.InvalidArgument, "invalid request: refused by the leader", ReasonInvalidArgument)
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, "canceled")
 	case errors.Is(err, context.DeadlineExceeded):

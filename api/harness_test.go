@@ -236,3 +236,10 @@ func checkRecord(t *testing.T, got, want *keystorev1.Record) {
 		t.Errorf("got record %v; want %v", got, want)
 	}
 }
+
+// withoutToken is r as a caller who does not hold its live claim sees it.
+func withoutToken(r *keystorev1.Record) *keystorev1.Record {
+	c := proto.Clone(r).(*keystorev1.Record)
+	c.Token = 0
+	return c
+}

@@ -53,6 +53,9 @@ func NewService(cfg Config, repl Replicator, store Store) (keystorev1.KeyStoreSe
 		return nil, err
 	}
 	cfg = cfg.WithDefaults()
+	if cfg.Access == nil {
+		cfg.Access = openAccess{}
+	}
 	return &service{cfg: cfg, repl: repl, store: store, logger: cfg.Logger.With("component", "api"), recent: newRecentKeys(recentKeysSize)}, nil
 }
 
@@ -66,6 +69,9 @@ func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*key
 // claim is Claim answered by the deadline by (batchOps): its waits end a
 // little before.
 func (s *service) claim(ctx context.Context, by deadline, req *keystorev1.ClaimRequest) (*keystorev1.ClaimResponse, error) {
+	if err := s.cfg.Access.CheckNamespace(ctx, req.GetNamespace()); err != nil {
+		return nil, err
+	}
 	var v validator
 	v.namespace(req.GetNamespace())
 	v.key(req.GetKey())
@@ -181,6 +187,9 @@ func claimResponse(ns, key string, res *statev1.Result) *keystorev1.ClaimRespons
 	}
 	if res.GetOutcome() == statev1.Outcome_OUTCOME_ACQUIRED {
 		out.Token = res.GetRecord().GetToken()
+	} else {
+		// The live claim is another caller's.
+		hideLiveToken(out.Record)
 	}
 	return out
 }
@@ -192,6 +201,9 @@ func (s *service) Complete(ctx context.Context, req *keystorev1.CompleteRequest)
 
 // complete is Complete answered by the deadline by (batchOps).
 func (s *service) complete(ctx context.Context, by deadline, req *keystorev1.CompleteRequest) (*keystorev1.CompleteResponse, error) {
+	if err := s.cfg.Access.CheckNamespace(ctx, req.GetNamespace()); err != nil {
+		return nil, err
+	}
 	var v validator
 	v.namespace(req.GetNamespace())
 	v.key(req.GetKey())
@@ -222,6 +234,9 @@ func (s *service) Release(ctx context.Context, req *keystorev1.ReleaseRequest) (
 
 // release is Release answered by the deadline by (batchOps).
 func (s *service) release(ctx context.Context, by deadline, req *keystorev1.ReleaseRequest) (*keystorev1.ReleaseResponse, error) {
+	if err := s.cfg.Access.CheckNamespace(ctx, req.GetNamespace()); err != nil {
+		return nil, err
+	}
 	var v validator
 	v.namespace(req.GetNamespace())
 	v.key(req.GetKey())
@@ -247,6 +262,9 @@ func (s *service) Heartbeat(ctx context.Context, req *keystorev1.HeartbeatReques
 
 // heartbeat is Heartbeat answered by the deadline by (batchOps).
 func (s *service) heartbeat(ctx context.Context, by deadline, req *keystorev1.HeartbeatRequest) (*keystorev1.HeartbeatResponse, error) {
+	if err := s.cfg.Access.CheckNamespace(ctx, req.GetNamespace()); err != nil {
+		return nil, err
+	}
 	var v validator
 	v.namespace(req.GetNamespace())
 	v.key(req.GetKey())
@@ -270,6 +288,9 @@ func (s *service) heartbeat(ctx context.Context, by deadline, req *keystorev1.He
 // Get implements docs/contract.md's Get: linearizable through ReadIndex unless
 // the caller asks for STALE.
 func (s *service) Get(ctx context.Context, req *keystorev1.GetRequest) (*keystorev1.GetResponse, error) {
+	if err := s.cfg.Access.CheckNamespace(ctx, req.GetNamespace()); err != nil {
+		return nil, err
+	}
 	var v validator
 	v.namespace(req.GetNamespace())
 	v.key(req.GetKey())
@@ -295,7 +316,11 @@ func (s *service) Get(ctx context.Context, req *keystorev1.GetRequest) (*keystor
 	if rec.GetExpiresAt() <= s.cfg.LogNow() {
 		return nil, errorStatus(s.logger, rules.ErrNotFound)
 	}
-	return &keystorev1.GetResponse{Record: toRecord(req.GetNamespace(), req.GetKey(), rec)}, nil
+	out := toRecord(req.GetNamespace(), req.GetKey(), rec)
+	if !s.cfg.Access.SeesLiveTokens(ctx) {
+		hideLiveToken(out)
+	}
+	return &keystorev1.GetResponse{Record: out}, nil
 }
 
 // propose replicates cmd by the deadline by and decodes its result; a

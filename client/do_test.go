@@ -127,17 +127,29 @@ func TestDoSurvivesLeaderKillMidway(t *testing.T) {
 
 func TestDoLeaseLossCancelsFn(t *testing.T) {
 	tc := testcluster.Start(t, testcluster.Options{})
-	c := newClient(t, tc.Endpoints()...)
+	// The test plays a party that learnt the holder's token (no answer
+	// shows a live claim's token to anyone but its holder, so it is read
+	// off the holder's own Claim answer): every write is its own RPC, and
+	// an interceptor keeps the ACQUIRED token.
+	var held atomic.Uint64
+	c, err := client.New(context.Background(), client.Config{Endpoints: tc.Endpoints(), MaxInflight: -1,
+		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			err := invoker(ctx, method, req, reply, cc, opts...)
+			if r, ok := reply.(*keystorev1.ClaimResponse); ok && err == nil && r.GetToken() != 0 {
+				held.Store(r.GetToken())
+			}
+			return err
+		})}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
 	raw := tc.Client("n2")
 	fnErr := make(chan error, 1)
-	_, err := c.Do(ctxT(t, 20*time.Second), "pay", "fenced", nil, func(ctx context.Context) (client.Response, error) {
+	_, err = c.Do(ctxT(t, 20*time.Second), "pay", "fenced", nil, func(ctx context.Context) (client.Response, error) {
 		// Another party fences this holder: it releases the claim with
-		// the (readable) token and claims the key itself.
-		rec, err := raw.Get(ctx, &keystorev1.GetRequest{Namespace: "pay", Key: "fenced"})
-		if err != nil {
-			return client.Response{}, err
-		}
-		if _, err := raw.Release(ctx, &keystorev1.ReleaseRequest{Namespace: "pay", Key: "fenced", Token: rec.Record.Token}); err != nil {
+		// the holder's token and claims the key itself.
+		if _, err := raw.Release(ctx, &keystorev1.ReleaseRequest{Namespace: "pay", Key: "fenced", Token: held.Load()}); err != nil {
 			return client.Response{}, err
 		}
 		if _, err := raw.Claim(ctx, &keystorev1.ClaimRequest{Namespace: "pay", Key: "fenced"}); err != nil {

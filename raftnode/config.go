@@ -68,6 +68,13 @@ type Config struct {
 	// is always accepted when nothing is uncommitted, whatever its size.)
 	MaxUncommittedBytes uint64
 
+	// CheckForwarded, when set, validates a command another node forwarded
+	// before this leader proposes it; an error refuses it (ErrRefused on
+	// the forwarding node). The node that forwards validated its client's
+	// request; this keeps a forged Forward on the peer port from storing
+	// what no client request could.
+	CheckForwarded func(command []byte) error
+
 	// NoAutoPromote turns off the leader's promotion of learners that
 	// caught up (Promote must then be called).
 	NoAutoPromote bool

@@ -611,6 +611,8 @@ func (t *inmemTransport) Forward(ctx context.Context, to, reqID uint64, command 
 		return nil, 0, ErrTimeout
 	case errors.Is(err, ErrOverloaded):
 		return nil, 0, ErrOverloaded
+	case errors.Is(err, ErrRefused):
+		return nil, 0, ErrRefused
 	default:
 		// Not leader, leadership changed, the leader stopped, the link
 		// is cut: a retry with the same request id is safe.

@@ -94,6 +94,9 @@ var (
 	// entries already fill MaxUncommittedBytes: no quorum keeps up with the
 	// writes, and the proposal was refused rather than held in memory.
 	ErrOverloaded = errors.New("raftnode: overloaded: uncommitted entries at their bound")
+	// ErrRefused is returned when the leader refused a forwarded command
+	// (Config.CheckForwarded): the request is invalid whoever asks again.
+	ErrRefused = errors.New("raftnode: the leader refused the command")
 )
 
 // Node drives one member of the Raft group: it handles raft's Readies in a

@@ -58,7 +58,7 @@ func (n *Node) propose(ctx context.Context, reqID uint64, command []byte) (*stat
 			res, index, err = n.trans.Forward(ctx, lead, reqID, command)
 			if err == nil {
 				n.catchUp(ctx, index)
-			} else if !errors.Is(err, errRetry) && !errors.Is(err, ErrTimeout) && !errors.Is(err, ErrOverloaded) && !errors.Is(err, ErrStopped) {
+			} else if !errors.Is(err, errRetry) && !errors.Is(err, ErrTimeout) && !errors.Is(err, ErrOverloaded) && !errors.Is(err, ErrStopped) && !errors.Is(err, ErrRefused) {
 				err = fmt.Errorf("%w: %v", errRetry, err)
 			}
 		}

@@ -469,6 +469,8 @@ func (t *tcpTransport) Forward(ctx context.Context, lead, reqID uint64, command 
 	}
 	if st := status.Convert(err); st.Code() == codes.ResourceExhausted && st.Message() == "overloaded" {
 		return nil, 0, ErrOverloaded
+	} else if st.Code() == codes.InvalidArgument && st.Message() == "refused" {
+		return nil, 0, ErrRefused
 	}
 	// Whatever went wrong on the way (the leader stopped, lost leadership,
 	// or the connection broke), a retry with the same request id is safe.
@@ -611,6 +613,8 @@ func (s peerService) Forward(ctx context.Context, req *peerv1.ForwardRequest) (*
 	case errors.Is(err, ErrOverloaded):
 		// The forwarding node fails its caller at once too (Forward).
 		return nil, status.Error(codes.ResourceExhausted, "overloaded")
+	case errors.Is(err, ErrRefused):
+		return nil, status.Error(codes.InvalidArgument, "refused")
 	default:
 		return nil, status.Error(codes.DeadlineExceeded, "no quorum")
 	}

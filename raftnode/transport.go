@@ -109,6 +109,12 @@ func (l nodeLocal) ProposeForwarded(ctx context.Context, requestID uint64, comma
 	if l.n.lead.Load() != l.n.cfg.ID {
 		return nil, 0, errNotLeader
 	}
+	if check := l.n.cfg.CheckForwarded; check != nil {
+		if err := check(command); err != nil {
+			l.n.logger.Warn("refused a forwarded command", "err", err)
+			return nil, 0, fmt.Errorf("%w: %v", ErrRefused, err)
+		}
+	}
 	return l.n.proposeLocal(ctx, requestID, command)
 }
 

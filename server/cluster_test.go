@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"strings"
 	"testing"
 	"time"
 
@@ -391,6 +392,22 @@ func TestClusterRefusesStrangers(t *testing.T) {
 	}
 	if _, err := peer.Forward(ctxT(t, 5*time.Second), &peerv1.ForwardRequest{RequestId: 2, Payload: cmd, ClusterId: ours}); err != nil {
 		t.Fatalf("Forward from our cluster: %v", err)
+	}
+
+	// The forged Forward of the security report: a Claim no client
+	// request could make (a bad namespace, a 4 KiB key, a lease of ~150
+	// years) is refused by the leader and stores nothing.
+	forged, err := proto.Marshal(&statev1.Command{Op: &statev1.Command_Claim{Claim: &statev1.Claim{
+		Namespace: "NOT VALID NS!", Key: strings.Repeat("k", 4096), Lease: int64(150 * 365 * 24 * time.Hour), Retention: int64(time.Hour)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = peer.Forward(ctxT(t, 5*time.Second), &peerv1.ForwardRequest{RequestId: 3, Payload: forged, ClusterId: ours})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("forged Forward: got %v; want INVALID_ARGUMENT", err)
+	}
+	if _, _, err := c.Server(lead).Store().Get("NOT VALID NS!", strings.Repeat("k", 4096)); err == nil {
+		t.Fatal("the forged Claim was stored")
 	}
 
 	// A heartbeat with a higher term, from another cluster, from a

@@ -247,6 +247,7 @@ func New(cfg Config) (*Server, error) {
 	book := &peerBook{routes: cfg.PeerRoutes, cluster: st.id.ClusterID}
 	book.gossip.Store(gs.g)
 	rc.Resolve = book.resolve
+	rc.CheckForwarded = api.CheckCommand
 	rc.Logger = logger
 	node, err := raftnode.New(rc, store, store)
 	if err != nil {
