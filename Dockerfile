@@ -10,10 +10,14 @@ FROM scratch
 
 COPY bin/keystored /keystored
 
-# NB: scratch has no directories and no shell to make one, so the data dir is a
-# volume: Docker creates the mount point, and keystored (root here, the only
-# user scratch has) creates its database inside. Mount a named volume on /data
+# NB: scratch has no directories, no shell and no users. The data dir is made
+# by copying an empty directory (bin/data, which `make build` leaves) owned by
+# the unprivileged uid/gid 65532 that keystored runs as; a named volume mounted
+# on /data takes that ownership when Docker creates it. keystored makes its
+# files private (0600 files, 0700 directories). Mount a named volume on /data
 # to keep the data across `docker rm`; an anonymous one is made otherwise.
+COPY --chown=65532:65532 bin/data /data
+USER 65532:65532
 VOLUME ["/data"]
 
 # 7001 serves clients (KeyStoreService, health, reflection); 7101 is Raft

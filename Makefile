@@ -15,6 +15,7 @@ all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/keystored ./cmd/keystored
+	mkdir -p $(BIN)/data
 
 ## test: every check and every test (what CI runs), the short fault runs included.
 test: verify unit cluster-test

@@ -147,6 +147,9 @@ func newDockerCluster(t *testing.T) *dockerCluster {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build static keystored: %v\n%s", err, out)
 	}
+	if err := os.Mkdir(filepath.Join(buildCtx, "bin", "data"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	dockerfile, err := os.ReadFile(filepath.Join("..", "Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
@@ -157,6 +160,11 @@ func newDockerCluster(t *testing.T) *dockerCluster {
 	t.Cleanup(func() { _, _ = dockerOutput(time.Minute, "rmi", "-f", d.image) })
 	if out, err := dockerOutput(2*time.Minute, "build", "-q", "--label", dockerLabel+"="+id, "-t", d.image, buildCtx); err != nil {
 		t.Fatalf("docker build: %v\n%s", err, out)
+	}
+	// keystored runs unprivileged in its container (and its files are
+	// private to that user: cmd/keystored's lifecycle test).
+	if out, err := dockerOutput(time.Minute, "image", "inspect", "--format", "{{.Config.User}}", d.image); err != nil || strings.TrimSpace(out) != "65532:65532" {
+		t.Fatalf("image user: %q, %v; want 65532:65532 (not root)", out, err)
 	}
 
 	t.Cleanup(func() { _, _ = dockerOutput(time.Minute, "network", "rm", d.network) })

@@ -65,7 +65,7 @@ func (id *identity) save(fs vfs.FS, dir string) error {
 	if err != nil {
 		return err
 	}
-	if err := fs.MkdirAll(dir, 0o755); err != nil {
+	if err := fs.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	tmp := filepath.Join(dir, identityFile+".tmp")

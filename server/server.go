@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -216,6 +217,9 @@ func New(cfg Config) (*Server, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("node", cfg.Name)
+	if err := privateDir(cfg, logger); err != nil {
+		return nil, err
+	}
 	store, err := storage.Open(storage.Config{Dir: filepath.Join(cfg.DataDir, "db"), FS: cfg.FS, Logger: logger, Fatal: cfg.StorageFatal})
 	if err != nil {
 		return nil, err
@@ -634,6 +638,30 @@ var (
 	fixedWindows     = grpc.InitialWindowSize(1 << 20)
 	fixedConnWindows = grpc.InitialConnWindowSize(1 << 20)
 )
+
+// privateDir makes the data directory (on the operating system's
+// filesystem) readable by this user alone: it holds every namespace's
+// stored responses. A directory created looser (0755 by an older version,
+// or by hand) is tightened, and the log says so.
+func privateDir(cfg Config, logger *slog.Logger) error {
+	if cfg.FS != nil {
+		return nil
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("server: data dir: %w", err)
+	}
+	fi, err := os.Stat(cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("server: data dir: %w", err)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		if err := os.Chmod(cfg.DataDir, perm&0o700); err != nil {
+			return fmt.Errorf("server: data dir: %w", err)
+		}
+		logger.Warn("made the data directory private to this user", "dir", cfg.DataDir, "was", perm.String())
+	}
+	return nil
+}
 
 // fs is the filesystem of the node's data.
 func (c Config) fs() vfs.FS {

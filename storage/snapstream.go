@@ -241,7 +241,7 @@ func (s *Store) ReceiveSnapshot(md raftpb.SnapshotMetadata, r io.Reader) (err er
 		return fmt.Errorf("storage: snapshot at %d is not newer than the applied index %d", md.Index, applied)
 	}
 	root := s.fs.PathJoin(s.dir, snapshotDir)
-	if err := s.fs.MkdirAll(root, 0o755); err != nil {
+	if err := s.fs.MkdirAll(root, 0o700); err != nil {
 		return err
 	}
 	// Staged snapshots older than this one will never be installed.
@@ -255,7 +255,7 @@ func (s *Store) ReceiveSnapshot(md raftpb.SnapshotMetadata, r io.Reader) (err er
 	if err := s.fs.RemoveAll(tmp); err != nil {
 		return err
 	}
-	if err := s.fs.MkdirAll(tmp, 0o755); err != nil {
+	if err := s.fs.MkdirAll(tmp, 0o700); err != nil {
 		return err
 	}
 	defer func() {

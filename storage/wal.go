@@ -247,7 +247,7 @@ func openWAL(fs vfs.FS, dir string, fresh walState, logger *slog.Logger) (*wal, 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	if err := fs.MkdirAll(dir, 0o755); err != nil {
+	if err := fs.MkdirAll(dir, 0o700); err != nil {
 		return nil, walState{}, err
 	}
 	// The directory's own entry must be durable too.

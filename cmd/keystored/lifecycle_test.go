@@ -3,8 +3,10 @@
 package main
 
 import (
+	"io/fs"
 	"net"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -29,9 +31,14 @@ func freeAddr(t *testing.T) string {
 // return that error instead: server's TestListenerFailureStopsNode).
 func TestSignalStopsKeystoredCleanly(t *testing.T) {
 	clientAddr := freeAddr(t)
+	// A data dir someone made world-readable: keystored tightens it.
+	dataDir := filepath.Join(t.TempDir(), "data")
+	if err := os.Mkdir(dataDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
 	go func() {
-		done <- run([]string{"--data-dir", t.TempDir(), "--client-addr", clientAddr, "--peer-addr", freeAddr(t), "--log-level", "error"})
+		done <- run([]string{"--data-dir", dataDir, "--client-addr", clientAddr, "--peer-addr", freeAddr(t), "--log-level", "error"})
 	}()
 	// run handles SIGTERM from before it listens: once the client port
 	// answers, the signal reaches run, not the test binary's default
@@ -52,6 +59,26 @@ func TestSignalStopsKeystoredCleanly(t *testing.T) {
 			t.Fatalf("keystored does not answer on %s: %v", clientAddr, err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// Every file and directory under the data dir is private to this
+	// user: it holds every namespace's stored responses.
+	n := 0
+	err := filepath.WalkDir(dataDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+			t.Errorf("%s has mode %v; want no access for group or others", path, perm)
+		}
+		n++
+		return nil
+	})
+	if err != nil || n < 5 {
+		t.Fatalf("walked %d entries of the data dir: %v", n, err)
 	}
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)

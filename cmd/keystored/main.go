@@ -67,8 +67,7 @@ func run(args []string) error {
 		clusterToken   = fs.String("cluster-token", "keystore", "tells this cluster from others with the same member names; the same on every member")
 		logLevel       = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat      = fs.String("log-format", "text", "text or json")
-		metricsAddr    = fs.String("metrics-addr", "", "serve Prometheus metrics (/metrics) and a liveness check (/healthz) on this address (off when empty)")
-		debugAddr      = fs.String("debug-addr", "", "serve Go's pprof profiles on this address under /debug/pprof/ (off when empty; keep it on loopback)")
+		metricsAddr    = fs.String("metrics-addr", "", "the admin listener: Prometheus metrics (/metrics), a liveness check (/healthz) and Go's profiles (/debug/pprof/) on this address (off when empty; keep it on loopback or a management network)")
 
 		defaultLease     = fs.Duration("default-lease", 30*time.Second, "lease when a Claim names none")
 		maxLease         = fs.Duration("max-lease", time.Hour, "longest lease accepted")
@@ -98,6 +97,7 @@ func run(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	restrictFileModes()
 	logger, err := newLogger(*logLevel, *logFormat)
 	if err != nil {
 		return err
@@ -186,16 +186,12 @@ func run(args []string) error {
 		return err
 	}
 	if *metricsAddr != "" {
-		if err := serveMetrics(*metricsAddr, srv, logger); err != nil {
+		admin, err := serveAdmin(*metricsAddr, srv, logger)
+		if err != nil {
 			srv.Stop(time.Second)
 			return err
 		}
-	}
-	if *debugAddr != "" {
-		if err := serveDebug(*debugAddr, logger); err != nil {
-			srv.Stop(time.Second)
-			return err
-		}
+		defer func() { _ = admin.Close() }()
 	}
 	// The node runs under g until it has stopped, watched by two
 	// goroutines, both ended by then:

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/keystore-dev/keystore/server"
@@ -12,27 +13,35 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// serveMetrics serves Prometheus metrics (/metrics: the node's, Go's
-// runtime's and the process's) and a plain liveness check (/healthz: 200
-// while the process serves HTTP; readiness is the gRPC health service) on
-// addr, on their own mux and listener.
-func serveMetrics(addr string, srv *server.Server, logger *slog.Logger) error {
+// serveAdmin serves the admin listener on addr, on its own mux: Prometheus
+// metrics (/metrics: the node's, Go's runtime's and the process's), a
+// plain liveness check (/healthz: 200 while the process serves HTTP;
+// readiness is the gRPC health service) and Go's profiles
+// (/debug/pprof/). Nothing of it is on the client or peer port: bind it
+// to loopback or a management network. The caller closes the returned
+// server.
+func serveAdmin(addr string, srv *server.Server, logger *slog.Logger) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(srv.Collectors()...)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := hs.Serve(ln); err != nil && err != http.ErrServerClosed {
-			logger.Warn("metrics server stopped", "err", err)
+			logger.Warn("admin server stopped", "err", err)
 		}
 	}()
-	logger.Info("serving metrics", "addr", "http://"+ln.Addr().String()+"/metrics")
-	return nil
+	logger.Info("serving metrics and profiles", "metrics", "http://"+ln.Addr().String()+"/metrics", "pprof", "http://"+ln.Addr().String()+"/debug/pprof/")
+	return hs, nil
 }
