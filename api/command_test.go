@@ -27,7 +27,7 @@ func TestCheckCommand(t *testing.T) {
 		ok   bool
 	}{
 		{"claim", claim(func(*statev1.Claim) {}), true},
-		{"claim at the ceilings", claim(func(c *statev1.Claim) { c.Lease, c.Retention = int64(time.Hour), int64(366 * 24 * time.Hour) }), true},
+		{"claim at the ceilings", claim(func(c *statev1.Claim) { c.Lease, c.Retention = int64(time.Hour), int64(366*24*time.Hour) }), true},
 		{"bad namespace", claim(func(c *statev1.Claim) { c.Namespace = "NOT VALID NS!" }), false},
 		{"4 KiB key", claim(func(c *statev1.Claim) { c.Key = strings.Repeat("k", 4096) }), false},
 		{"150-year lease", claim(func(c *statev1.Claim) { c.Lease = int64(150 * 365 * 24 * time.Hour) }), false},

@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sync"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
