@@ -36,6 +36,16 @@ type Config struct {
 	// lease, a fingerprint mismatch) with a linearizable read instead of a
 	// log write; nil turns that off.
 	IsLeader func() bool
+	// MaxWaitingClaims caps the Claims with a wait waiting on this node at
+	// once (default 1024), MaxWaitingClaimsPerNamespace those of one
+	// namespace (default 256); negative: no cap. Beyond: RESOURCE_EXHAUSTED
+	// with RetryInfo.
+	MaxWaitingClaims, MaxWaitingClaimsPerNamespace int
+	// NamespaceRate is the operations per second each namespace may make
+	// on this node (a token bucket of NamespaceBurst, default the rate);
+	// 0: unlimited. Beyond: RESOURCE_EXHAUSTED with RetryInfo.
+	NamespaceRate  float64
+	NamespaceBurst int
 	// Access decides per call which namespaces the caller may use and
 	// whether it sees live claims' tokens; nil: every namespace, no live
 	// tokens (authorization off).
@@ -96,6 +106,12 @@ func (c Config) WithDefaults() Config {
 	set(&c.RequestTimeout, 5*time.Second)
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = 1 << 20
+	}
+	if c.MaxWaitingClaims == 0 {
+		c.MaxWaitingClaims = 1024
+	}
+	if c.MaxWaitingClaimsPerNamespace == 0 {
+		c.MaxWaitingClaimsPerNamespace = 256
 	}
 	if c.MaxMetadataBytes == 0 {
 		c.MaxMetadataBytes = 64 << 10

@@ -41,6 +41,7 @@ type service struct {
 	// recent holds the keys this node lately claimed or completed: the
 	// Claims worth answering by a read (claimByRead).
 	recent *recentKeys
+	limits *limiter
 }
 
 // recentKeysSize bounds recentKeys: retries mostly come within seconds of
@@ -56,7 +57,7 @@ func NewService(cfg Config, repl Replicator, store Store) (keystorev1.KeyStoreSe
 	if cfg.Access == nil {
 		cfg.Access = openAccess{}
 	}
-	return &service{cfg: cfg, repl: repl, store: store, logger: cfg.Logger.With("component", "api"), recent: newRecentKeys(recentKeysSize)}, nil
+	return &service{cfg: cfg, repl: repl, store: store, logger: cfg.Logger.With("component", "api"), recent: newRecentKeys(recentKeysSize), limits: newLimiter(cfg)}, nil
 }
 
 // Claim implements docs/contract.md's Claim, including wait: the call blocks on
@@ -72,6 +73,9 @@ func (s *service) claim(ctx context.Context, by deadline, req *keystorev1.ClaimR
 	if err := s.cfg.Access.CheckNamespace(ctx, req.GetNamespace()); err != nil {
 		return nil, err
 	}
+	if err := s.limits.admit(req.GetNamespace()); err != nil {
+		return nil, err
+	}
 	var v validator
 	v.namespace(req.GetNamespace())
 	v.key(req.GetKey())
@@ -84,6 +88,13 @@ func (s *service) claim(ctx context.Context, by deadline, req *keystorev1.ClaimR
 		return nil, err
 	}
 	ns, key := req.GetNamespace(), req.GetKey()
+	if wait > 0 {
+		done, err := s.limits.startWaiting(ns)
+		if err != nil {
+			return nil, err
+		}
+		defer done()
+	}
 	claim := &statev1.Claim{
 		Namespace:   ns,
 		Key:         key,
@@ -204,6 +215,9 @@ func (s *service) complete(ctx context.Context, by deadline, req *keystorev1.Com
 	if err := s.cfg.Access.CheckNamespace(ctx, req.GetNamespace()); err != nil {
 		return nil, err
 	}
+	if err := s.limits.admit(req.GetNamespace()); err != nil {
+		return nil, err
+	}
 	var v validator
 	v.namespace(req.GetNamespace())
 	v.key(req.GetKey())
@@ -237,6 +251,9 @@ func (s *service) release(ctx context.Context, by deadline, req *keystorev1.Rele
 	if err := s.cfg.Access.CheckNamespace(ctx, req.GetNamespace()); err != nil {
 		return nil, err
 	}
+	if err := s.limits.admit(req.GetNamespace()); err != nil {
+		return nil, err
+	}
 	var v validator
 	v.namespace(req.GetNamespace())
 	v.key(req.GetKey())
@@ -265,6 +282,9 @@ func (s *service) heartbeat(ctx context.Context, by deadline, req *keystorev1.He
 	if err := s.cfg.Access.CheckNamespace(ctx, req.GetNamespace()); err != nil {
 		return nil, err
 	}
+	if err := s.limits.admit(req.GetNamespace()); err != nil {
+		return nil, err
+	}
 	var v validator
 	v.namespace(req.GetNamespace())
 	v.key(req.GetKey())
@@ -289,6 +309,9 @@ func (s *service) heartbeat(ctx context.Context, by deadline, req *keystorev1.He
 // the caller asks for STALE.
 func (s *service) Get(ctx context.Context, req *keystorev1.GetRequest) (*keystorev1.GetResponse, error) {
 	if err := s.cfg.Access.CheckNamespace(ctx, req.GetNamespace()); err != nil {
+		return nil, err
+	}
+	if err := s.limits.admit(req.GetNamespace()); err != nil {
 		return nil, err
 	}
 	var v validator

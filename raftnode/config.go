@@ -68,6 +68,11 @@ type Config struct {
 	// is always accepted when nothing is uncommitted, whatever its size.)
 	MaxUncommittedBytes uint64
 
+	// PeerTLS, when set, makes every peer connection mutual TLS, with each
+	// peer's certificate checked against the member it says it is (see
+	// PeerTLS). The peer gRPC server then needs PeerServerCredentials.
+	PeerTLS *PeerTLS
+
 	// CheckForwarded, when set, validates a command another node forwarded
 	// before this leader proposes it; an error refuses it (ErrRefused on
 	// the forwarding node). The node that forwards validated its client's

@@ -205,6 +205,7 @@ func New(cfg Config, store LogStore, sm StateMachine) (*Node, error) {
 	n.trans = cfg.Transport
 	if n.trans == nil {
 		n.tcp = newTCPTransport(cfg.ID, cfg.ClusterID, peers, cfg.CommitHold, n.logger)
+		n.tcp.tls, n.tcp.nameOf = cfg.PeerTLS, n.memberName
 		n.trans = n.tcp
 	}
 	n.clock = newLogClock(cfg.Now, time.Now, sm.LogTime())
@@ -293,7 +294,9 @@ func (n *Node) Stop() {
 	n.stopOnce.Do(func() {
 		n.halt()
 		n.done.Wait()
-		n.core.stop()
+		if n.core != nil { // nil: never started
+			n.core.stop()
+		}
 		n.trans.Stop()
 	})
 }

@@ -2,6 +2,7 @@ package raftnode
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -101,6 +102,11 @@ type peerListener struct {
 func (n *Node) SplitPeerListener(lis net.Listener) net.Listener {
 	if n.tcp == nil {
 		return lis
+	}
+	if n.tcp.tls != nil {
+		// Every connection is TLS; route reads the preamble through it,
+		// which runs the handshake (bounded by preambleTimeout).
+		lis = tls.NewListener(lis, n.tcp.tls.Server)
 	}
 	pl := &peerListener{Listener: lis, serveRaft: n.tcp.serveRaft, serveSnapshot: n.tcp.serveSnapshot, conns: make(chan net.Conn), done: make(chan struct{})}
 	go pl.acceptLoop()
@@ -234,6 +240,11 @@ func (t *tcpTransport) accept(c net.Conn, preamble []byte) (from uint64, ok bool
 		_ = c.Close()
 		return 0, false
 	}
+	if err := t.provesMember(c, from); err != nil {
+		t.logger.Warn("refused a peer connection: its certificate does not prove the member it claims to be", "from", fmt.Sprintf("%x", from), "err", err)
+		_ = c.Close()
+		return 0, false
+	}
 	if !t.track(c) {
 		_ = c.Close()
 		return 0, false
@@ -313,6 +324,9 @@ func (t *tcpTransport) dial(p *peer, magic string) (net.Conn, error) {
 		return nil, err
 	}
 	setUserTimeout(c, peerUserTimeout)
+	if c, err = t.dialTLS(c, p.id); err != nil {
+		return nil, err
+	}
 	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 	pre := PeerPreamble(t.clusterID, t.self, p.id)
 	copy(pre, magic)

@@ -16,6 +16,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -52,6 +53,10 @@ type tcpTransport struct {
 	local      Local
 	logger     *slog.Logger
 	wg         sync.WaitGroup
+	// tls secures every peer connection (nil: plaintext); nameOf names
+	// members, for its identity checks.
+	tls    *PeerTLS
+	nameOf func(id uint64) string
 
 	// pmu guards the members: peers (self excluded), whether their
 	// senders run (started) and whether Stop closed them.
@@ -116,8 +121,12 @@ func (t *tcpTransport) newPeer(id uint64, addr string) *peer {
 
 // startPeer dials p's gRPC connection (lazily) and starts its sender.
 func (t *tcpTransport) startPeer(p *peer) {
+	creds := insecure.NewCredentials()
+	if t.tls != nil {
+		creds = credentials.NewTLS(t.tls.Client(t.nameOf(p.id)))
+	}
 	conn, err := grpc.NewClient(p.addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		// Fixed windows turn off gRPC's bandwidth-delay probe (a PING
 		// and its ACK for nearly every message); see DESIGN.md.
 		grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(1<<20),
@@ -534,6 +543,10 @@ func (s peerService) ChangeMembership(ctx context.Context, req *peerv1.ChangeMem
 	if req.GetClusterId() != t.clusterID {
 		return nil, status.Error(codes.FailedPrecondition, "cluster id mismatch")
 	}
+	if err := t.callerIsMember(ctx); err != nil {
+		t.logger.Warn("refused a membership change from a caller that is no member", "err", err)
+		return nil, status.Error(codes.PermissionDenied, "not a member")
+	}
 	index, err := t.local.ProposeConfChangeForwarded(ctx, req.GetConfChange())
 	switch {
 	case err == nil:
@@ -591,6 +604,10 @@ func (s peerService) Forward(ctx context.Context, req *peerv1.ForwardRequest) (*
 	}
 	if req.GetRequestId() == 0 {
 		return nil, status.Error(codes.InvalidArgument, "request id required")
+	}
+	if err := t.callerIsMember(ctx); err != nil {
+		t.logger.Warn("refused a forwarded proposal from a caller that is no member", "err", err)
+		return nil, status.Error(codes.PermissionDenied, "not a member")
 	}
 	res, index, err := t.local.ProposeForwarded(ctx, req.GetRequestId(), req.GetPayload())
 	switch {

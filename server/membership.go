@@ -21,6 +21,7 @@ import (
 	"go.etcd.io/raft/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -216,7 +217,7 @@ func checkNotStarted(cfg Config, id *identity, logger *slog.Logger) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, err := hello(addr, id)
+			resp, err := hello(addr, id, cfg.PeerTLS)
 			if err != nil || resp.GetClusterId() != id.ClusterID {
 				return
 			}
@@ -243,8 +244,13 @@ func checkNotStarted(cfg Config, id *identity, logger *slog.Logger) error {
 }
 
 // hello asks the node at peer address addr about its cluster.
-func hello(addr string, id *identity) (*peerv1.HelloResponse, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func hello(addr string, id *identity, pt *raftnode.PeerTLS) (*peerv1.HelloResponse, error) {
+	creds := insecure.NewCredentials()
+	if pt != nil {
+		// The member's name is not known here: the chain is checked.
+		creds = credentials.NewTLS(pt.Client(""))
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, err
 	}
@@ -270,7 +276,7 @@ func joinCluster(cfg Config, id *identity, logger *slog.Logger, endpoints func()
 	var lastErr error
 	for attempt := 0; time.Now().Before(deadline); attempt++ {
 		for _, ep := range eps {
-			resp, err := memberAdd(ep, req)
+			resp, err := memberAdd(ep, req, cfg.JoinDialOptions)
 			if err == nil {
 				clusterID, err := strconv.ParseUint(resp.GetClusterId(), 16, 64)
 				if err != nil {
@@ -302,8 +308,11 @@ func joinCluster(cfg Config, id *identity, logger *slog.Logger, endpoints func()
 	return nil, fmt.Errorf("server: could not join through %s: %w", strings.Join(eps, ","), lastErr)
 }
 
-func memberAdd(endpoint string, req *keystorev1.MemberAddRequest) (*keystorev1.MemberAddResponse, error) {
-	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func memberAdd(endpoint string, req *keystorev1.MemberAddRequest, dial []grpc.DialOption) (*keystorev1.MemberAddResponse, error) {
+	if len(dial) == 0 {
+		dial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	conn, err := grpc.NewClient(endpoint, dial...)
 	if err != nil {
 		return nil, err
 	}

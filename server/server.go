@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/keystore-dev/keystore/api"
+	"github.com/keystore-dev/keystore/auth"
 	"github.com/keystore-dev/keystore/expiry"
 	"github.com/keystore-dev/keystore/membership"
 	peerv1 "github.com/keystore-dev/keystore/proto/keystore/peer/v1"
@@ -23,6 +25,7 @@ import (
 	"github.com/keystore-dev/keystore/storage"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -79,6 +82,27 @@ type Config struct {
 	// same names; with the member names it makes the cluster id that every
 	// peer message carries (default "keystore").
 	ClusterToken string
+
+	// ClientTLS, when set, serves the client port over TLS with it (use
+	// internal/tlsconf's ServerConfig, whose certificate and CA reload);
+	// nil serves plaintext, and the node warns at start.
+	ClientTLS *tls.Config
+	// PeerTLS, when set, makes the peer port mutual TLS with each peer's
+	// certificate checked against the member it says it is (see
+	// raftnode.PeerTLS); nil: plaintext, and the node warns at start.
+	PeerTLS *raftnode.PeerTLS
+	// Auth, when set, authenticates every client call (but health) and
+	// authorizes each operation's namespace and the admin calls by its
+	// policy; nil: every caller may do everything, and the node warns.
+	Auth *auth.Authorizer
+	// Limits bound connections, streams and metadata on the client port.
+	Limits Limits
+	// JoinDialOptions are how a joining node calls the members' client
+	// ports to be added (MemberAdd, an admin call): with TLS and auth on,
+	// TLS to their CA and an admin credential (keystored uses the node's
+	// certificate, whose name the policy must make admin, or a token).
+	// Empty: plaintext, no credential.
+	JoinDialOptions []grpc.DialOption
 
 	// ClientListener and PeerListener, when set, are used instead of
 	// listening on ClientAddr and PeerAddr (tests bind :0 first).
@@ -252,6 +276,7 @@ func New(cfg Config) (*Server, error) {
 	book.gossip.Store(gs.g)
 	rc.Resolve = book.resolve
 	rc.CheckForwarded = api.CheckCommand
+	rc.PeerTLS = cfg.PeerTLS
 	rc.Logger = logger
 	node, err := raftnode.New(rc, store, store)
 	if err != nil {
@@ -267,6 +292,9 @@ func New(cfg Config) (*Server, error) {
 	apiCfg.Logger = logger
 	apiCfg.LogNow = node.LogNow
 	apiCfg.IsLeader = node.IsLeader
+	if cfg.Auth != nil {
+		apiCfg.Access = policyAccess{}
+	}
 	svc, err := api.NewService(apiCfg, node, store)
 	if err != nil {
 		return fail(err)
@@ -290,10 +318,10 @@ func New(cfg Config) (*Server, error) {
 		// oversize value gets INVALID_ARGUMENT naming the limit. Fixed
 		// windows turn off gRPC's bandwidth-delay probe (a PING and its
 		// ACK for nearly every message; raftnode/DESIGN.md, Transport).
-		client: grpc.NewServer(grpc.MaxRecvMsgSize(apiCfg.MaxBodyBytes+apiCfg.MaxMetadataBytes+1<<20), fixedWindows, fixedConnWindows),
+		client: grpc.NewServer(clientOptions(cfg, apiCfg, logger)...),
 		// Forward carries a client's command, as large as the client
 		// server admits.
-		peer: grpc.NewServer(grpc.MaxRecvMsgSize(raftnode.MaxMessageBytes), fixedWindows, fixedConnWindows),
+		peer: grpc.NewServer(peerOptions(cfg)...),
 	}
 	keystorev1.RegisterKeyStoreServiceServer(s.client, svc)
 	s.batch = api.NewBatchService(svc, cfg.Batch)
@@ -310,6 +338,46 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// clientOptions are the client port's gRPC server options: message size
+// room for the largest body plus metadata and framing (an oversize value
+// gets INVALID_ARGUMENT naming the limit), fixed flow-control windows
+// (they turn off gRPC's bandwidth-delay probe, a PING and its ACK for
+// nearly every message; raftnode/DESIGN.md, Transport), TLS, limits, the
+// lenient codec and the interceptors (security.go).
+func clientOptions(cfg Config, apiCfg api.Config, logger *slog.Logger) []grpc.ServerOption {
+	unary, stream := clientInterceptors(cfg, logger)
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(apiCfg.MaxBodyBytes + apiCfg.MaxMetadataBytes + 1<<20), fixedWindows, fixedConnWindows,
+		clientCodec(), grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...),
+	}
+	if cfg.ClientTLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.ClientTLS)))
+	}
+	return append(opts, cfg.Limits.withDefaults().serverOptions()...)
+}
+
+// peerOptions are the peer port's gRPC server options.
+func peerOptions(cfg Config) []grpc.ServerOption {
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(raftnode.MaxMessageBytes), fixedWindows, fixedConnWindows}
+	if cfg.PeerTLS != nil {
+		opts = append(opts, grpc.Creds(raftnode.PeerServerCredentials()))
+	}
+	return opts
+}
+
+// warnInsecure says at start what the node exposes without TLS or auth.
+func (s *Server) warnInsecure() {
+	if s.cfg.ClientTLS == nil {
+		s.logger.Warn("client port without TLS: requests, stored responses and bearer tokens cross the network in clear text (--tls-cert-file)")
+	}
+	if s.cfg.PeerTLS == nil {
+		s.logger.Warn("peer port without TLS: anyone who reaches it and knows the member names can replicate into this cluster (--peer-tls-cert-file)")
+	}
+	if s.cfg.Auth == nil {
+		s.logger.Warn("no authorization policy: every caller may read and write every namespace and change the membership (--auth-policy-file)")
+	}
+}
+
 // Start listens (unless given listeners), starts Raft and serves.
 func (s *Server) Start() error {
 	var err error
@@ -318,6 +386,7 @@ func (s *Server) Start() error {
 		if s.peerLis, err = net.Listen("tcp", s.cfg.PeerAddr); err != nil {
 			s.gossip.stop(false)
 			_ = s.store.Close()
+			s.abandon()
 			return fmt.Errorf("server: listen peer: %w", err)
 		}
 	}
@@ -327,14 +396,18 @@ func (s *Server) Start() error {
 			_ = s.peerLis.Close()
 			s.gossip.stop(false)
 			_ = s.store.Close()
+			s.abandon()
 			return fmt.Errorf("server: listen client: %w", err)
 		}
 	}
+	s.clientLis = s.cfg.Limits.withDefaults().listener(s.clientLis)
+	s.warnInsecure()
 	if err := s.node.Start(); err != nil {
 		_ = s.peerLis.Close()
 		_ = s.clientLis.Close()
 		s.gossip.stop(false)
 		_ = s.store.Close()
+		s.abandon()
 		return err
 	}
 	s.sweep.Start()
@@ -383,6 +456,15 @@ func (s *Server) Start() error {
 	}()
 	s.logger.Info("serving", "client_addr", s.clientLis.Addr().String(), "peer_addr", s.peerLis.Addr().String())
 	return nil
+}
+
+// abandon marks a node whose Start failed (and undid its work) as
+// stopped: a later Stop returns at once.
+func (s *Server) abandon() {
+	s.stopOnce.Do(func() {
+		close(s.stopping)
+		close(s.stopped)
+	})
 }
 
 // serveError is what the goroutine serving the what port returns when its

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/keystore-dev/keystore/auth"
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -15,7 +16,13 @@ type clusterService struct {
 }
 
 // Status implements ClusterService.Status.
-func (c clusterService) Status(_ context.Context, req *keystorev1.StatusRequest) (*keystorev1.StatusResponse, error) {
+func (c clusterService) Status(ctx context.Context, req *keystorev1.StatusRequest) (*keystorev1.StatusResponse, error) {
+	// The checksum scans the whole store: an admin's call.
+	if req.GetIncludeChecksum() {
+		if err := auth.CheckAdmin(ctx); err != nil {
+			return nil, err
+		}
+	}
 	st := c.s.node.Status()
 	resp := &keystorev1.StatusResponse{
 		Name:          c.s.cfg.Name,

@@ -42,8 +42,13 @@ type Config struct {
 	Dir string
 	// Nodes is the cluster size (default 3).
 	Nodes int
-	// Args are extra keystored flags for every node.
-	Args []string
+	// Args are extra keystored flags for every node; NodeArgs, when set,
+	// adds a node's own (its certificate, say).
+	Args     []string
+	NodeArgs func(name string) []string
+	// DialOptions are how the harness calls the nodes' client ports (TLS
+	// and an admin credential when they have them); default plaintext.
+	DialOptions []grpc.DialOption
 	// NoGossip starts the nodes without gossip. By default every node
 	// gossips on a loopback port of its own (--gossip-addr) with the
 	// others' gossip addresses as --join. Gossip is not proxied: the
@@ -186,7 +191,11 @@ func Start(cfg Config) (*Cluster, error) {
 		}
 	}
 	for _, n := range c.Names {
-		conn, err := grpc.NewClient(c.client[n], grpc.WithTransportCredentials(insecure.NewCredentials()))
+		dial := cfg.DialOptions
+		if len(dial) == 0 {
+			dial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+		}
+		conn, err := grpc.NewClient(c.client[n], dial...)
 		if err != nil {
 			c.Stop()
 			return nil, err
@@ -268,6 +277,9 @@ func (c *Cluster) StartNode(n string) error {
 		args = append(args, "--initial-cluster", c.initialCluster(n))
 	}
 	args = append(args, c.cfg.Args...)
+	if c.cfg.NodeArgs != nil {
+		args = append(args, c.cfg.NodeArgs(n)...)
+	}
 	cmd := exec.Command(c.cfg.Binary, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -569,3 +581,6 @@ func (c *Cluster) Stop() {
 		_ = conn.Close()
 	}
 }
+
+// PeerAddr returns the address n's peer port listens on (not a proxy).
+func (c *Cluster) PeerAddr(n string) string { return c.peer[n] }

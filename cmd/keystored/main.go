@@ -75,6 +75,10 @@ func run(args []string) error {
 		maxRetention     = fs.Duration("max-retention", 30*24*time.Hour, "longest retention accepted")
 		maxBody          = fs.Int("max-body-bytes", 1<<20, "largest response body accepted")
 		requestTimeout   = fs.Duration("request-timeout", 5*time.Second, "how long a write waits for a quorum before UNAVAILABLE")
+		maxWaiting       = fs.Int("max-waiting-claims", 1024, "Claims with a wait waiting on this node at once; beyond: RESOURCE_EXHAUSTED (negative: no limit)")
+		maxWaitingNS     = fs.Int("max-waiting-claims-per-namespace", 256, "Claims with a wait waiting in one namespace on this node at once (negative: no limit)")
+		nsRate           = fs.Float64("namespace-rate", 0, "operations per second each namespace may make on this node, a token bucket; beyond: RESOURCE_EXHAUSTED with RetryInfo (0: no limit)")
+		nsBurst          = fs.Int("namespace-burst", 0, "the --namespace-rate bucket's size (default: one second's worth)")
 
 		tick            = fs.Duration("raft-tick", 100*time.Millisecond, "Raft tick interval")
 		electionTicks   = fs.Int("raft-election-ticks", 10, "election timeout in ticks")
@@ -93,6 +97,8 @@ func run(args []string) error {
 		maxPack       = fs.Int("raft-max-pack-proposals", 1024, "most proposals packed into one log entry (1: no packing)")
 		gatherYields  = fs.Int("stream-gather-yields", 4, "yields of a stream sender to let results woken together share a message (negative: off)")
 	)
+	var secFlags securityFlags
+	secFlags.register(fs)
 	registerTestFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -111,6 +117,10 @@ func run(args []string) error {
 			return err
 		}
 	}
+	sec, err := secFlags.load(*name, logger)
+	if err != nil {
+		return err
+	}
 	cluster, err := server.ParseCluster(*initialCluster)
 	if err != nil {
 		return err
@@ -121,7 +131,7 @@ func run(args []string) error {
 			return fmt.Errorf("--peer-route: %w", err)
 		}
 	}
-	srv, err := server.New(server.Config{
+	cfg := server.Config{
 		Name:                *name,
 		DataDir:             *dataDir,
 		ClientAddr:          *clientAddr,
@@ -144,6 +154,11 @@ func run(args []string) error {
 			MaxRetention:     *maxRetention,
 			MaxBodyBytes:     *maxBody,
 			RequestTimeout:   *requestTimeout,
+
+			MaxWaitingClaims:             *maxWaiting,
+			MaxWaitingClaimsPerNamespace: *maxWaitingNS,
+			NamespaceRate:                *nsRate,
+			NamespaceBurst:               *nsBurst,
 		},
 		Raft: raftnode.Config{
 			TickInterval:    *tick,
@@ -171,7 +186,9 @@ func run(args []string) error {
 			logger.Error("stopping: the state store failed; restart the node once its disk is sound (if it fails again, replace the node)", "err", msg)
 			os.Exit(1)
 		},
-	})
+	}
+	sec.cfg(&cfg)
+	srv, err := server.New(cfg)
 	if errors.Is(err, storage.ErrCorrupt) {
 		// The error says to wipe the data directory: name it.
 		dir, _ := filepath.Abs(*dataDir)
@@ -204,9 +221,8 @@ func run(args []string) error {
 	// it return nil once the node has stopped gracefully.
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(srv.Wait)
-	if *gossipKeyFile != "" {
-		g.Go(func() error { reloadGossipKeys(gctx, srv, *gossipKeyFile, logger); return nil })
-	}
+	g.Go(func() error { reloadOnHangup(gctx, srv, *gossipKeyFile, sec, logger); return nil })
+	g.Go(func() error { sec.watch(gctx, secFlags.reloadEvery); return nil })
 	g.Go(func() error {
 		<-gctx.Done()
 		if ctx.Err() != nil {
@@ -218,9 +234,10 @@ func run(args []string) error {
 	return g.Wait()
 }
 
-// reloadGossipKeys rereads the gossip key file at each SIGHUP until ctx
-// ends (a key rotation: see the README).
-func reloadGossipKeys(ctx context.Context, srv *server.Server, path string, logger *slog.Logger) {
+// reloadOnHangup rereads, at each SIGHUP until ctx ends, the TLS files and
+// the authorization policy, and the gossip key file if there is one (a
+// key rotation: see the README).
+func reloadOnHangup(ctx context.Context, srv *server.Server, path string, sec *security, logger *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -229,6 +246,10 @@ func reloadGossipKeys(ctx context.Context, srv *server.Server, path string, logg
 		case <-ctx.Done():
 			return
 		case <-hup:
+		}
+		sec.reload(logger)
+		if path == "" {
+			continue
 		}
 		keys, err := server.ReadGossipKeys(path)
 		if err == nil {
