@@ -21,6 +21,8 @@ var (
 	errStoreUnavailable = status.Error(codes.Unavailable, "idempotency store unavailable")
 	errStore            = status.Error(codes.Internal, "idempotency store error")
 	errUnreadable       = status.Error(codes.Internal, "stored response for this idempotency key cannot be read")
+	errUnauthenticated  = status.Error(codes.Unauthenticated, "calls with an idempotency key must identify their caller")
+	errEmptyScope       = status.Error(codes.Internal, "idempotency scope of this call is empty")
 )
 
 // isTransient reports whether a handler's status code may change on a

@@ -13,9 +13,6 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// maxKeyLen is keystore's limit on a key (docs/contract.md).
-const maxKeyLen = 255
-
 // fingerprintMethod is the method part of client.Fingerprint for gRPC
 // calls; the route part is the full method name.
 const fingerprintMethod = "grpc"
@@ -50,16 +47,23 @@ func (i *interceptor) intercept(ctx context.Context, req any, info *grpc.UnarySe
 	if !i.cfg.methods[info.FullMethod] {
 		return handler(ctx, req)
 	}
-	key, err := i.key(ctx)
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get(i.cfg.metadataKey)
+	if noKey(vals) && !i.cfg.requireKey {
+		return handler(ctx, req)
+	}
+	// Whose key it is. NB: the caller is identified before its key is
+	// looked at, so that a caller RequireScope refuses gets
+	// UNAUTHENTICATED whatever it sent.
+	prefix, err := i.scopePrefix(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if key == "" {
-		if i.cfg.requireKey {
-			return nil, status.Errorf(codes.InvalidArgument, "%s metadata is required", i.cfg.metadataKey)
-		}
-		return handler(ctx, req)
+	key, err := i.key(vals)
+	if err != nil {
+		return nil, err
 	}
+	key = prefix + key
 	fp, err := fingerprint(info.FullMethod, req)
 	if err != nil {
 		return nil, err
@@ -113,19 +117,38 @@ func (i *interceptor) intercept(ctx context.Context, req any, info *grpc.UnarySe
 	}
 }
 
-// key returns the call's idempotency key, "" when it has none.
-func (i *interceptor) key(ctx context.Context) (string, error) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get(i.cfg.metadataKey)
+// noKey reports whether the values of the key metadata carry no key.
+func noKey(vals []string) bool {
+	return len(vals) == 0 || len(vals) == 1 && vals[0] == ""
+}
+
+// scopePrefix returns the prefix of the call's keystore key, by the scope
+// of its caller, or the status to fail the call with.
+func (i *interceptor) scopePrefix(ctx context.Context) (string, error) {
+	if i.cfg.scope == nil { // WithoutScope
+		return scopePrefix("", false), nil
+	}
+	scope, ok := i.cfg.scope(ctx)
 	switch {
-	case len(vals) == 0 || len(vals) == 1 && vals[0] == "":
-		return "", nil
+	case ok && scope == "":
+		return "", errEmptyScope
+	case !ok && i.cfg.requireScope:
+		return "", errUnauthenticated
+	}
+	return scopePrefix(scope, ok), nil
+}
+
+// key returns the call's idempotency key from the values of its metadata.
+func (i *interceptor) key(vals []string) (string, error) {
+	switch {
+	case noKey(vals):
+		return "", status.Errorf(codes.InvalidArgument, "%s metadata is required", i.cfg.metadataKey)
 	case len(vals) > 1:
 		return "", status.Errorf(codes.InvalidArgument, "%s metadata must have one value (got %d)", i.cfg.metadataKey, len(vals))
 	}
 	k := vals[0]
-	if len(k) > maxKeyLen {
-		return "", status.Errorf(codes.InvalidArgument, "%s metadata must be at most %d bytes (got %d)", i.cfg.metadataKey, maxKeyLen, len(k))
+	if len(k) > MaxKeyLen {
+		return "", status.Errorf(codes.InvalidArgument, "%s metadata must be at most %d bytes (got %d)", i.cfg.metadataKey, MaxKeyLen, len(k))
 	}
 	if !utf8.ValidString(k) {
 		return "", status.Errorf(codes.InvalidArgument, "%s metadata must be valid UTF-8", i.cfg.metadataKey)

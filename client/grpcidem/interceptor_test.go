@@ -182,6 +182,13 @@ func TestUnaryServerInterceptor(t *testing.T) {
 		{"RequireKey", testRequireKey},
 		{"InvalidKey", testInvalidKey},
 		{"CustomMetadataKey", testCustomMetadataKey},
+		{"ScopeByAuthorization", testScopeAuthorization},
+		{"ScopeByClientCert", testScopeClientCert},
+		{"AnonymousScopeIsShared", testAnonymousScope},
+		{"RequireScope", testRequireScope},
+		{"WithScopeOverrides", testWithScope},
+		{"WithoutScopeSharesKeys", testWithoutScope},
+		{"KeyLimitIsMaxKeyLen", testKeyLimit},
 		{"WaitedLongHoldsItsClaim", func(t *testing.T, kc *client.Client, ns string) { testWaitedLong(t, tc, kc, ns) }},
 	} {
 		ns := "grpcidem-" + strings.ToLower(s.name)
@@ -424,9 +431,9 @@ func testRequireKey(t *testing.T, kc *client.Client, ns string) {
 
 func testInvalidKey(t *testing.T, kc *client.Client, ns string) {
 	e := serve(t, kc, newFakeService(), grpcidem.WithNamespace(ns), grpcidem.WithMethods(statusMethod))
-	_, err := e.cluster.Status(withKey(t, strings.Repeat("k", 256)), &keystorev1.StatusRequest{})
+	_, err := e.cluster.Status(withKey(t, strings.Repeat("k", grpcidem.MaxKeyLen+1)), &keystorev1.StatusRequest{})
 	if status.Code(err) != codes.InvalidArgument {
-		t.Fatalf("256-byte key: got %v; want INVALID_ARGUMENT", err)
+		t.Fatalf("%d-byte key: got %v; want INVALID_ARGUMENT", grpcidem.MaxKeyLen+1, err)
 	}
 	ctx := metadata.AppendToOutgoingContext(withKey(t, "a"), grpcidem.DefaultMetadataKey, "b")
 	if _, err := e.cluster.Status(ctx, &keystorev1.StatusRequest{}); status.Code(err) != codes.InvalidArgument {
@@ -462,16 +469,17 @@ func testCustomMetadataKey(t *testing.T, kc *client.Client, ns string) {
 // outcome not stored.
 func testWaitedLong(t *testing.T, tc *testcluster.Cluster, kc *client.Client, ns string) {
 	const lease = 900 * time.Millisecond
-	held, err := kc.Claim(withKey(t, ""), client.ClaimRequest{Namespace: ns, Key: "k", Lease: 2 * time.Second})
+	stored := anonymousKey("k") // the keystore key of an anonymous call with key k
+	held, err := kc.Claim(withKey(t, ""), client.ClaimRequest{Namespace: ns, Key: stored, Lease: 2 * time.Second})
 	if err != nil || held.Outcome != client.Acquired {
 		t.Fatalf("first holder's claim: %+v, %v; want Acquired", held, err)
 	}
 	go func() {
 		// The holder keeps the key past the call's lease, then gives it up.
 		time.Sleep(700 * time.Millisecond)
-		_, _ = kc.Heartbeat(context.Background(), ns, "k", held.Token, 2*time.Second)
+		_, _ = kc.Heartbeat(context.Background(), ns, stored, held.Token, 2*time.Second)
 		time.Sleep(700 * time.Millisecond)
-		_ = kc.Release(context.Background(), ns, "k", held.Token)
+		_ = kc.Release(context.Background(), ns, stored, held.Token)
 	}()
 	refuser := testcluster.NewHeartbeatRefuser(1)
 	waiter, err := client.New(context.Background(), client.Config{
@@ -533,6 +541,7 @@ func TestUnaryServerInterceptorPanicsOnMisconfiguration(t *testing.T) {
 		{"upper-case namespace", kc, []grpcidem.Option{grpcidem.WithNamespace("Payments")}},
 		{"long namespace", kc, []grpcidem.Option{grpcidem.WithNamespace(strings.Repeat("n", 65))}},
 		{"empty metadata key", kc, []grpcidem.Option{grpcidem.WithNamespace("ns"), grpcidem.WithMetadataKey("")}},
+		{"RequireScope with WithoutScope", kc, []grpcidem.Option{grpcidem.WithNamespace("ns"), grpcidem.WithoutScope(), grpcidem.RequireScope()}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			defer func() {

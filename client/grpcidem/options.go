@@ -1,6 +1,7 @@
 package grpcidem
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"time"
@@ -14,8 +15,11 @@ const DefaultMetadataKey = "idempotency-key"
 // to "true" when it answers a call with a stored outcome.
 const ReplayedHeader = "idempotent-replayed"
 
-// maxNamespaceLen is keystore's limit on a namespace (docs/contract.md).
-const maxNamespaceLen = 64
+// Limits of keystore (docs/contract.md).
+const (
+	maxNamespaceLen = 64
+	maxStoreKeyLen  = 255
+)
 
 // Option configures UnaryServerInterceptor.
 type Option func(*config)
@@ -28,6 +32,10 @@ type config struct {
 	wait        time.Duration
 	requireKey  bool
 	metadataKey string
+	// scope names a call's caller; nil puts every call in the anonymous
+	// scope (WithoutScope).
+	scope        func(context.Context) (string, bool)
+	requireScope bool
 }
 
 // WithMethods opts methods in, by full name ("/payments.v1.Payments/Charge").
@@ -77,8 +85,51 @@ func WithMetadataKey(name string) Option {
 	return func(c *config) { c.metadataKey = strings.ToLower(name) }
 }
 
+// WithScope sets the function that names the caller of a call from its
+// server context (default DefaultScope), e.g. the account that an
+// authentication interceptor put in the context. Keys of different scopes
+// never meet: no caller can replay or block another's call by sending its
+// key. ok false means the call has no identity: it shares the anonymous
+// scope with every other such call, or fails with UNAUTHENTICATED with
+// RequireScope. The scope is neither stored nor sent anywhere, only a
+// truncated SHA-256 of it; it must be the same on every retry of a call,
+// and not empty when ok is true (such a call fails with INTERNAL). A nil
+// function keeps the default.
+//
+// Give one when DefaultScope does not name callers well: when clients
+// authenticate otherwise (a certificate without a CommonName, metadata of
+// their own), or when the authorization metadata changes between a call
+// and its retries (refreshed OAuth access tokens, short-lived JWTs;
+// DefaultScope would give the retry a new scope, so it would run again),
+// or when it carries a guessable secret (Basic credentials: the store
+// would hold an unsalted hash of them).
+func WithScope(scope func(ctx context.Context) (scope string, ok bool)) Option {
+	return func(c *config) {
+		if scope != nil {
+			c.scope = scope
+		}
+	}
+}
+
+// WithoutScope turns scoping off: every call is in the anonymous scope, so
+// any caller may replay or block another's call by sending its key. Use it
+// only when one trust domain uses the service (e.g. every caller is one of
+// its own front ends). It undoes an earlier WithScope.
+func WithoutScope() Option {
+	return func(c *config) { c.scope = nil }
+}
+
+// RequireScope makes opted-in calls that carry an idempotency key but have
+// no identity (the scope function returns ok false) fail with
+// UNAUTHENTICATED, instead of running in the anonymous scope shared by all
+// such calls. Calls without a key run unprotected all the same, unless
+// RequireKey. It cannot be combined with WithoutScope.
+func RequireScope() Option {
+	return func(c *config) { c.requireScope = true }
+}
+
 func newConfig(opts []Option) (config, error) {
-	c := config{methods: map[string]bool{}, metadataKey: DefaultMetadataKey}
+	c := config{methods: map[string]bool{}, metadataKey: DefaultMetadataKey, scope: DefaultScope}
 	for _, o := range opts {
 		o(&c)
 	}
@@ -87,6 +138,9 @@ func newConfig(opts []Option) (config, error) {
 	}
 	if c.metadataKey == "" {
 		return c, fmt.Errorf("grpcidem: WithMetadataKey: empty name")
+	}
+	if c.requireScope && c.scope == nil {
+		return c, fmt.Errorf("grpcidem: RequireScope with WithoutScope would refuse every call")
 	}
 	return c, nil
 }

@@ -81,12 +81,3 @@ func parseSFString(v string) (string, bool) {
 	}
 	return "", false // no closing quote
 }
-
-// scopedKey prefixes key with its scope, length first, so that no two
-// (scope, key) pairs give the same keystore key.
-func scopedKey(scope, key string) string {
-	if scope == "" {
-		return key
-	}
-	return strconv.Itoa(len(scope)) + ":" + scope + ":" + key
-}

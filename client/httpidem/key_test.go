@@ -45,18 +45,3 @@ func TestParseKey(t *testing.T) {
 		t.Fatalf("parseKey(nil): got %v; want errKeyMissing", err)
 	}
 }
-
-func TestScopedKeyIsUnambiguous(t *testing.T) {
-	pairs := [][2]string{{"a b", "c"}, {"a", "b c"}, {"a:1", "x"}, {"a", "1:x"}, {"", "x"}, {"1", ":x"}}
-	seen := map[string][2]string{}
-	for _, p := range pairs {
-		k := scopedKey(p[0], p[1])
-		if prev, ok := seen[k]; ok {
-			t.Fatalf("scopedKey%q and scopedKey%q both give %q", prev, p, k)
-		}
-		seen[k] = p
-	}
-	if got := scopedKey("", "x"); got != "x" {
-		t.Fatalf("scopedKey with no scope: got %q; want the key", got)
-	}
-}

@@ -57,23 +57,20 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	// The key, scoped to the caller.
-	prefix := ""
-	if h.cfg.scope != nil {
-		if scope := h.cfg.scope(r); scope != "" {
-			prefix = scopedKey(scope, "")
-			if err := validKey(prefix, maxKeyLen-1); err != nil {
-				h.cfg.logger.Error("WithKeyScope returned an invalid scope", "err", err)
-				writeProblem(w, ProblemInternal, http.StatusInternalServerError, "The request could not be processed.", 0)
-				return
-			}
-		}
-	}
-	key, err := parseKey(r.Header.Values(h.cfg.header), maxKeyLen-len(prefix))
-	switch {
-	case errors.Is(err, errKeyMissing) && !h.cfg.keyRequired:
+	values := r.Header.Values(h.cfg.header)
+	if len(values) == 0 && !h.cfg.keyRequired {
 		h.next.ServeHTTP(w, r)
 		return
+	}
+	// Whose key it is. NB: the caller is identified before its key is
+	// looked at, so that a caller RequireScope refuses gets 401 whatever
+	// it sent.
+	prefix, ok := h.scopePrefix(w, r)
+	if !ok {
+		return
+	}
+	key, err := parseKey(values, MaxKeyLen)
+	switch {
 	case errors.Is(err, errKeyMissing):
 		writeProblem(w, ProblemKeyMissing, http.StatusBadRequest,
 			fmt.Sprintf("This request must carry an %s header, unique to the operation, and the same on every retry of it.", h.cfg.header), 0)
@@ -128,6 +125,26 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.cfg.logger.Error("unexpected claim outcome", "key", key, "outcome", claim.Outcome)
 		writeProblem(w, ProblemInternal, http.StatusInternalServerError, "The request could not be processed.", 0)
 	}
+}
+
+// scopePrefix returns the prefix of the request's keystore key, by the
+// scope of its caller, or answers the request and returns false.
+func (h *handler) scopePrefix(w http.ResponseWriter, r *http.Request) (string, bool) {
+	if h.cfg.scope == nil { // WithoutScope
+		return scopePrefix("", false), true
+	}
+	scope, ok := h.cfg.scope(r)
+	switch {
+	case ok && scope == "":
+		h.cfg.logger.Error("the scope function returned ok with an empty scope")
+		writeProblem(w, ProblemInternal, http.StatusInternalServerError, "The request could not be processed.", 0)
+		return "", false
+	case !ok && h.cfg.requireScope:
+		writeProblem(w, ProblemUnauthenticated, http.StatusUnauthorized,
+			"The caller of this request could not be identified. Requests with an idempotency key must be authenticated.", 0)
+		return "", false
+	}
+	return scopePrefix(scope, ok), true
 }
 
 func (h *handler) tooLarge(w http.ResponseWriter) {

@@ -171,6 +171,13 @@ func TestMiddleware(t *testing.T) {
 		{"ClaimLost409", testClaimLost},
 		{"PanicReleases", testPanicReleases},
 		{"KeyScopeSeparatesCallers", testKeyScope},
+		{"ScopeByAuthorization", testScopeAuthorization},
+		{"ScopeByClientCert", testScopeClientCert},
+		{"AnonymousScopeIsShared", testAnonymousScope},
+		{"RequireScope401", testRequireScope},
+		{"WithScopeOverrides", testWithScope},
+		{"WithoutScopeSharesKeys", testWithoutScope},
+		{"KeyLimitIsMaxKeyLen", testKeyLimit},
 		{"Unavailable503", testUnavailable},
 		{"OversizeResponseNotStored", testOversizeResponse},
 	}
@@ -219,10 +226,10 @@ func testInvalidKey(t *testing.T, e *env) {
 	if n := runs.Load(); n != 0 {
 		t.Fatalf("handler ran %d times; want 0", n)
 	}
-	// 255 bytes is the longest key.
+	// MaxKeyLen (232) bytes is the longest key.
 	url := e.serve(t, counting(&runs, http.StatusCreated))
-	if r := do(t, "POST", url, strings.Repeat("k", 255), ""); r.status != http.StatusCreated {
-		t.Fatalf("255-byte key: got %d %s; want 201", r.status, r.body)
+	if r := do(t, "POST", url, strings.Repeat("k", httpidem.MaxKeyLen), ""); r.status != http.StatusCreated {
+		t.Fatalf("%d-byte key: got %d %s; want 201", httpidem.MaxKeyLen, r.status, r.body)
 	}
 }
 
@@ -262,7 +269,7 @@ func testBodyTooLarge(t *testing.T, e *env) {
 
 func testInProgress(t *testing.T, e *env) {
 	key := t.Name()
-	if _, err := e.c.Claim(ctxT(t, 5*time.Second), client.ClaimRequest{Namespace: ns, Key: key, Lease: 10 * time.Second}); err != nil {
+	if _, err := e.c.Claim(ctxT(t, 5*time.Second), client.ClaimRequest{Namespace: ns, Key: anonymousKey(key), Lease: 10 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	var runs atomic.Int32
@@ -280,13 +287,13 @@ func testInProgress(t *testing.T, e *env) {
 
 func testWaitThenReplay(t *testing.T, e *env) {
 	key := t.Name()
-	claim, err := e.c.Claim(ctxT(t, 5*time.Second), client.ClaimRequest{Namespace: ns, Key: key, Lease: 10 * time.Second})
+	claim, err := e.c.Claim(ctxT(t, 5*time.Second), client.ClaimRequest{Namespace: ns, Key: anonymousKey(key), Lease: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	go func() {
 		time.Sleep(300 * time.Millisecond)
-		_, err := e.c.Complete(context.Background(), client.CompleteRequest{Namespace: ns, Key: key, Token: claim.Token,
+		_, err := e.c.Complete(context.Background(), client.CompleteRequest{Namespace: ns, Key: anonymousKey(key), Token: claim.Token,
 			Response: client.Response{Code: 202, Metadata: map[string]string{"X-Done": "elsewhere"}, Body: []byte("accepted")}})
 		if err != nil {
 			t.Error(err)
@@ -307,7 +314,7 @@ func testWaitThenReplay(t *testing.T, e *env) {
 // finishes takes the key over and keeps it while the handler runs.
 func testWaitThenTakeOver(t *testing.T, e *env) {
 	key := t.Name()
-	if _, err := e.c.Claim(ctxT(t, 5*time.Second), client.ClaimRequest{Namespace: ns, Key: key, Lease: 700 * time.Millisecond}); err != nil {
+	if _, err := e.c.Claim(ctxT(t, 5*time.Second), client.ClaimRequest{Namespace: ns, Key: anonymousKey(key), Lease: 700 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
 	var runs atomic.Int32
@@ -339,7 +346,7 @@ func testWaitThenTakeOver(t *testing.T, e *env) {
 func testWaitedLongHoldsItsClaim(t *testing.T, e *env) {
 	const lease = 900 * time.Millisecond
 	key := t.Name()
-	held, err := e.c.Claim(ctxT(t, 5*time.Second), client.ClaimRequest{Namespace: ns, Key: key, Lease: 2 * time.Second})
+	held, err := e.c.Claim(ctxT(t, 5*time.Second), client.ClaimRequest{Namespace: ns, Key: anonymousKey(key), Lease: 2 * time.Second})
 	if err != nil || held.Outcome != client.Acquired {
 		t.Fatalf("first holder's claim: %+v, %v; want Acquired", held, err)
 	}
@@ -347,9 +354,9 @@ func testWaitedLongHoldsItsClaim(t *testing.T, e *env) {
 		// The holder keeps the key past the request's lease, then gives
 		// it up.
 		time.Sleep(700 * time.Millisecond)
-		_, _ = e.c.Heartbeat(context.Background(), ns, key, held.Token, 2*time.Second)
+		_, _ = e.c.Heartbeat(context.Background(), ns, anonymousKey(key), held.Token, 2*time.Second)
 		time.Sleep(700 * time.Millisecond)
-		_ = e.c.Release(context.Background(), ns, key, held.Token)
+		_ = e.c.Release(context.Background(), ns, anonymousKey(key), held.Token)
 	}()
 	refuser := testcluster.NewHeartbeatRefuser(1)
 	c := newClient(t, client.Config{
@@ -646,22 +653,23 @@ func testBodyRestored(t *testing.T, e *env) {
 	}
 }
 
+// testClaimLost: the middleware's heartbeats are all refused, so the
+// claim counts as lost a lease after the grant while the handler still
+// runs: the handler's context ends with ErrClaimLost, the caller gets 409
+// ProblemClaimLost and nothing is stored.
 func testClaimLost(t *testing.T, e *env) {
+	const lease = 300 * time.Millisecond
 	key := t.Name()
+	refuser := testcluster.NewHeartbeatRefuser(1 << 30)
+	c := newClient(t, client.Config{
+		Endpoints:   e.tc.Endpoints(),
+		MaxInflight: -1,
+		DialOptions: []grpc.DialOption{refuser.DialOption()},
+	})
 	var runs atomic.Int32
 	cause := make(chan error, 1)
-	url := e.serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	url := serveWith(t, c, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		runs.Add(1)
-		// Another party fences this request: it releases the claim with
-		// the (readable) token.
-		rec, err := e.c.Get(r.Context(), ns, key)
-		if err == nil {
-			err = e.c.Release(r.Context(), ns, key, rec.Token)
-		}
-		if err != nil {
-			cause <- err
-			return
-		}
 		select {
 		case <-r.Context().Done():
 			cause <- context.Cause(r.Context())
@@ -669,13 +677,20 @@ func testClaimLost(t *testing.T, e *env) {
 			cause <- errors.New("handler's context was not cancelled")
 		}
 		w.WriteHeader(http.StatusCreated)
-	}), httpidem.WithLease(300*time.Millisecond))
+	}), httpidem.WithLease(lease))
 	checkProblem(t, do(t, "POST", url, key, "{}"), http.StatusConflict, httpidem.ProblemClaimLost)
 	if err := <-cause; !errors.Is(err, client.ErrClaimLost) {
 		t.Fatalf("handler's context cause: got %v; want ErrClaimLost", err)
 	}
-	if rec, err := e.c.Get(ctxT(t, 5*time.Second), ns, key); !errors.Is(err, client.ErrNotFound) {
-		t.Fatalf("record after the lost claim: got %+v, %v; want none stored", rec, err)
+	if refuser.Refused() == 0 {
+		t.Fatal("no heartbeat was refused")
+	}
+	rec, err := e.c.Get(ctxT(t, 5*time.Second), ns, anonymousKey(key))
+	if err != nil || rec.State == client.StateCompleted || rec.Response != nil {
+		t.Fatalf("record after the lost claim: got %+v, %v; want it not completed", rec, err)
+	}
+	if n := runs.Load(); n != 1 {
+		t.Fatalf("handler ran %d times; want 1", n)
 	}
 }
 
@@ -701,26 +716,6 @@ func testPanicReleases(t *testing.T, e *env) {
 	if rw, p := serve(); p != nil || rw.Code != http.StatusCreated {
 		t.Fatalf("retry after a panic: got %d, panic %v; want the handler to run again", rw.Code, p)
 	}
-}
-
-func testKeyScope(t *testing.T, e *env) {
-	var runs atomic.Int32
-	url := e.serve(t, counting(&runs, http.StatusCreated),
-		httpidem.WithKeyScope(func(r *http.Request) string { return r.Header.Get("X-Account") }))
-	key := t.Name()
-	alice := do(t, "POST", url, key, "{}", "X-Account", "alice")
-	bob := do(t, "POST", url, key, "{}", "X-Account", "bob")
-	aliceAgain := do(t, "POST", url, key, "{}", "X-Account", "alice")
-	if alice.body != "run 1" || bob.body != "run 2" || bob.replayed() || aliceAgain.body != "run 1" || !aliceAgain.replayed() {
-		t.Fatalf("scoped keys: alice %q, bob %q (replayed %v), alice again %q; want separate runs per account",
-			alice.body, bob.body, bob.replayed(), aliceAgain.body)
-	}
-	// The scope shortens the longest key.
-	checkProblem(t, do(t, "POST", url, strings.Repeat("k", 255), "{}", "X-Account", "alice"), http.StatusBadRequest, httpidem.ProblemKeyInvalid)
-	// An invalid scope is the server's fault.
-	url = e.serve(t, counting(&runs, http.StatusCreated),
-		httpidem.WithKeyScope(func(r *http.Request) string { return strings.Repeat("s", 300) }))
-	checkProblem(t, do(t, "POST", url, t.Name(), "{}"), http.StatusInternalServerError, httpidem.ProblemInternal)
 }
 
 func testOversizeResponse(t *testing.T, e *env) {
@@ -774,6 +769,7 @@ func TestMiddlewarePanicsOnBadConfig(t *testing.T) {
 		{"LongNamespace", c, []httpidem.Option{httpidem.WithNamespace(strings.Repeat("n", 65))}},
 		{"EmptyHeader", c, []httpidem.Option{httpidem.WithNamespace("ok"), httpidem.WithHeader("")}},
 		{"LeaseOverHour", c, []httpidem.Option{httpidem.WithNamespace("ok"), httpidem.WithLease(2 * time.Hour)}},
+		{"RequireScopeWithoutScope", c, []httpidem.Option{httpidem.WithNamespace("ok"), httpidem.WithoutScope(), httpidem.RequireScope()}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			defer func() {

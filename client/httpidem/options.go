@@ -20,7 +20,7 @@ const ReplayedHeader = "Idempotent-Replayed"
 // Limits of keystore (docs/contract.md) and of the defaults.
 const (
 	maxNamespaceLen     = 64
-	maxKeyLen           = 255
+	maxStoreKeyLen      = 255
 	maxLease            = time.Hour
 	defaultLease        = 30 * time.Second
 	defaultMaxBodyBytes = 1 << 20
@@ -39,9 +39,12 @@ type config struct {
 	maxBody     int64
 	route       func(*http.Request) string
 	keyRequired bool
-	scope       func(*http.Request) string
-	logger      *slog.Logger
-	owner       string
+	// scope names a request's caller; nil puts every request in the
+	// anonymous scope (WithoutScope).
+	scope        func(*http.Request) (string, bool)
+	requireScope bool
+	logger       *slog.Logger
+	owner        string
 }
 
 // WithNamespace sets the keystore namespace of the keys (required): 1-64
@@ -123,14 +126,65 @@ func WithKeyRequired(required bool) Option {
 	return func(c *config) { c.keyRequired = required }
 }
 
-// WithKeyScope sets a function that names the caller of a request, e.g. the
-// authenticated account. Keys of different scopes never meet, so one caller
-// can neither replay nor block another's request by guessing its key, as
-// the draft recommends. The scope must be printable; it shortens the longest
-// key a caller may send by len(scope) plus a few bytes. An empty scope
-// leaves the key unscoped.
+// WithScope sets the function that names the caller of a request
+// (default DefaultScope), e.g. the account that an authentication
+// middleware put in the request's context. Keys of different scopes never
+// meet: no caller can replay or block another's request by sending its
+// key, as the draft asks. ok false means the request has no identity: it
+// shares the anonymous scope with every other such request, or is answered
+// 401 with RequireScope. The scope is neither stored nor logged, only a
+// truncated SHA-256 of it; it must be the same on every retry of a
+// request, and not empty when ok is true (such a request is answered 500).
+// A nil function keeps the default.
+//
+// Give one when DefaultScope does not name callers well: when clients
+// authenticate otherwise (cookies, a header of its own, a certificate
+// without a CommonName), or when the Authorization header changes between
+// a request and its retries (refreshed OAuth access tokens, short-lived
+// JWTs; DefaultScope would give the retry a new scope, so it would run
+// again), or when it carries a guessable secret (Basic credentials: the
+// store would hold an unsalted hash of them).
+func WithScope(scope func(r *http.Request) (scope string, ok bool)) Option {
+	return func(c *config) {
+		if scope != nil {
+			c.scope = scope
+		}
+	}
+}
+
+// WithoutScope turns scoping off: every request is in the anonymous scope,
+// so any caller may replay or block another's request by sending its key.
+// Use it only when one trust domain uses the service (e.g. every caller is
+// one of its own front ends). It undoes an earlier WithScope.
+func WithoutScope() Option {
+	return func(c *config) { c.scope = nil }
+}
+
+// RequireScope answers a protected request that has no identity (its scope
+// function returns ok false) with 401 ProblemUnauthenticated, instead of
+// serving it in the anonymous scope shared by all such requests. A request
+// without a key that WithKeyRequired(false) lets through runs unprotected
+// all the same. The 401 carries no WWW-Authenticate challenge of its own,
+// since the middleware does not know the service's scheme; a challenge set
+// on the ResponseWriter by an outer handler is kept. It cannot be combined
+// with WithoutScope.
+func RequireScope() Option {
+	return func(c *config) { c.requireScope = true }
+}
+
+// WithKeyScope sets a function that names the caller of a request; an
+// empty scope means the request has no identity.
+//
+// Deprecated: Use WithScope, which this calls. Scopes are on by default
+// now (DefaultScope).
 func WithKeyScope(scope func(r *http.Request) string) Option {
-	return func(c *config) { c.scope = scope }
+	if scope == nil {
+		return WithScope(nil)
+	}
+	return WithScope(func(r *http.Request) (string, bool) {
+		s := scope(r)
+		return s, s != ""
+	})
 }
 
 // WithLogger sets where the middleware logs keystore failures that it hides
@@ -151,6 +205,7 @@ func newConfig(opts []Option) (config, error) {
 		maxBody:     defaultMaxBodyBytes,
 		route:       func(r *http.Request) string { return r.URL.Path + "?" + r.URL.RawQuery },
 		keyRequired: true,
+		scope:       DefaultScope,
 		logger:      slog.New(slog.DiscardHandler),
 		owner:       client.DefaultOwner(),
 	}
@@ -166,6 +221,8 @@ func newConfig(opts []Option) (config, error) {
 		return c, fmt.Errorf("httpidem: WithHeader: empty name")
 	case c.lease > maxLease:
 		return c, fmt.Errorf("httpidem: WithLease: %s is longer than keystore's maximum %s", c.lease, maxLease)
+	case c.requireScope && c.scope == nil:
+		return c, fmt.Errorf("httpidem: RequireScope with WithoutScope would refuse every request")
 	}
 	return c, nil
 }

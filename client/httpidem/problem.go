@@ -12,10 +12,13 @@ const (
 	// ProblemKeyMissing (400): a protected request carries no idempotency
 	// key.
 	ProblemKeyMissing = problemBase + "ProblemKeyMissing"
-	// ProblemKeyInvalid (400): the key is empty, longer than 255 bytes (less
-	// with WithKeyScope), not printable UTF-8, sent more than once, or a
+	// ProblemKeyInvalid (400): the key is empty, longer than MaxKeyLen
+	// (232) bytes, not printable UTF-8, sent more than once, or a
 	// malformed structured field string.
 	ProblemKeyInvalid = problemBase + "ProblemKeyInvalid"
+	// ProblemUnauthenticated (401): RequireScope is set and the request's
+	// caller could not be identified. Nothing was run.
+	ProblemUnauthenticated = problemBase + "ProblemUnauthenticated"
 	// ProblemBodyTooLarge (413): the request body is larger than
 	// WithMaxBodyBytes allows.
 	ProblemBodyTooLarge = problemBase + "ProblemBodyTooLarge"
@@ -40,8 +43,9 @@ const (
 	// response was too large for the idempotency store to keep; retries get
 	// this answer instead of the response. Its effects stand.
 	ProblemResponseNotStored = problemBase + "ProblemResponseNotStored"
-	// ProblemInternal (500): the middleware is misconfigured, or the key
-	// holds a record that is not an HTTP response. Nothing was run.
+	// ProblemInternal (500): the middleware is misconfigured (e.g. its
+	// scope function returned an empty scope), or the key holds a record
+	// that is not an HTTP response. Nothing was run.
 	ProblemInternal = problemBase + "ProblemInternal"
 )
 
@@ -63,6 +67,7 @@ const problemContentType = "application/problem+json"
 var problemTitles = map[string]string{
 	ProblemKeyMissing:        "Idempotency key is missing",
 	ProblemKeyInvalid:        "Idempotency key is invalid",
+	ProblemUnauthenticated:   "Caller is not identified",
 	ProblemBodyTooLarge:      "Request body is too large",
 	ProblemBodyUnreadable:    "Request body could not be read",
 	ProblemInProgress:        "A request is outstanding for this idempotency key",
