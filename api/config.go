@@ -46,6 +46,16 @@ type Config struct {
 	// 0: unlimited. Beyond: RESOURCE_EXHAUSTED with RetryInfo.
 	NamespaceRate  float64
 	NamespaceBurst int
+	// MaxNamespaceRecords and MaxNamespaceBytes are each namespace's
+	// quota of stored records and of their bytes (0: none), judged by
+	// Usage on the node that takes the request: a Claim that would create
+	// a record past the first, or a Complete whose response would pass the
+	// second, gets RESOURCE_EXHAUSTED. Retries of existing records always
+	// go through. Requests in flight may overshoot a quota by a little.
+	MaxNamespaceRecords, MaxNamespaceBytes int64
+	// Usage reports what a namespace holds (records, bytes) as of this
+	// node's applied state; needed by the quotas.
+	Usage func(namespace string) (records, bytes int64)
 	// Access decides per call which namespaces the caller may use and
 	// whether it sees live claims' tokens; nil: every namespace, no live
 	// tokens (authorization off).
@@ -80,6 +90,8 @@ func (c Config) Validate() error {
 		return errors.New("api: MaxBodyBytes and MaxMetadataBytes must be positive")
 	case c.MaxBodyBytes+c.MaxMetadataBytes > MaxEntryBytes:
 		return fmt.Errorf("api: MaxBodyBytes + MaxMetadataBytes must be at most %d (a record travels in one raft frame)", MaxEntryBytes)
+	case (c.MaxNamespaceRecords > 0 || c.MaxNamespaceBytes > 0) && c.Usage == nil:
+		return errors.New("api: namespace quotas need Usage")
 	case c.RequestTimeout <= 0 || c.MaxWait < 0:
 		return errors.New("api: RequestTimeout must be positive and MaxWait not negative")
 	}

@@ -142,6 +142,12 @@ func newEnv(t *testing.T, cfg api.Config, realTime bool) *testEnv {
 		t.Fatalf("storage.Open: %v", err)
 	}
 	t.Cleanup(func() { _ = store.Close() })
+	if cfg.Usage == nil {
+		cfg.Usage = func(ns string) (int64, int64) {
+			u := store.NamespaceUsage(ns)
+			return u.Records, u.Bytes
+		}
+	}
 	env := &testEnv{repl: &fakeReplicator{store: store, now: time.Now}}
 	if !realTime {
 		env.clock = &manualClock{t: t0}

@@ -17,7 +17,41 @@ import (
 const (
 	ReasonRateLimited    = "RATE_LIMITED"
 	ReasonTooManyWaiting = "TOO_MANY_WAITING"
+	ReasonQuotaExceeded  = "QUOTA_EXCEEDED"
 )
+
+// quotaRetry is the RetryInfo delay of a quota refusal: records leave a
+// namespace as they expire (swept every second) or are released.
+const quotaRetry = time.Second
+
+// checkRecordQuota refuses a Claim of a key that has no record when the
+// namespace holds its quota of records already.
+func (s *service) checkRecordQuota(ns, key string) error {
+	max := s.cfg.MaxNamespaceRecords
+	if max <= 0 {
+		return nil
+	}
+	if records, _ := s.cfg.Usage(ns); records < max {
+		return nil
+	}
+	if _, _, err := s.store.Get(ns, key); err == nil {
+		return nil // a retry of a record it holds, or a takeover
+	}
+	return exhausted(fmt.Sprintf("namespace %q holds its quota of %d records (--namespace-max-records)", ns, max), ReasonQuotaExceeded, quotaRetry)
+}
+
+// checkBytesQuota refuses a Complete whose response would take the
+// namespace past its quota of bytes.
+func (s *service) checkBytesQuota(ns string, add int) error {
+	max := s.cfg.MaxNamespaceBytes
+	if max <= 0 {
+		return nil
+	}
+	if _, bytes := s.cfg.Usage(ns); bytes+int64(add) <= max {
+		return nil
+	}
+	return exhausted(fmt.Sprintf("namespace %q would pass its quota of %d bytes (--namespace-max-bytes)", ns, max), ReasonQuotaExceeded, quotaRetry)
+}
 
 // maxTrackedNamespaces bounds the rate limiters kept: past it they start
 // over (a caller inventing namespaces must not grow the node's memory).

@@ -80,6 +80,7 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("a 4th waiting Claim in one namespace: %v; want RESOURCE_EXHAUSTED", err)
 		}
+		time.Sleep(50 * time.Millisecond) // let the waiters in: a probe holds a slot too
 	}
 	for {
 		err := waitClaim("third")
@@ -90,14 +91,23 @@ func TestWaitingClaimsAreBounded(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("a 7th waiting Claim on the node: %v; want RESOURCE_EXHAUSTED", err)
 		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	if r := env.claim(t, "held", time.Hour); r.GetOutcome() != keystorev1.ClaimOutcome_CLAIM_OUTCOME_IN_PROGRESS {
 		t.Fatalf("a Claim without wait: %v; want IN_PROGRESS", r)
 	}
 	cancel()
 	wg.Wait()
-	if err := waitClaim(ns); status.Code(err) == codes.ResourceExhausted {
-		t.Fatalf("after the waits ended: %v; want the slots free", err)
+	// The server learns of the cancellations a moment after the callers.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		err := waitClaim(ns)
+		if status.Code(err) != codes.ResourceExhausted {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("5s after the waits ended: %v; want the slots free", err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -123,5 +133,36 @@ func TestNamespaceRate(t *testing.T) {
 	}
 	if _, err := env.client.Get(ctxT(t), &keystorev1.GetRequest{Namespace: "other", Key: "k"}); status.Code(err) == codes.ResourceExhausted {
 		t.Fatalf("another namespace: %v; want its own bucket", err)
+	}
+}
+
+// TestNamespaceQuotas: a namespace at its quota of records refuses Claims
+// of new keys (RESOURCE_EXHAUSTED with RetryInfo, the flag named) but not
+// retries of the keys it holds, and takes new ones once a record is
+// released; a Complete that would pass the bytes quota is refused and
+// changes nothing. Other namespaces are not affected.
+func TestNamespaceQuotas(t *testing.T) {
+	env := newEnv(t, api.Config{MaxNamespaceRecords: 2, MaxNamespaceBytes: 600}, false)
+	a := env.acquire(t, "a", time.Minute)
+	b := env.acquire(t, "b", time.Minute)
+	_, err := env.client.Claim(ctxT(t), &keystorev1.ClaimRequest{Namespace: ns, Key: "c"})
+	retryInfo(t, err, "--namespace-max-records")
+	if r := env.claim(t, "a", time.Minute); r.GetOutcome() != keystorev1.ClaimOutcome_CLAIM_OUTCOME_IN_PROGRESS {
+		t.Fatalf("a retry at the quota: %v; want IN_PROGRESS", r)
+	}
+	if _, err := env.client.Claim(ctxT(t), &keystorev1.ClaimRequest{Namespace: "other", Key: "c"}); err != nil {
+		t.Fatalf("another namespace: %v", err)
+	}
+	_, err = env.client.Complete(ctxT(t), &keystorev1.CompleteRequest{Namespace: ns, Key: "a", Token: a, Response: &keystorev1.Response{Body: make([]byte, 600)}})
+	retryInfo(t, err, "--namespace-max-bytes")
+	if got, err := env.client.Get(ctxT(t), &keystorev1.GetRequest{Namespace: ns, Key: "a"}); err != nil || got.GetRecord().GetState() != keystorev1.RecordState_RECORD_STATE_IN_PROGRESS {
+		t.Fatalf("after the refused Complete: %v, %v; want still IN_PROGRESS", got, err)
+	}
+	env.complete(t, "a", a, &keystorev1.Response{Code: 200, Body: []byte("small")})
+	if _, err := env.client.Release(ctxT(t), &keystorev1.ReleaseRequest{Namespace: ns, Key: "b", Token: b}); err != nil {
+		t.Fatal(err)
+	}
+	if r := env.claim(t, "c", time.Minute); r.GetOutcome() != keystorev1.ClaimOutcome_CLAIM_OUTCOME_ACQUIRED {
+		t.Fatalf("a new key once a record was released: %v; want ACQUIRED", r)
 	}
 }

@@ -88,6 +88,9 @@ func (s *service) claim(ctx context.Context, by deadline, req *keystorev1.ClaimR
 		return nil, err
 	}
 	ns, key := req.GetNamespace(), req.GetKey()
+	if err := s.checkRecordQuota(ns, key); err != nil {
+		return nil, err
+	}
 	if wait > 0 {
 		done, err := s.limits.startWaiting(ns)
 		if err != nil {
@@ -225,6 +228,9 @@ func (s *service) complete(ctx context.Context, by deadline, req *keystorev1.Com
 	v.response(req.GetResponse(), s.cfg.MaxBodyBytes, s.cfg.MaxMetadataBytes)
 	retention := v.duration("retention", req.GetRetention(), 0, s.cfg.MaxRetention)
 	if err := v.err(); err != nil {
+		return nil, err
+	}
+	if err := s.checkBytesQuota(req.GetNamespace(), proto.Size(req.GetResponse())); err != nil {
 		return nil, err
 	}
 	res, err := s.propose(ctx, by, 0, mustMarshal(&statev1.Command{Op: &statev1.Command_Complete{Complete: &statev1.Complete{

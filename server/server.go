@@ -295,6 +295,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Auth != nil {
 		apiCfg.Access = policyAccess{}
 	}
+	apiCfg.Usage = func(ns string) (int64, int64) {
+		u := store.NamespaceUsage(ns)
+		return u.Records, u.Bytes
+	}
 	svc, err := api.NewService(apiCfg, node, store)
 	if err != nil {
 		return fail(err)

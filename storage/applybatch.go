@@ -46,13 +46,16 @@ type applyBatch struct {
 	// fs tells keys that certainly have no record (no lookup then), and
 	// learns every key a record is created at.
 	fs filters
+	// usage is how the batch moves each namespace's Usage, applied to the
+	// store's table once it has committed.
+	usage map[string]Usage
 }
 
 // newApplyBatch returns an empty batch. scans says whether the index will
 // be scanned (the entries hold an Expire): only then does the batch keep
 // its index writes in memory.
 func newApplyBatch(db *pebble.DB, scans bool, fs filters) *applyBatch {
-	a := &applyBatch{b: db.NewBatch(), db: db, records: make(map[string]*statev1.Record), fs: fs}
+	a := &applyBatch{b: db.NewBatch(), db: db, records: make(map[string]*statev1.Record), fs: fs, usage: make(map[string]Usage)}
 	if scans {
 		a.index = make(map[string]bool)
 	}

@@ -552,6 +552,9 @@ func (s *Store) ApplySnapshot(snap raftpb.Snapshot) error {
 	s.meta = meta
 	s.confState = md.ConfState
 	s.mu.Unlock()
+	if err := s.countUsage(); err != nil {
+		return fmt.Errorf("storage: apply snapshot: %w", err)
+	}
 	s.dropStaged(func(index uint64) bool { return index <= md.Index })
 	s.logger.Info("applied snapshot", "index", md.Index, "term", md.Term, "tables", len(paths),
 		"records", meta.StoredRecords)

@@ -149,6 +149,7 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 		s.confState = *cs
 	}
 	s.mu.Unlock()
+	s.usage.add(b.usage)
 	if fs.next == nil && (fs.cur == nil || fs.cur.full()) {
 		s.startFilterBuild() // none yet (a build failed), or too full
 	}
@@ -247,6 +248,15 @@ func (s *Store) applyCommand(b *applyBatch, cmd *statev1.Command, requestID, ind
 // same batch.
 func putRecord(b *applyBatch, ns, key string, stored, next *statev1.Record, meta *statev1.Meta) error {
 	k := recordKey(ns, key)
+	u := b.usage[ns]
+	u.Bytes += recordBytes(k, next) - recordBytes(k, stored)
+	switch {
+	case stored == nil && next != nil:
+		u.Records++
+	case stored != nil && next == nil:
+		u.Records--
+	}
+	b.usage[ns] = u
 	// An index entry is set once per expires_at and removed once, so a
 	// SingleDelete removes it: it and the Set vanish together at the
 	// first compaction that meets both (see DESIGN.md).
@@ -323,6 +333,10 @@ func applyExpire(b *applyBatch, e *statev1.Expire, meta *statev1.Meta) (*statev1
 			return nil, nil, err
 		}
 		meta.StoredRecords--
+		u := b.usage[ns]
+		u.Records--
+		u.Bytes -= recordBytes(k, rec)
+		b.usage[ns] = u
 		touched = append(touched, k)
 	}
 	more := it.Key() != nil

@@ -78,6 +78,8 @@ type Store struct {
 	// filter holds every record key (nil until built); nextFilter is the
 	// one being built. See keyfilter.go.
 	filter, nextFilter atomic.Pointer[keyFilter]
+	// usage is each namespace's records and bytes (usage.go).
+	usage usageTable
 	filterKick         chan struct{} // asks filterBuilder for a build
 	filterStop         chan struct{} // closed by Close
 	filterDone         chan struct{} // closed when filterBuilder returned
@@ -153,6 +155,11 @@ func Open(cfg Config) (*Store, error) {
 		}
 		_ = db.Close()
 		return nil, err
+	}
+	if err := s.countUsage(); err != nil {
+		_ = s.wal.close()
+		_ = db.Close()
+		return nil, fmt.Errorf("storage: counting namespaces' records: %w", err)
 	}
 	go s.filterBuilder()
 	s.startFilterBuild()

@@ -79,6 +79,8 @@ func run(args []string) error {
 		maxWaitingNS     = fs.Int("max-waiting-claims-per-namespace", 256, "Claims with a wait waiting in one namespace on this node at once (negative: no limit)")
 		nsRate           = fs.Float64("namespace-rate", 0, "operations per second each namespace may make on this node, a token bucket; beyond: RESOURCE_EXHAUSTED with RetryInfo (0: no limit)")
 		nsBurst          = fs.Int("namespace-burst", 0, "the --namespace-rate bucket's size (default: one second's worth)")
+		nsMaxRecords     = fs.Int64("namespace-max-records", 0, "records each namespace may hold (0: no quota); a Claim of a new key past it gets RESOURCE_EXHAUSTED")
+		nsMaxBytes       = fs.Int64("namespace-max-bytes", 0, "bytes (keys and records) each namespace may hold (0: no quota); a Complete past it gets RESOURCE_EXHAUSTED")
 
 		tick            = fs.Duration("raft-tick", 100*time.Millisecond, "Raft tick interval")
 		electionTicks   = fs.Int("raft-election-ticks", 10, "election timeout in ticks")
@@ -159,6 +161,8 @@ func run(args []string) error {
 			MaxWaitingClaimsPerNamespace: *maxWaitingNS,
 			NamespaceRate:                *nsRate,
 			NamespaceBurst:               *nsBurst,
+			MaxNamespaceRecords:          *nsMaxRecords,
+			MaxNamespaceBytes:            *nsMaxBytes,
 		},
 		Raft: raftnode.Config{
 			TickInterval:    *tick,
