@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -13,7 +14,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // Config configures a Client.
@@ -22,8 +22,46 @@ type Config struct {
 	// nodes, or of a load balancer in front of them. At least one; unless
 	// NoDiscovery, that of one live node is enough.
 	Endpoints []string
-	// DialOptions are added to every connection (default: plaintext).
+	// DialOptions are added to every connection, after those of TLS and
+	// the token (a transport credential given here replaces TLS's).
 	DialOptions []grpc.DialOption
+	// TLS, when set, makes every connection use TLS with it: the seeds'
+	// and the discovered endpoints'. Nil: plaintext. New copies it; the
+	// functions it holds are shared by every connection and must be safe
+	// for concurrent use.
+	//
+	// With ServerName empty, the name verified is each endpoint's host (a
+	// DNS name or an IP address), set by gRPC per connection; set it when
+	// the nodes' certificates name something else, e.g. one name for the
+	// whole cluster. RootCAs nil verifies against the system's roots.
+	// Certificates holds a client certificate, for servers that identify
+	// callers by it.
+	//
+	// To pick up a rotated client certificate or CA without a new Client,
+	// set GetClientCertificate (called on every handshake) and, for the
+	// CA, InsecureSkipVerify with a VerifyConnection that verifies the
+	// server's chain and name against the current CA itself (crypto/tls
+	// cannot swap RootCAs). NB: such a VerifyConnection must check the
+	// name too. ConnectionState.ServerName carries the endpoint's host
+	// when it is a DNS name, but is empty for an IP address: with IP
+	// endpoints, set ServerName and check that.
+	TLS *tls.Config
+	// Token, when set, is sent as "authorization: Bearer <token>" with
+	// every call, MemberList and Status included. It needs TLS unless
+	// InsecureToken: New refuses it otherwise.
+	Token string
+	// TokenFile, instead of Token, names a file whose first line (surrounding
+	// white space trimmed) is the token. New reads it, and fails if it
+	// cannot; calls read it again at most every 2 seconds, so that a token
+	// rotated in the file (rewritten, or replaced by a rename) is sent
+	// without a new Client. A read that fails then keeps the last token.
+	// A write stream (BatchService.Stream) carries the token it was
+	// opened with until it ends.
+	TokenFile string
+	// InsecureToken sends Token (or TokenFile's) over a plaintext
+	// connection: for local testing only, as anyone on the path can read
+	// it.
+	InsecureToken bool
 	// AttemptTimeout bounds one attempt on one node, so that a stuck node
 	// is left for the next (default 6s, a little over the server's own
 	// quorum timeout). A Claim's wait is added to it.
@@ -112,6 +150,10 @@ type Client struct {
 // down; calls find the live ones, and the client looks for the leader, and
 // unless Config.NoDiscovery the other members, in the background.
 //
+// New fails at once on a configuration it cannot use: no endpoints, Token
+// and TokenFile both, a TokenFile it cannot read, or a token without TLS
+// (unless InsecureToken).
+//
 // ctx bounds New alone: if it is done before New returns, New returns an
 // error wrapping ctx.Err() and no client. It is not stored: ending it later
 // does not affect the client.
@@ -123,12 +165,15 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, errors.New("keystore: Config.Endpoints is empty")
 	}
 	cfg = cfg.withDefaults()
-	opts := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	opts, err := credentialOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts,
 		// Fixed windows turn off gRPC's bandwidth-delay probe, a PING and
 		// its ACK for nearly every call on a lightly loaded connection.
-		grpc.WithInitialWindowSize(1 << 20), grpc.WithInitialConnWindowSize(1 << 20),
-	}, cfg.DialOptions...)
+		grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(1<<20))
+	opts = append(opts, cfg.DialOptions...)
 	c := &Client{cfg: cfg, opts: opts, open: map[*endpoint]struct{}{}, stop: make(chan struct{})}
 	set := &endpointSet{}
 	for _, addr := range cfg.Endpoints {

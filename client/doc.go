@@ -27,6 +27,16 @@
 // Against older servers writes beyond Config.MaxInflight travel together in
 // BatchService.Batch calls instead.
 //
+// Connections are plaintext unless Config.TLS is set; every connection the
+// client makes, to the endpoints it was given and to those it discovers,
+// uses it. A server that checks credentials takes a bearer token
+// (Config.Token, or Config.TokenFile, read again when it changes), sent
+// with every call, or a client certificate in Config.TLS. New refuses a
+// token over plaintext unless Config.InsecureToken. A call without an
+// accepted credential fails with ErrUnauthenticated, one for a namespace
+// the credential is not granted with ErrPermissionDenied; neither is
+// retried.
+//
 // Do makes an operation effectively-once in one call: it claims the key,
 // runs the operation only when the claim is acquired, keeps the lease alive
 // while it runs, stores its response, and replays that response to every

@@ -33,6 +33,13 @@ var (
 	ErrInvalidArgument = errors.New("keystore: invalid argument")
 	// ErrUnavailable: no node answered with a quorum before the deadline.
 	ErrUnavailable = errors.New("keystore: unavailable")
+	// ErrUnauthenticated: the server accepted no credential of the call
+	// (Config.Token, Config.TokenFile, a client certificate in Config.TLS).
+	// Not retried.
+	ErrUnauthenticated = errors.New("keystore: unauthenticated")
+	// ErrPermissionDenied: the credential is not granted the namespace, or
+	// the call. Not retried.
+	ErrPermissionDenied = errors.New("keystore: permission denied")
 )
 
 // errorDomain is the ErrorInfo domain of keystore's errors.
@@ -79,6 +86,10 @@ func fromStatus(err error) error {
 		sentinel = ErrInvalidArgument
 	case st.Code() == codes.Unavailable:
 		sentinel = ErrUnavailable
+	case st.Code() == codes.Unauthenticated:
+		sentinel = ErrUnauthenticated
+	case st.Code() == codes.PermissionDenied:
+		sentinel = ErrPermissionDenied
 	case st.Code() == codes.Canceled:
 		return fmt.Errorf("%w: %w", context.Canceled, err)
 	case st.Code() == codes.DeadlineExceeded:

@@ -33,6 +33,8 @@ func TestFromStatus(t *testing.T) {
 		{"unavailable without details", status.Error(codes.Unavailable, "connection refused"), ErrUnavailable},
 		{"deadline", status.Error(codes.DeadlineExceeded, "x"), context.DeadlineExceeded},
 		{"canceled", status.Error(codes.Canceled, "x"), context.Canceled},
+		{"unauthenticated", status.Error(codes.Unauthenticated, "no credential"), ErrUnauthenticated},
+		{"permission denied", status.Error(codes.PermissionDenied, "namespace not granted"), ErrPermissionDenied},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := fromStatus(tc.in)
@@ -44,9 +46,9 @@ func TestFromStatus(t *testing.T) {
 			}
 		})
 	}
-	other := status.Error(codes.PermissionDenied, "no")
-	if got := fromStatus(other); status.Code(got) != codes.PermissionDenied {
-		t.Fatalf("fromStatus(PERMISSION_DENIED) = %v; want the status unchanged", got)
+	other := status.Error(codes.Internal, "no")
+	if got := fromStatus(other); got != other {
+		t.Fatalf("fromStatus(INTERNAL) = %v; want the status unchanged", got)
 	}
 	if fromStatus(nil) != nil {
 		t.Fatal("fromStatus(nil) != nil")

@@ -8,7 +8,6 @@ import (
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
 
@@ -27,8 +26,14 @@ type clusterCaller struct {
 }
 
 // dialCluster connects to the endpoints (lazily, as gRPC does: a node that
-// is down fails its attempt, not the dial).
+// is down fails its attempt, not the dial), with the TLS and the token the
+// flags give, as the client package's connections (credentials.go).
 func (e *env) dialCluster() (*clusterCaller, error) {
+	cred, err := e.g.security.load()
+	if err != nil {
+		return nil, err
+	}
+	opts := cred.dialOptions(e.g.security.insecureToken)
 	c := &clusterCaller{
 		endpoints: e.g.endpointList(),
 		// One stuck node must not eat the whole --timeout.
@@ -36,7 +41,7 @@ func (e *env) dialCluster() (*clusterCaller, error) {
 	}
 	c.maxAttempts = max(8, len(c.endpoints)) // the client's default, or every endpoint once
 	for _, ep := range c.endpoints {
-		conn, err := grpc.NewClient(ep, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := grpc.NewClient(ep, opts...)
 		if err != nil {
 			_ = c.Close()
 			return nil, err

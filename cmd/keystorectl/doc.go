@@ -6,10 +6,10 @@
 //
 // Commands: claim, complete, release, heartbeat, get, status, and
 // member list | add | promote | remove. Global flags (--endpoints, -o,
-// --timeout, --no-discovery) go before or after the command, and a
-// command's flags before or after its arguments. Output is aligned "key: value" lines or a table,
-// or with -o json one JSON object per result (times RFC 3339, bytes
-// base64). Exit status: 0 on success, 1 when keystore (or the network)
+// --timeout, --no-discovery, and those of TLS and credentials below) go
+// before or after the command, and a command's flags before or after its
+// arguments. Output is aligned "key: value" lines or a table, or with
+// -o json one JSON object per result (times RFC 3339, bytes base64). Exit status: 0 on success, 1 when keystore (or the network)
 // refused the call, 2 on a usage error.
 //
 // claim, complete, release, heartbeat and get use the Go client, which
@@ -17,6 +17,21 @@
 // (turn it off with --no-discovery): a call that outlives the first
 // answer, a claim's --wait or its retries, may go to a member not in
 // --endpoints. status and the member commands call exactly --endpoints.
+//
+// TLS and credentials. --cacert FILE verifies the servers against that CA
+// (and turns TLS on), --tls alone against the system's roots; the name
+// verified is each endpoint's host unless --server-name. --cert and
+// --cert-key present a client certificate, for a server that identifies
+// callers by it. A bearer token, from the first line of --token-file or
+// else from the environment variable KEYSTORECTL_TOKEN, is sent as
+// "authorization: Bearer <token>" with every call, the membership calls
+// included; keystorectl refuses to send it without TLS unless
+// --insecure-token (local testing only). A call the server refuses for
+// want of a credential fails with "unauthenticated: ...", one for a
+// namespace not granted with "permission denied: ..." (exit 1).
+//
+//	keystorectl --cacert ca.crt --token-file ~/.keystore/token --endpoints ks1:7001 get --namespace payments --key order-42
+//	keystorectl --cacert ca.crt --cert me.crt --cert-key me.key member list
 //
 // A session:
 //

@@ -43,6 +43,14 @@ var errorKinds = []struct {
 	{context.Canceled, "canceled"},
 }
 
+// codeKinds name the refusals of the caller's credentials by their gRPC
+// code, which the client and fromClusterStatus keep in the errors they
+// return.
+var codeKinds = map[codes.Code]string{
+	codes.Unauthenticated:  "unauthenticated",
+	codes.PermissionDenied: "permission denied",
+}
+
 // describe turns an error of a call into one line: what kind of failure it
 // is, then the server's words (every field a BadRequest names), e.g.
 // "claim lost: the claim is lost: ...".
@@ -50,11 +58,10 @@ func describe(err error) string {
 	if err == nil {
 		return "no answer"
 	}
-	kind := ""
+	kind := codeKinds[status.Code(err)]
 	for _, k := range errorKinds {
-		if errors.Is(err, k.err) {
+		if kind == "" && errors.Is(err, k.err) {
 			kind = k.kind
-			break
 		}
 	}
 	detail := err.Error()

@@ -29,6 +29,9 @@ func TestFromClusterStatus(t *testing.T) {
 		{"canceled", status.Error(codes.Canceled, "context canceled"), context.Canceled, "canceled: context canceled"},
 		{"context", context.DeadlineExceeded, context.DeadlineExceeded, "timed out: context deadline exceeded"},
 		{"not a status", errors.New("dial failed"), client.ErrUnavailable, "unavailable: dial failed"},
+		{"unauthenticated", status.Error(codes.Unauthenticated, "no credential"), nil, "unauthenticated: no credential"},
+		{"permission denied", status.Error(codes.PermissionDenied, "admin calls are not granted to \"billing\""), nil,
+			"permission denied: admin calls are not granted to \"billing\""},
 		{"other code", status.Error(codes.Internal, "disk on fire"), nil, "disk on fire"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

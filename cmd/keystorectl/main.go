@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/keystore-dev/keystore/client"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Exit statuses.
@@ -32,6 +34,7 @@ type globals struct {
 	output      string
 	timeout     time.Duration
 	noDiscovery bool
+	security    securityFlags // credentials.go
 }
 
 func defaultGlobals() globals {
@@ -46,6 +49,7 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.output, "output", g.output, "same as -o")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "bound on the whole call (a claim's --wait is added)")
 	fs.BoolVar(&g.noDiscovery, "no-discovery", g.noDiscovery, "call only --endpoints, not also the client addresses the members publish")
+	g.security.register(fs)
 }
 
 func (g *globals) validate() error {
@@ -58,7 +62,7 @@ func (g *globals) validate() error {
 	if len(g.endpointList()) == 0 {
 		return usageErrorf("--endpoints: no endpoint given")
 	}
-	return nil
+	return g.security.validate()
 }
 
 func (g *globals) endpointList() []string {
@@ -89,11 +93,18 @@ func (e *env) call(extra time.Duration) (context.Context, context.CancelFunc) {
 // the background, as client.Config describes: a call that outlives the
 // first answer (a claim's --wait, retries) may fail over to them.
 func (e *env) dial(noDiscovery bool) (*client.Client, error) {
+	cred, err := e.g.security.load()
+	if err != nil {
+		return nil, err
+	}
 	return client.New(context.Background(), client.Config{
 		Endpoints: e.g.endpointList(),
 		// One stuck node must not eat the whole --timeout.
 		AttemptTimeout: min(6*time.Second, e.g.timeout),
 		NoDiscovery:    noDiscovery || e.g.noDiscovery,
+		TLS:            cred.tls,
+		Token:          cred.token,
+		InsecureToken:  e.g.security.insecureToken,
 	})
 }
 
@@ -179,6 +190,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, context.DeadlineExceeded) {
 			msg += fmt.Sprintf(" (--timeout %s)", g.timeout)
 		}
+		if status.Code(err) == codes.Unauthenticated && !g.security.hasCredential() {
+			msg += " (no credential given: " + credentialHint + ")"
+		}
 		fmt.Fprintf(stderr, "keystorectl %s: %s\n", cmd.name, msg)
 		return exitError
 	}
@@ -241,6 +255,7 @@ func printUsage(w io.Writer, top *flag.FlagSet) {
 	listCommands(w, commands)
 	fmt.Fprint(w, "\nGlobal flags (before or after the command):\n")
 	printDefaults(w, top)
+	fmt.Fprint(w, "\n"+securityUsage)
 	fmt.Fprint(w, "\nRun 'keystorectl help <command>' for a command's arguments and flags.\n"+
 		"Exit status: 0 success, 1 keystore or network error, 2 usage error.\n")
 }
