@@ -79,10 +79,10 @@ type Store struct {
 	// one being built. See keyfilter.go.
 	filter, nextFilter atomic.Pointer[keyFilter]
 	// usage is each namespace's records and bytes (usage.go).
-	usage usageTable
-	filterKick         chan struct{} // asks filterBuilder for a build
-	filterStop         chan struct{} // closed by Close
-	filterDone         chan struct{} // closed when filterBuilder returned
+	usage      usageTable
+	filterKick chan struct{} // asks filterBuilder for a build
+	filterStop chan struct{} // closed by Close
+	filterDone chan struct{} // closed when filterBuilder returned
 }
 
 var marshal = proto.MarshalOptions{Deterministic: true}
