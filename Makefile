@@ -9,7 +9,7 @@ BIN       := bin
 PKGS      := ./...
 TESTFLAGS ?=
 
-.PHONY: all build test unit verify fmt vet staticcheck buf-lint buf-breaking proto proto-check cluster cluster-test cluster-test-long cluster-test-knobs cluster-test-bugs bench-churn bench bench-large bench-peers image compose-up compose-down docker-test clean
+.PHONY: all build test unit verify cluster-secure certs fuzz-short fmt vet staticcheck buf-lint buf-breaking proto proto-check cluster cluster-test cluster-test-long cluster-test-knobs cluster-test-bugs bench-churn bench bench-large bench-peers image compose-up compose-down docker-test clean
 
 all: build
 
@@ -114,6 +114,17 @@ proto-check:
 ## cluster: three local nodes as three processes; Ctrl-C stops them all.
 cluster: build
 	./scripts/cluster.sh $(BIN)/keystored
+
+## cluster-secure: the same three nodes with TLS on the client port, mutual TLS
+## between them and an authorization policy (certificates of a local CA and
+## random tokens made once in keystore-data/certs; the script prints how to call).
+cluster-secure: build
+	KEYSTORE_SECURE=1 ./scripts/cluster.sh $(BIN)/keystored
+
+## certs: a local CA and certificates for nodes n1-n3 and clients admin and app
+## in certs/ (no network; see internal/certgen). FORCE=1 replaces them.
+certs:
+	$(GO) run ./internal/certgen/cmd/gencerts -out certs -nodes n1,n2,n3 -clients admin,app $(if $(FORCE),-force)
 
 ## cluster-test-bugs: checker efficacy. Each deliberate bug of internal/bugs
 ## (compiled in only by its build tag) must make the suite fail within

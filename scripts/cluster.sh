@@ -3,11 +3,46 @@
 # data under keystore-data/n1..n3, prints the client endpoints and stops all
 # three on Ctrl-C (or when any one of them exits on its own, it keeps the
 # others running so you can watch failover).
+#
+# KEYSTORE_SECURE=1 (make cluster-secure) turns on TLS on the client port,
+# mutual TLS between the nodes and an authorization policy: certificates of a
+# local CA (made once, by internal/certgen's gencerts, no network) and two
+# random bearer tokens go to $data/certs, and the script prints how to call.
 set -euo pipefail
 bin=${1:-bin/keystored}
 data=${KEYSTORE_DATA:-keystore-data}
 cluster="n1=127.0.0.1:7101,n2=127.0.0.1:7102,n3=127.0.0.1:7103"
 mkdir -p "$data"
+chmod 700 "$data"
+secure=()
+if [ "${KEYSTORE_SECURE:-}" = 1 ]; then
+	certs="$data/certs"
+	if [ ! -f "$certs/ca.crt" ]; then
+		go run ./internal/certgen/cmd/gencerts -out "$certs" -nodes n1,n2,n3 -clients admin,app >/dev/null
+	fi
+	for who in app admin; do
+		if [ ! -f "$certs/$who.token" ]; then
+			(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$certs/$who.token")
+		fi
+	done
+	hash() { sha256sum "$1" | cut -d' ' -f1; }
+	cat >"$certs/policy.yaml" <<POLICY
+# keystore authorization policy (make cluster-secure). Reloaded on change.
+principals:
+  - name: app                       # the token in app.token
+    token_sha256: $(hash "$certs/app.token")
+    namespaces: [payments, orders]
+  - name: ops                       # the token in admin.token
+    token_sha256: $(hash "$certs/admin.token")
+    namespaces: ["*"]
+    admin: true
+  - name: ops-cert                  # the client certificate client-admin.crt
+    cert_cn: admin
+    namespaces: ["*"]
+    admin: true
+POLICY
+	secure=(--tls-client-ca-file "$certs/ca.crt" --peer-tls-ca-file "$certs/ca.crt" --auth-policy-file "$certs/policy.yaml")
+fi
 pids=()
 stop() {
 	echo
@@ -21,14 +56,24 @@ for i in 1 2 3; do
 	# Gossip on 127.0.0.1:7201-7203, each seeded with the other two: a
 	# fourth node finds the cluster through any of them (README, Membership).
 	seeds=$(for j in 1 2 3; do [ "$j" = "$i" ] || printf '127.0.0.1:720%s,' "$j"; done)
+	tls=()
+	if [ ${#secure[@]} -gt 0 ]; then
+		tls=("${secure[@]}" --tls-cert-file "$certs/n$i.crt" --tls-key-file "$certs/n$i.key"
+			--peer-tls-cert-file "$certs/n$i.crt" --peer-tls-key-file "$certs/n$i.key")
+	fi
 	"$bin" --name "n$i" --data-dir "$data/n$i" \
 		--client-addr "127.0.0.1:700$i" --peer-addr "127.0.0.1:710$i" \
 		--gossip-addr "127.0.0.1:720$i" --join "${seeds%,}" \
-		--initial-cluster "$cluster" >"$data/n$i.log" 2>&1 &
+		--initial-cluster "$cluster" ${tls[@]+"${tls[@]}"} >"$data/n$i.log" 2>&1 &
 	pids+=($!)
 	echo "n$i: pid $! client 127.0.0.1:700$i (log $data/n$i.log)"
 done
 echo
 echo "client endpoints: 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 (gossip: 127.0.0.1:7201-7203)"
+if [ ${#secure[@]} -gt 0 ]; then
+	echo "TLS and authorization on; certificates, tokens and policy in $certs:"
+	echo "  go run ./cmd/keystorectl --cacert $certs/ca.crt --token-file $certs/app.token claim --namespace payments --key order-1"
+	echo "  go run ./cmd/keystorectl --cacert $certs/ca.crt --cert $certs/client-admin.crt --cert-key $certs/client-admin.key status"
+fi
 echo "Ctrl-C stops all three."
 wait

@@ -86,6 +86,7 @@ func describe(err error) string {
 		}
 	}
 	detail = strings.Join(strings.Fields(detail), " ") // one line
+	detail = strings.TrimPrefix(detail, kind+": ")     // "permission denied: permission denied: ..."
 	switch {
 	case kind == "":
 		return detail
