@@ -8,6 +8,7 @@ package testcluster
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"sync"
@@ -137,14 +138,38 @@ func Start(t testing.TB, opts Options) *Cluster {
 	return c
 }
 
-// FreeAddr returns a loopback address with a port free a moment ago.
+// FreeAddr returns a loopback address whose port (TCP and UDP, for
+// gossip) was free a moment ago, one no other caller in this process got.
+// It is below Linux's ephemeral range (32768-60999): a port the kernel
+// hands out for ":0" may, once closed, become the source port of any
+// outgoing connection before the node binds it ("address already in use"
+// under load), while a port below the range is taken only by a listener
+// that names it.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l := listen(t)
-	addr := l.Addr().String()
-	_ = l.Close()
-	return addr
+	for range 1000 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 12000+rand.IntN(8000))
+		if _, dup := handedOut.LoadOrStore(addr, true); dup {
+			continue
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", addr)
+		_ = l.Close()
+		if err != nil {
+			continue
+		}
+		_ = u.Close()
+		return addr
+	}
+	t.Fatal("testcluster: no free port in 12000-19999")
+	return ""
 }
+
+// handedOut holds every address FreeAddr gave in this process.
+var handedOut sync.Map
 
 func listen(t testing.TB) net.Listener {
 	t.Helper()
