@@ -122,7 +122,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case client.Acquired:
 		h.run(w, r, body, key, claim.Token)
 	default:
-		h.cfg.logger.Error("unexpected claim outcome", "key", key, "outcome", claim.Outcome)
+		h.cfg.logger.Error("unexpected claim outcome", "key", logKey(key), "outcome", claim.Outcome)
 		writeProblem(w, ProblemInternal, http.StatusInternalServerError, "The request could not be processed.", 0)
 	}
 }
@@ -161,12 +161,12 @@ func (h *handler) claimFailed(w http.ResponseWriter, r *http.Request, key string
 			"This idempotency key was used for a different request (method, route or body). Use a new key for a new request.", 0)
 	case errors.Is(err, client.ErrUnavailable), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		if r.Context().Err() == nil {
-			h.cfg.logger.Warn("claim failed", "key", key, "err", err)
+			h.cfg.logger.Warn("claim failed", "key", logKey(key), "err", err)
 		}
 		writeProblem(w, ProblemUnavailable, http.StatusServiceUnavailable,
 			"The idempotency store could not be reached. The request was not processed; retry it with the same key.", unavailableRetryAfter)
 	default: // e.g. ErrInvalidArgument: a lease or retention over the server's limits
-		h.cfg.logger.Error("claim failed", "key", key, "err", err)
+		h.cfg.logger.Error("claim failed", "key", logKey(key), "err", err)
 		writeProblem(w, ProblemInternal, http.StatusInternalServerError, "The request could not be processed.", 0)
 	}
 }
@@ -179,7 +179,7 @@ func (h *handler) replay(w http.ResponseWriter, key string, rec *client.Record) 
 	}
 	resp, err := fromStored(stored)
 	if err != nil {
-		h.cfg.logger.Error("cannot replay", "key", key, "err", err)
+		h.cfg.logger.Error("cannot replay", "key", logKey(key), "err", err)
 		writeProblem(w, ProblemInternal, http.StatusInternalServerError, "The request could not be processed.", 0)
 		return
 	}
@@ -234,7 +234,7 @@ func (h *handler) run(w http.ResponseWriter, r *http.Request, body []byte, key s
 	defer fcancel()
 
 	if lost != nil {
-		h.cfg.logger.Warn("claim lost while the handler ran", "namespace", ns, "key", key, "token", token, "err", lost)
+		h.cfg.logger.Warn("claim lost while the handler ran", "namespace", ns, "key", logKey(key), "token", token, "err", lost)
 		claimLost(w)
 		return
 	}
@@ -250,24 +250,24 @@ func (h *handler) run(w http.ResponseWriter, r *http.Request, body []byte, key s
 	switch {
 	case err == nil:
 	case errors.Is(err, client.ErrClaimLost):
-		h.cfg.logger.Warn("claim lost before the response was stored", "key", key, "token", token, "err", err)
+		h.cfg.logger.Warn("claim lost before the response was stored", "key", logKey(key), "token", token, "err", err)
 		claimLost(w)
 		return
 	case errors.Is(err, client.ErrInvalidArgument):
 		// Over the store's limits (body or headers): keep the key from
 		// running again, and give this caller the real response.
-		h.cfg.logger.Warn("response too large to store; storing a problem instead", "key", key, "err", err)
+		h.cfg.logger.Warn("response too large to store; storing a problem instead", "key", logKey(key), "err", err)
 		notStored := problemResponse(ProblemResponseNotStored, http.StatusConflict,
 			"The request with this idempotency key was processed, but its response was too large to keep for replay. Its effects stand; do not repeat it with a new key without checking them.", 0)
 		if _, err := h.c.Complete(fctx, client.CompleteRequest{Namespace: ns, Key: key, Token: token, Response: notStored.toStored()}); err != nil {
-			h.cfg.logger.Error("storing the problem failed", "key", key, "err", err)
+			h.cfg.logger.Error("storing the problem failed", "key", logKey(key), "err", err)
 		}
 		resp.write(w, false)
 		return
 	default:
 		// The record stays IN_PROGRESS until its lease ends; the handler
 		// did run, so this caller still gets its response.
-		h.cfg.logger.Error("storing the response failed; a retry after the lease ends will run the handler again", "key", key, "token", token, "err", err)
+		h.cfg.logger.Error("storing the response failed; a retry after the lease ends will run the handler again", "key", logKey(key), "token", token, "err", err)
 		resp.write(w, false)
 		return
 	}
@@ -296,9 +296,9 @@ func (h *handler) release(ctx context.Context, key string, token uint64) {
 	switch {
 	case err == nil:
 	case errors.Is(err, client.ErrClaimLost):
-		h.cfg.logger.Debug("release: claim already lost", "key", key, "token", token)
+		h.cfg.logger.Debug("release: claim already lost", "key", logKey(key), "token", token)
 	default:
-		h.cfg.logger.Warn("release failed; the key is blocked until its lease ends", "key", key, "token", token, "err", err)
+		h.cfg.logger.Warn("release failed; the key is blocked until its lease ends", "key", logKey(key), "token", token, "err", err)
 	}
 }
 

@@ -203,6 +203,7 @@ type keyOps struct {
 	all    []*history.Op
 	linear []*history.Op
 	ghosts *ghostSet
+	gens   *generations
 }
 
 // indexed is a history split by key.
@@ -238,6 +239,7 @@ func index(ops []history.Op) *indexed {
 	sort.Slice(h.keys, func(i, j int) bool { return h.keys[i].key < h.keys[j].key })
 	for _, k := range h.keys {
 		k.ghosts = newGhostSet(k.all)
+		k.gens = newGenerations(k)
 	}
 	return h
 }
@@ -313,6 +315,6 @@ func checkKey(k *keyOps, base int64, deadline time.Time, widen *atomic.Bool) Ver
 	}
 	// NB: the verbose check, unlike CheckOperationsTimeout, waits for its
 	// search goroutine to stop before returning, even on timeout.
-	res, _ := porcupine.CheckOperationsVerbose(model, operations(k.linear, k.ghosts), timeout)
+	res, _ := porcupine.CheckOperationsVerbose(model, operations(k), timeout)
 	return Verdict(res)
 }

@@ -124,224 +124,234 @@ var (
 	legal   = counts{verdict: Ok}
 )
 
-func TestCheck(t *testing.T) {
-	tests := []struct {
-		name string
-		ops  []history.Op
-		want counts
-	}{
-		// Legal histories.
-		{"sequential lifecycle", []history.Op{
-			acq(0, 10, 20, r5),
-			heartbeat(0, 30, 40, 5, history.OK, extended(r5, 5)),
-			complete(0, 50, 60, 5, "paid", history.OK, done(extended(r5, 5), 8, "paid")),
-			replayed(1, 70, 80, done(extended(r5, 5), 8, "paid")),
-			get(1, 90, 100, done(extended(r5, 5), 8, "paid")),
-			complete(0, 110, 120, 5, "again", history.OK, done(extended(r5, 5), 8, "paid")),
-			release(0, 130, 140, 5, history.AlreadyCompleted),
-			heartbeat(0, 150, 160, 5, history.AlreadyCompleted, nil),
-		}, legal},
-		{"concurrent claims, one acquires", []history.Op{
-			acq(0, 10, 50, r5),
-			seen(1, 20, 30, r5), // returned first, linearized after
-			seen(2, 25, 60, r5),
-		}, legal},
-		{"takeover after the lease lapsed", []history.Op{
-			acq(0, 10, 20, r5),
-			acq(1, 30, 40, r9take),
-			complete(0, 50, 60, 5, "late", history.ClaimLost, nil),
-			heartbeat(0, 70, 80, 5, history.ClaimLost, nil),
-			get(2, 90, 100, r9take),
-		}, legal},
-		{"indeterminate claim took effect", []history.Op{
-			claimOp(0, 10, 20, history.Indeterminate, "", nil),
-			seen(1, 30, 40, r5), // token 5 was granted to client 0's lost call
-			acq(1, 50, 60, r9take),
-		}, legal},
-		{"indeterminate claim took no effect", []history.Op{
-			claimOp(0, 10, 20, history.Indeterminate, "", nil),
-			acq(1, 30, 40, r9fresh),
-			get(2, 50, 60, r9fresh),
-		}, legal},
-		{"indeterminate complete took effect", []history.Op{
-			acq(0, 10, 20, r5),
-			complete(0, 30, 40, 5, "paid", history.Indeterminate, nil),
-			replayed(1, 50, 60, r5d),
-		}, legal},
-		{"replays", []history.Op{
-			acq(0, 10, 20, r5),
-			complete(0, 30, 40, 5, "paid", history.OK, r5d),
-			replayed(1, 50, 60, r5d),
-			replayed(2, 55, 65, r5d),
-			get(3, 70, 80, r5d),
-			staleGet(3, 90, 100, r5), // a lagging replica may show the past
-		}, legal},
-		{"release then re-acquire", []history.Op{
-			acq(0, 10, 20, r5),
-			release(0, 30, 40, 5, history.OK),
-			get(1, 50, 60, nil),
-			acq(1, 70, 80, r9fresh),
-			release(0, 90, 100, 5, history.ClaimLost),
-		}, legal},
-		{"heartbeat keeps the claim", []history.Op{
-			acq(0, 10, 20, r5),
-			heartbeat(0, 30, 40, 5, history.OK, r5hb),
-			seen(1, 50, 60, r5hb),
-			complete(0, 70, 80, 5, "paid", history.OK, done(r5hb, 15, "paid")),
-		}, legal},
-		{"fingerprints", []history.Op{
-			fp(acq(0, 10, 20, r5), "a"),
-			fp(claimOp(1, 30, 40, history.FingerprintMismatch, "", nil), "b"),
-			fp(seen(2, 50, 60, with(r5, func(r *history.Record) { r.Fingerprint = []byte("a") })), ""),
-		}, legal},
-		{"expired completion makes way", []history.Op{
-			acq(0, 10, 20, r5),
-			complete(0, 30, 40, 5, "paid", history.OK, r5d),
-			get(1, 50, 60, nil), // at or past 8s + 1h
-			acq(1, 70, 80, held(9, 1, 3700, 3700)),
-		}, legal},
-		// Duplicate applications: the driver re-proposes after a leader change.
-		{"duplicate release answers CLAIM_LOST", []history.Op{
-			acq(0, 10, 20, r5),
-			release(0, 30, 100, 5, history.ClaimLost), // applied, then again after client 1's claim
-			acq(1, 40, 50, held(9, 1, 2, 2)),
-		}, legal},
-		{"duplicate heartbeat shows through", []history.Op{
-			acq(0, 10, 20, r5),
-			heartbeat(0, 30, 100, 5, history.OK, r5hb), // first applied at 6s, answered from 9s
-			seen(1, 40, 50, r5ghost),
-		}, legal},
-		{"retried claim answers with its first grant", []history.Op{
-			acq(0, 10, 100, r5),
-			seen(1, 20, 30, r5), // client 1 saw the grant before client 0 heard of it
-		}, legal},
+// checkCase is a history and what Check must find in it.
+type checkCase struct {
+	name string
+	ops  []history.Op
+	want counts
+}
 
-		// Violations.
-		{"double acquire", []history.Op{
-			acq(0, 10, 20, r5),
-			acq(1, 30, 40, held(9, 2, 1, 5)), // took over at 5s, lease ran to 11s
-		}, counts{verdict: Illegal, double: 1}},
-		{"double acquire of a live record afresh", []history.Op{
-			acq(0, 10, 20, r5),
-			acq(1, 30, 40, held(9, 1, 5, 5)),
-		}, counts{verdict: Illegal, double: 1}},
-		{"one token to two clients", []history.Op{
-			acq(0, 10, 20, r5),
-			acq(1, 30, 40, r5),
-		}, counts{verdict: Illegal, double: 1}},
-		{"takeover before a heartbeat's lease end", []history.Op{
-			acq(0, 10, 20, r5),
-			heartbeat(0, 30, 40, 5, history.OK, r5hb),
-			acq(1, 50, 60, held(9, 2, 1, 15)), // lease ran to 19s
-		}, counts{verdict: Illegal, double: 1}},
-		{"read after completion shows IN_PROGRESS", []history.Op{
-			acq(0, 10, 20, r5),
-			complete(0, 30, 40, 5, "paid", history.OK, r5d),
-			get(1, 50, 60, r5),
-		}, counts{verdict: Illegal, lost: 1, stale: 1}},
-		{"read after completion shows NOT_FOUND, then it reappears", []history.Op{
-			acq(0, 10, 20, r5),
-			complete(0, 30, 40, 5, "paid", history.OK, r5d),
-			get(1, 50, 60, nil),
-			replayed(2, 70, 80, r5d),
-		}, counts{verdict: Illegal, lost: 1, stale: 1}},
-		{"read after completion shows an older token", []history.Op{
-			acq(0, 10, 20, r5),
-			acq(1, 30, 40, r9take),
-			complete(1, 50, 60, 9, "paid", history.OK, done(r9take, 14, "paid")),
-			get(2, 70, 80, r5),
-		}, counts{verdict: Illegal, lost: 1, stale: 1}},
-		{"claim acquires over an acknowledged completion", []history.Op{
-			acq(0, 10, 20, r5),
-			complete(0, 30, 40, 5, "paid", history.OK, r5d),
-			acq(1, 50, 60, r9fresh),
-		}, counts{verdict: Illegal, lost: 1}},
-		{"replay with another body", []history.Op{
-			acq(0, 10, 20, r5),
-			complete(0, 30, 40, 5, "paid", history.OK, r5d),
-			replayed(1, 50, 60, done(r5, 8, "refunded")),
-		}, counts{verdict: Illegal, replay: 1}},
-		{"stale replay with another body", []history.Op{
-			acq(0, 10, 20, r5),
-			complete(0, 30, 40, 5, "paid", history.OK, r5d),
-			staleGet(1, 50, 60, done(r5, 8, "refunded")),
-		}, counts{verdict: Ok, replay: 1}},
-		{"stale read of a record that never was", []history.Op{
-			acq(0, 10, 20, r5),
-			staleGet(1, 30, 40, held(5, 3, 1, 1)),
-		}, counts{verdict: Ok, phantoms: 1}},
-		{"log time goes backwards", []history.Op{
-			acq(0, 10, 20, held(5, 1, 5, 5)),
-			complete(0, 30, 40, 5, "paid", history.OK, done(held(5, 1, 5, 5), 3, "paid")),
-		}, counts{verdict: Illegal}},
-		{"log time goes backwards across records", []history.Op{
-			acq(0, 10, 20, held(5, 1, 5, 5)),
-			release(0, 30, 40, 5, history.OK),
-			acq(1, 50, 60, held(9, 1, 4, 4)),
-		}, counts{verdict: Illegal}},
-		{"fenced token completes", []history.Op{
-			acq(0, 10, 20, r5),
-			acq(1, 30, 40, r9take),
-			complete(0, 50, 60, 5, "paid", history.OK, done(r5, 13, "paid")),
-		}, counts{verdict: Illegal}},
-		{"token not larger than one seen", []history.Op{
-			acq(0, 10, 20, r5),
-			acq(1, 30, 40, held(4, 2, 1, 12)),
-		}, counts{verdict: Illegal}},
-		{"completed record answers after it expired", []history.Op{
-			acq(0, 10, 20, r5),
-			complete(0, 30, 40, 5, "paid", history.OK, r5d),
-			get(1, 50, 60, nil), // expired
-			release(0, 70, 80, 5, history.AlreadyCompleted),
-		}, counts{verdict: Illegal}},
-		{"holder's complete answered CLAIM_LOST", []history.Op{
-			acq(0, 10, 20, r5),
-			complete(0, 30, 40, 5, "paid", history.ClaimLost, nil),
-			get(1, 50, 60, r5),
-		}, counts{verdict: Illegal}},
-		{"fenced token releases", []history.Op{
-			acq(0, 10, 20, r5),
-			acq(1, 30, 40, r9take),
-			release(0, 50, 60, 5, history.OK), // legal only if token 9 expired
-			acq(2, 70, 80, held(12, 1, 15, 15)),
-		}, counts{verdict: Illegal, double: 1}},
-		{"read shows a state the record is not in", []history.Op{
-			acq(0, 10, 20, r5),
-			get(1, 30, 40, with(r5, func(r *history.Record) { r.State = "COMPLETED" })),
-		}, counts{verdict: Illegal, replay: 1}}, // and a response no Complete sent
-		{"fingerprint mismatch with an equal fingerprint", []history.Op{
-			fp(acq(0, 10, 20, r5), "a"),
-			fp(claimOp(1, 30, 40, history.FingerprintMismatch, "", nil), "a"),
-		}, counts{verdict: Illegal}},
-		{"indeterminate complete cannot make way early", []history.Op{
-			acq(0, 10, 20, r5),
-			complete(0, 30, 40, 5, "paid", history.Indeterminate, nil),
-			get(1, 50, 60, nil),
-			acq(1, 70, 80, r9fresh), // at 20s: neither record can be gone
-		}, counts{verdict: Illegal}},
-		{"grant with a longer lease than asked", []history.Op{
-			acq(0, 10, 20, with(r5, func(r *history.Record) { r.LeaseExpiresAt += int64(lease) })),
-		}, counts{verdict: Illegal}},
-		{"heartbeat by a fenced token", []history.Op{
-			acq(0, 10, 20, r5),
-			acq(1, 30, 40, r9take),
-			heartbeat(0, 50, 60, 5, history.OK, extended(r5, 13)),
-		}, counts{verdict: Illegal}},
-	}
-	for _, tt := range tests {
+var checkCases = []checkCase{
+	// Legal histories.
+	{"sequential lifecycle", []history.Op{
+		acq(0, 10, 20, r5),
+		heartbeat(0, 30, 40, 5, history.OK, extended(r5, 5)),
+		complete(0, 50, 60, 5, "paid", history.OK, done(extended(r5, 5), 8, "paid")),
+		replayed(1, 70, 80, done(extended(r5, 5), 8, "paid")),
+		get(1, 90, 100, done(extended(r5, 5), 8, "paid")),
+		complete(0, 110, 120, 5, "again", history.OK, done(extended(r5, 5), 8, "paid")),
+		release(0, 130, 140, 5, history.AlreadyCompleted),
+		heartbeat(0, 150, 160, 5, history.AlreadyCompleted, nil),
+	}, legal},
+	{"concurrent claims, one acquires", []history.Op{
+		acq(0, 10, 50, r5),
+		seen(1, 20, 30, r5), // returned first, linearized after
+		seen(2, 25, 60, r5),
+	}, legal},
+	{"takeover after the lease lapsed", []history.Op{
+		acq(0, 10, 20, r5),
+		acq(1, 30, 40, r9take),
+		complete(0, 50, 60, 5, "late", history.ClaimLost, nil),
+		heartbeat(0, 70, 80, 5, history.ClaimLost, nil),
+		get(2, 90, 100, r9take),
+	}, legal},
+	{"indeterminate claim took effect", []history.Op{
+		claimOp(0, 10, 20, history.Indeterminate, "", nil),
+		seen(1, 30, 40, r5), // token 5 was granted to client 0's lost call
+		acq(1, 50, 60, r9take),
+	}, legal},
+	{"indeterminate claim took no effect", []history.Op{
+		claimOp(0, 10, 20, history.Indeterminate, "", nil),
+		acq(1, 30, 40, r9fresh),
+		get(2, 50, 60, r9fresh),
+	}, legal},
+	{"indeterminate complete took effect", []history.Op{
+		acq(0, 10, 20, r5),
+		complete(0, 30, 40, 5, "paid", history.Indeterminate, nil),
+		replayed(1, 50, 60, r5d),
+	}, legal},
+	{"replays", []history.Op{
+		acq(0, 10, 20, r5),
+		complete(0, 30, 40, 5, "paid", history.OK, r5d),
+		replayed(1, 50, 60, r5d),
+		replayed(2, 55, 65, r5d),
+		get(3, 70, 80, r5d),
+		staleGet(3, 90, 100, r5), // a lagging replica may show the past
+	}, legal},
+	{"release then re-acquire", []history.Op{
+		acq(0, 10, 20, r5),
+		release(0, 30, 40, 5, history.OK),
+		get(1, 50, 60, nil),
+		acq(1, 70, 80, r9fresh),
+		release(0, 90, 100, 5, history.ClaimLost),
+	}, legal},
+	{"heartbeat keeps the claim", []history.Op{
+		acq(0, 10, 20, r5),
+		heartbeat(0, 30, 40, 5, history.OK, r5hb),
+		seen(1, 50, 60, r5hb),
+		complete(0, 70, 80, 5, "paid", history.OK, done(r5hb, 15, "paid")),
+	}, legal},
+	{"fingerprints", []history.Op{
+		fp(acq(0, 10, 20, r5), "a"),
+		fp(claimOp(1, 30, 40, history.FingerprintMismatch, "", nil), "b"),
+		fp(seen(2, 50, 60, with(r5, func(r *history.Record) { r.Fingerprint = []byte("a") })), ""),
+	}, legal},
+	{"expired completion makes way", []history.Op{
+		acq(0, 10, 20, r5),
+		complete(0, 30, 40, 5, "paid", history.OK, r5d),
+		get(1, 50, 60, nil), // at or past 8s + 1h
+		acq(1, 70, 80, held(9, 1, 3700, 3700)),
+	}, legal},
+	// Duplicate applications: the driver re-proposes after a leader change.
+	{"duplicate release answers CLAIM_LOST", []history.Op{
+		acq(0, 10, 20, r5),
+		release(0, 30, 100, 5, history.ClaimLost), // applied, then again after client 1's claim
+		acq(1, 40, 50, held(9, 1, 2, 2)),
+	}, legal},
+	{"duplicate heartbeat shows through", []history.Op{
+		acq(0, 10, 20, r5),
+		heartbeat(0, 30, 100, 5, history.OK, r5hb), // first applied at 6s, answered from 9s
+		seen(1, 40, 50, r5ghost),
+	}, legal},
+	{"retried claim answers with its first grant", []history.Op{
+		acq(0, 10, 100, r5),
+		seen(1, 20, 30, r5), // client 1 saw the grant before client 0 heard of it
+	}, legal},
+
+	// Violations.
+	{"double acquire", []history.Op{
+		acq(0, 10, 20, r5),
+		acq(1, 30, 40, held(9, 2, 1, 5)), // took over at 5s, lease ran to 11s
+	}, counts{verdict: Illegal, double: 1}},
+	{"double acquire of a live record afresh", []history.Op{
+		acq(0, 10, 20, r5),
+		acq(1, 30, 40, held(9, 1, 5, 5)),
+	}, counts{verdict: Illegal, double: 1}},
+	{"one token to two clients", []history.Op{
+		acq(0, 10, 20, r5),
+		acq(1, 30, 40, r5),
+	}, counts{verdict: Illegal, double: 1}},
+	{"takeover before a heartbeat's lease end", []history.Op{
+		acq(0, 10, 20, r5),
+		heartbeat(0, 30, 40, 5, history.OK, r5hb),
+		acq(1, 50, 60, held(9, 2, 1, 15)), // lease ran to 19s
+	}, counts{verdict: Illegal, double: 1}},
+	{"read after completion shows IN_PROGRESS", []history.Op{
+		acq(0, 10, 20, r5),
+		complete(0, 30, 40, 5, "paid", history.OK, r5d),
+		get(1, 50, 60, r5),
+	}, counts{verdict: Illegal, lost: 1, stale: 1}},
+	{"read after completion shows NOT_FOUND, then it reappears", []history.Op{
+		acq(0, 10, 20, r5),
+		complete(0, 30, 40, 5, "paid", history.OK, r5d),
+		get(1, 50, 60, nil),
+		replayed(2, 70, 80, r5d),
+	}, counts{verdict: Illegal, lost: 1, stale: 1}},
+	{"read after completion shows an older token", []history.Op{
+		acq(0, 10, 20, r5),
+		acq(1, 30, 40, r9take),
+		complete(1, 50, 60, 9, "paid", history.OK, done(r9take, 14, "paid")),
+		get(2, 70, 80, r5),
+	}, counts{verdict: Illegal, lost: 1, stale: 1}},
+	{"claim acquires over an acknowledged completion", []history.Op{
+		acq(0, 10, 20, r5),
+		complete(0, 30, 40, 5, "paid", history.OK, r5d),
+		acq(1, 50, 60, r9fresh),
+	}, counts{verdict: Illegal, lost: 1}},
+	{"replay with another body", []history.Op{
+		acq(0, 10, 20, r5),
+		complete(0, 30, 40, 5, "paid", history.OK, r5d),
+		replayed(1, 50, 60, done(r5, 8, "refunded")),
+	}, counts{verdict: Illegal, replay: 1}},
+	{"stale replay with another body", []history.Op{
+		acq(0, 10, 20, r5),
+		complete(0, 30, 40, 5, "paid", history.OK, r5d),
+		staleGet(1, 50, 60, done(r5, 8, "refunded")),
+	}, counts{verdict: Ok, replay: 1}},
+	{"stale read of a record that never was", []history.Op{
+		acq(0, 10, 20, r5),
+		staleGet(1, 30, 40, held(5, 3, 1, 1)),
+	}, counts{verdict: Ok, phantoms: 1}},
+	{"log time goes backwards", []history.Op{
+		acq(0, 10, 20, held(5, 1, 5, 5)),
+		complete(0, 30, 40, 5, "paid", history.OK, done(held(5, 1, 5, 5), 3, "paid")),
+	}, counts{verdict: Illegal}},
+	{"log time goes backwards across records", []history.Op{
+		acq(0, 10, 20, held(5, 1, 5, 5)),
+		release(0, 30, 40, 5, history.OK),
+		acq(1, 50, 60, held(9, 1, 4, 4)),
+	}, counts{verdict: Illegal}},
+	{"fenced token completes", []history.Op{
+		acq(0, 10, 20, r5),
+		acq(1, 30, 40, r9take),
+		complete(0, 50, 60, 5, "paid", history.OK, done(r5, 13, "paid")),
+	}, counts{verdict: Illegal}},
+	{"token not larger than one seen", []history.Op{
+		acq(0, 10, 20, r5),
+		acq(1, 30, 40, held(4, 2, 1, 12)),
+	}, counts{verdict: Illegal}},
+	{"completed record answers after it expired", []history.Op{
+		acq(0, 10, 20, r5),
+		complete(0, 30, 40, 5, "paid", history.OK, r5d),
+		get(1, 50, 60, nil), // expired
+		release(0, 70, 80, 5, history.AlreadyCompleted),
+	}, counts{verdict: Illegal}},
+	{"holder's complete answered CLAIM_LOST", []history.Op{
+		acq(0, 10, 20, r5),
+		complete(0, 30, 40, 5, "paid", history.ClaimLost, nil),
+		get(1, 50, 60, r5),
+	}, counts{verdict: Illegal}},
+	{"fenced token releases", []history.Op{
+		acq(0, 10, 20, r5),
+		acq(1, 30, 40, r9take),
+		release(0, 50, 60, 5, history.OK), // legal only if token 9 expired
+		acq(2, 70, 80, held(12, 1, 15, 15)),
+	}, counts{verdict: Illegal, double: 1}},
+	{"read shows a state the record is not in", []history.Op{
+		acq(0, 10, 20, r5),
+		get(1, 30, 40, with(r5, func(r *history.Record) { r.State = "COMPLETED" })),
+	}, counts{verdict: Illegal, replay: 1}}, // and a response no Complete sent
+	{"fingerprint mismatch with an equal fingerprint", []history.Op{
+		fp(acq(0, 10, 20, r5), "a"),
+		fp(claimOp(1, 30, 40, history.FingerprintMismatch, "", nil), "a"),
+	}, counts{verdict: Illegal}},
+	{"indeterminate complete cannot make way early", []history.Op{
+		acq(0, 10, 20, r5),
+		complete(0, 30, 40, 5, "paid", history.Indeterminate, nil),
+		get(1, 50, 60, nil),
+		acq(1, 70, 80, r9fresh), // at 20s: neither record can be gone
+	}, counts{verdict: Illegal}},
+	{"grant with a longer lease than asked", []history.Op{
+		acq(0, 10, 20, with(r5, func(r *history.Record) { r.LeaseExpiresAt += int64(lease) })),
+	}, counts{verdict: Illegal}},
+	{"heartbeat by a fenced token", []history.Op{
+		acq(0, 10, 20, r5),
+		acq(1, 30, 40, r9take),
+		heartbeat(0, 50, 60, 5, history.OK, extended(r5, 13)),
+	}, counts{verdict: Illegal}},
+}
+
+func TestCheck(t *testing.T) {
+	for _, tt := range checkCases {
 		t.Run(tt.name, func(t *testing.T) {
-			ops := append([]history.Op(nil), tt.ops...)
-			for i := range ops {
-				ops[i].ID = i
-			}
-			rep := Check(ops, 5*time.Second)
-			if got := countsOf(rep); got != tt.want {
-				t.Errorf("got %+v; want %+v\n%s", got, tt.want, rep)
-			}
-			if rep.OK() != (tt.want == legal) {
-				t.Errorf("OK() = %v; want %v", rep.OK(), tt.want == legal)
-			}
+			checkCounts(t, tt.ops, tt.want)
 		})
+	}
+}
+
+// checkCounts numbers ops, checks them and compares the report with want.
+func checkCounts(t *testing.T, ops []history.Op, want counts) {
+	t.Helper()
+	ops = append([]history.Op(nil), ops...)
+	for i := range ops {
+		ops[i].ID = i
+	}
+	rep := Check(ops, 5*time.Second)
+	if got := countsOf(rep); got != want {
+		t.Errorf("got %+v; want %+v\n%s", got, want, rep)
+	}
+	if rep.OK() != (want == legal) {
+		t.Errorf("OK() = %v; want %v", rep.OK(), want == legal)
 	}
 }
 

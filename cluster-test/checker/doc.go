@@ -37,6 +37,20 @@
 // One key with 20 concurrent clients and 1,200 operations checks in
 // seconds; far more concurrency on one key may end Unknown.
 //
+// # Hidden tokens
+//
+// The contract shows the token of a live claim to its holder only: an
+// IN_PROGRESS answer to Claim and a Get of an IN_PROGRESS record carry
+// token 0, which the checker reads as unknown (hidden.go). Such a record
+// still shows its generation (created_at, then attempt), which orders it
+// among the key's records as its token would. When another output shows
+// the token of that generation, the hidden token is that one, and the
+// output is judged as if it showed it; otherwise the token is bounded by
+// those of earlier and later generations, which keeps the token-order
+// pruning above. Only what the contract promises is used, so a legal
+// history is never rejected; some sharpness is lost where no output shows
+// a token at all (a claim whose ACQUIRED answer was lost).
+//
 // Log time and the test's wall clock are different clocks and are never
 // compared. Wall-clock intervals only order operations (one returned before
 // another was called).

@@ -162,7 +162,11 @@ func (inv *invariants) doubleAcquire() []Finding {
 				t, ok := ownTime(k, op)
 				reveals[r.Token] = append(reveals[r.Token], reveal{op, t, ok, r.LeaseExpiresAt})
 			case op.Kind == history.Claim || op.Kind == history.Get:
-				reveals[r.Token] = append(reveals[r.Token], reveal{op: op, lease: r.LeaseExpiresAt})
+				// NB: a hidden token is filed under the token of its
+				// generation, or nowhere.
+				if x, ok := k.gens.tokenOf(op); ok {
+					reveals[x] = append(reveals[x], reveal{op: op, lease: r.LeaseExpiresAt})
+				}
 			}
 		}
 	next:
@@ -248,7 +252,8 @@ func acks(k *keyOps) []ack {
 
 // lostCompletions finds reads called after an acknowledged Complete (of
 // token X, expiring at E) that show the completion gone before E: an older
-// token, X IN_PROGRESS, a newer record created before E, or NOT_FOUND when
+// token, X IN_PROGRESS, a newer record created before E (with its token
+// hidden: any IN_PROGRESS record created before E), or NOT_FOUND when
 // a later op proves log time had not reached E (it reveals an earlier own
 // time, or still shows X's record). Linearizable Gets among them that show
 // NOT_FOUND or an older state are stale reads too.
@@ -276,6 +281,16 @@ func (inv *invariants) lostCompletions() (lost, stale []Finding) {
 						detail, older = fmt.Sprintf("NOT_FOUND, yet op %d called after it applied at log time %s < expires_at %s", o.ID, inv.t(t), inv.t(e)), true
 					} else if o := laterCompleted(vs, x, r.Return); o != nil {
 						detail, older = fmt.Sprintf("NOT_FOUND, yet op %d called after it still shows token %d COMPLETED", o.ID, x), true
+					}
+				case hidesToken(r):
+					// Any IN_PROGRESS record shows the completion lost
+					// unless it is a later lineage's, created at or after
+					// expires_at: older records were created before the
+					// completion. The generation tells older from newer.
+					if rec.CreatedAt < e {
+						older = !generationOf(a.r).less(generationOf(rec))
+						detail = fmt.Sprintf("an IN_PROGRESS record (token hidden, attempt %d) created at %s, before expires_at %s",
+							rec.Attempt, inv.t(rec.CreatedAt), inv.t(e))
 					}
 				case rec.Token < x:
 					detail, older = fmt.Sprintf("older token %d", rec.Token), true
@@ -395,12 +410,22 @@ func (a identity) same(b identity) bool {
 // existed: a token's IN_PROGRESS or COMPLETED record with other fixed
 // fields (created_at, attempt, fingerprint, expires_at, completed_at) than
 // linearizable outputs show, or a token another key owns.
+//
+// A record whose token is hidden (hidesToken) is known by its generation
+// instead, when that is a single record (generations.oneRecord): its
+// expires_at and fingerprint are fixed too. Its token is not compared, nor
+// its key's claim to it.
 func (inv *invariants) stalePhantoms() []Finding {
 	type tokState struct {
 		tok  uint64
 		done bool
 	}
+	type keyGen struct {
+		key string
+		gen generation
+	}
 	known := map[tokState]identity{}
+	live := map[keyGen]identity{} // IN_PROGRESS records by generation, token aside
 	owner := map[uint64]string{}
 	for _, k := range inv.h.keys {
 		for _, v := range views(k, inv.h.class, false) {
@@ -408,6 +433,15 @@ func (inv *invariants) stalePhantoms() []Finding {
 				continue
 			}
 			id := identityOf(k.key, v)
+			if !id.done {
+				kg := keyGen{k.key, generationOf(v.Record)}
+				if _, ok := live[kg]; !ok {
+					live[kg] = id
+				}
+			}
+			if hidesToken(v) {
+				continue
+			}
 			owner[id.token] = k.key
 			if _, ok := known[tokState{id.token, id.done}]; !ok {
 				known[tokState{id.token, id.done}] = id
@@ -421,6 +455,18 @@ func (inv *invariants) stalePhantoms() []Finding {
 				continue
 			}
 			id := identityOf(k.key, op)
+			if hidesToken(op) {
+				gen := generationOf(op.Record)
+				if !k.gens.oneRecord(gen) {
+					continue
+				}
+				if ref, ok := live[keyGen{k.key, gen}]; ok && (ref.expires != id.expires || ref.fingerprint != id.fingerprint) {
+					out = append(out, Finding{k.key, []int{op.ID, ref.shownBy}, fmt.Sprintf(
+						"stale get shows the record of attempt %d created at %s other than op %d does",
+						id.attempt, inv.t(id.created), ref.shownBy)})
+				}
+				continue
+			}
 			if o, ok := owner[id.token]; ok && o != k.key {
 				out = append(out, Finding{k.key, []int{op.ID}, fmt.Sprintf("stale get shows token %d of key %q", id.token, o)})
 				continue

@@ -24,7 +24,11 @@ type call struct {
 	ghosts  *ghostSet
 	nClaims int // Claim ghosts that may fire: called by op.Return
 	readers *readers
-	reads   bool // op's output shows a current record
+	reads   bool // op's output shows a current record with its token
+	// hides: op's output shows a current record without its token
+	// (hidesToken), whose token is in tokens.
+	hides  bool
+	tokens tokenRange
 }
 
 // readers is the tokens a key's linearizable outputs show as current, one
@@ -34,24 +38,48 @@ type call struct {
 // ever current again: every op that shows token X as current is
 // linearized before any larger token is revealed. The model checks this
 // whenever maxToken rises, which cuts off early the linearizations that
-// grant a token before the reads of older ones, and that porcupine would
+// grant a token before the reads of older tokens, and that porcupine would
 // otherwise explore exhaustively before backtracking.
-type readers []int64
+//
+// An output that hides a token its generation does not tell (see
+// operations) is not a read of any token here. Its token is bounded
+// instead, from what the record shows (hiddenBounds): an op showing a token
+// at most hi is linearized before any token above hi is revealed too, and
+// those hi are in hidden; and its token being current, it reveals lo.
+type readers struct {
+	shown  []int64 // the tokens shown
+	hidden []int64 // the upper bounds of the hidden tokens that have one
+}
 
-func newReaders(ops []*history.Op) *readers {
+// newReaders returns ops' readers, and per op (by index) the range of its
+// hidden token, anyToken when its output does not hide one.
+func newReaders(ops []*history.Op) (*readers, []tokenRange) {
 	var r readers
 	for _, op := range ops {
-		if shows(op) {
-			r = append(r, int64(op.Record.Token))
+		if shows(op) && !hidesToken(op) {
+			r.shown = append(r.shown, int64(op.Record.Token))
 		}
 	}
-	slices.Sort(r)
-	return &r
+	bounds := hiddenBounds(ops)
+	for _, b := range bounds {
+		if b.hi != math.MaxInt64 {
+			r.hidden = append(r.hidden, b.hi)
+		}
+	}
+	slices.Sort(r.shown)
+	slices.Sort(r.hidden)
+	return &r, bounds
 }
 
 // below returns how many outputs show a token smaller than tok.
-func (r readers) below(tok int64) int {
-	n, _ := slices.BinarySearch(r, tok)
+func (r *readers) below(tok int64) int {
+	n, _ := slices.BinarySearch(r.shown, tok)
+	return n
+}
+
+// hiddenBelow returns how many hidden tokens are bounded by less than tok.
+func (r *readers) hiddenBelow(tok int64) int {
+	n, _ := slices.BinarySearch(r.hidden, tok)
 	return n
 }
 
@@ -86,13 +114,32 @@ func (c *call) step(s kstate) []kstate {
 	}
 	// Count this op's read, and when maxToken rose, require every read of
 	// a smaller token to be linearized already.
+	//
+	// NB: a hidden token is known only to lie in c.tokens. The current
+	// token is at least lo, so lo is revealed: maxToken stays at most the
+	// current token, all its uses need. Reads of hidden tokens are counted
+	// apart, and the check is only that at least as many of them are
+	// linearized as have a bound below maxToken: a necessary condition (the
+	// ones linearized may be others), so it never rejects a legal order.
+	// An op whose hidden token is bounded below maxToken comes too late at
+	// once.
 	kept := out[:0]
 	for _, n := range out {
 		if n.top {
 			kept = append(kept, n)
 			continue
 		}
-		n.reads, n.readsAtMax = s.reads, s.readsAtMax
+		if c.hides {
+			lo := c.tokens.lo
+			if n.maxToken > c.tokens.hi || (n.token.exact && n.token.v < lo) {
+				continue
+			}
+			if !n.token.exact {
+				n.token.v = max(n.token.v, lo)
+			}
+			n.maxToken = max(n.maxToken, lo)
+		}
+		n.reads, n.readsAtMax, n.hiddenReads = s.reads, s.readsAtMax, s.hiddenReads
 		if n.maxToken > s.maxToken {
 			n.readsAtMax = 0
 		}
@@ -102,7 +149,11 @@ func (c *call) step(s kstate) []kstate {
 				n.readsAtMax++
 			}
 		}
-		if n.maxToken > s.maxToken && c.readers.below(n.maxToken) != n.reads-n.readsAtMax {
+		if c.hides && c.tokens.hi != math.MaxInt64 {
+			n.hiddenReads++
+		}
+		if n.maxToken > s.maxToken && (c.readers.below(n.maxToken) != n.reads-n.readsAtMax ||
+			n.hiddenReads < c.readers.hiddenBelow(n.maxToken)) {
 			continue
 		}
 		kept = append(kept, n)
@@ -150,7 +201,7 @@ func (a kstate) covers(b kstate) bool {
 	// NB: maxToken must match: with a smaller one, a later reveal would
 	// face a token-order check the other state is past.
 	if b.top || a.present != b.present || a.now > b.now || a.maxToken != b.maxToken ||
-		a.reads != b.reads || a.readsAtMax != b.readsAtMax {
+		a.reads != b.reads || a.readsAtMax != b.readsAtMax || a.hiddenReads != b.hiddenReads {
 		return false
 	}
 	if !a.present {
@@ -216,8 +267,8 @@ func newModel(base int64) porcupine.Model {
 			}
 			return h
 		},
-		DescribeOperation: func(input, _ any) string {
-			return describeOp(input.(*call).op, base)
+		DescribeOperation: func(_, output any) string {
+			return describeOp(output.(*history.Op), base) // as observed, not as the model reads it
 		},
 		DescribeState: func(state any) string {
 			var parts []string
@@ -244,18 +295,38 @@ func newModel(base int64) porcupine.Model {
 func widened(set stateSet) bool { return len(set) == 1 && set[0].top }
 
 // operations turns one key's linearizable ops into porcupine operations.
-func operations(ops []*history.Op, ghosts *ghostSet) []porcupine.Operation {
+//
+// The model reads an output that hides its token (hidesToken) as showing
+// the token of its generation when that is known (generations.tokenOf):
+// that read is then as sharp as any other, and only the rest are left with
+// an unknown token.
+func operations(k *keyOps) []porcupine.Operation {
+	ops := make([]*history.Op, len(k.linear))
+	for i, op := range k.linear {
+		ops[i] = op
+		if !hidesToken(op) {
+			continue
+		}
+		if tok, ok := k.gens.tokenOf(op); ok {
+			view, r := *op, *op.Record
+			r.Token = tok
+			view.Record = &r
+			ops[i] = &view
+		}
+	}
 	out := make([]porcupine.Operation, 0, len(ops))
-	rs := newReaders(ops)
-	for _, op := range ops {
-		c := &call{op: op, ghosts: ghosts, nClaims: ghosts.claimsUpTo(op.Return), readers: rs, reads: shows(op)}
+	rs, bounds := newReaders(ops)
+	for i, op := range ops {
+		c := &call{op: op, ghosts: k.ghosts, nClaims: k.ghosts.claimsUpTo(op.Return), readers: rs,
+			reads: shows(op) && !hidesToken(op), hides: shows(op) && hidesToken(op), tokens: bounds[i]}
+		observed := k.linear[i] // for people: what the output showed
 		out = append(out, porcupine.Operation{
-			ClientId: max(op.Client, 0),
+			ClientId: max(observed.Client, 0),
 			Input:    c,
-			Call:     op.Call,
-			Output:   op,
-			Return:   op.Return,
-			Metadata: op,
+			Call:     observed.Call,
+			Output:   observed,
+			Return:   observed.Return,
+			Metadata: observed,
 		})
 	}
 	return out
@@ -296,8 +367,12 @@ func describeOp(op *history.Op, base int64) string {
 }
 
 func describeRecord(r *history.Record, base int64) string {
-	s := fmt.Sprintf("{%s tok=%d #%d created=%s lease=%s exp=%s", strings.TrimPrefix(r.State, "STATE_"),
-		r.Token, r.Attempt, logTime(r.CreatedAt, base), logTime(r.LeaseExpiresAt, base), logTime(r.ExpiresAt, base))
+	tok := fmt.Sprint(r.Token)
+	if r.Token == 0 && recInProgress(r) {
+		tok = "?" // hidden (hidesToken)
+	}
+	s := fmt.Sprintf("{%s tok=%s #%d created=%s lease=%s exp=%s", strings.TrimPrefix(r.State, "STATE_"),
+		tok, r.Attempt, logTime(r.CreatedAt, base), logTime(r.LeaseExpiresAt, base), logTime(r.ExpiresAt, base))
 	if len(r.Fingerprint) > 0 {
 		s += fmt.Sprintf(" fp=%q", r.Fingerprint)
 	}

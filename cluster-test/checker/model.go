@@ -50,10 +50,11 @@ type kstate struct {
 	maxToken int64 // the largest token revealed on this key
 
 	// reads counts the linearized ops whose output shows a current
-	// record, readsAtMax those of them showing token maxToken (see
-	// call.step). Both follow from the set of linearized ops, so they
-	// cost porcupine's cache nothing.
-	reads, readsAtMax int
+	// record with its token, readsAtMax those of them showing token
+	// maxToken, hiddenReads those showing one without its token that
+	// readers bounds (see call.step). All follow from the set of
+	// linearized ops, so they cost porcupine's cache nothing.
+	reads, readsAtMax, hiddenReads int
 
 	present bool // false: no live record
 	done    bool // COMPLETED rather than IN_PROGRESS
@@ -121,9 +122,13 @@ func sameResponse(code int32, body string, r *history.Record) bool {
 	return code == r.ResponseCode && body == string(r.ResponseBody)
 }
 
-// see unifies s with a record an output showed as the current one at some
-// log time >= s.now. It fails when the record cannot be s.
-func see(s kstate, r *history.Record) (kstate, bool) {
+// see unifies s with the record op's output showed as the current one at
+// some log time >= s.now. It fails when the record cannot be s.
+//
+// A hidden token (hidesToken) is unknown: see neither checks nor learns it
+// (nor raises maxToken), and checks every other field as usual.
+func see(s kstate, op *history.Op) (kstate, bool) {
+	r := op.Record
 	if !s.present || recDone(r) != s.done || (!s.done && !recInProgress(r)) {
 		return s, false
 	}
@@ -131,14 +136,18 @@ func see(s kstate, r *history.Record) (kstate, bool) {
 	if r.ExpiresAt <= s.now || r.LeaseExpiresAt > r.ExpiresAt {
 		return s, false
 	}
+	hidden := hidesToken(op)
 	tok := int64(r.Token)
-	if !s.token.admits(tok) || !s.attempt.admits(int64(r.Attempt)) || !s.created.admits(r.CreatedAt) ||
+	if (!hidden && !s.token.admits(tok)) || !s.attempt.admits(int64(r.Attempt)) || !s.created.admits(r.CreatedAt) ||
 		!s.lease.admits(r.LeaseExpiresAt) || !s.expires.admits(r.ExpiresAt) {
 		return s, false
 	}
-	s.token, s.attempt, s.created = exactly(tok), exactly(int64(r.Attempt)), exactly(r.CreatedAt)
+	if !hidden {
+		s.token = exactly(tok)
+		s.maxToken = max(s.maxToken, tok)
+	}
+	s.attempt, s.created = exactly(int64(r.Attempt)), exactly(r.CreatedAt)
 	s.lease, s.expires = exactly(r.LeaseExpiresAt), exactly(r.ExpiresAt)
-	s.maxToken = max(s.maxToken, tok)
 	s.now = max(s.now, r.CreatedAt) // created_at is a log time that has passed
 	if s.fpKnown && s.fp != string(r.Fingerprint) {
 		return s, false
@@ -244,13 +253,13 @@ func applyClaim(s kstate, op *history.Op) []kstate {
 		if outcome(op) != "COMPLETED" {
 			return nil
 		}
-		return one(see(s, r))
+		return one(see(s, op))
 	}
 	var out []kstate
 	switch outcome(op) {
 	case "IN_PROGRESS":
 		if leaseMayBeLive(s) {
-			if n, ok := see(s, r); ok && r.LeaseExpiresAt > n.now {
+			if n, ok := see(s, op); ok && r.LeaseExpiresAt > n.now {
 				out = append(out, n)
 			}
 		}
@@ -260,7 +269,7 @@ func applyClaim(s kstate, op *history.Op) []kstate {
 		// A ghost's grant is this request's own (an earlier application of
 		// it), so it must show what this op's inputs grant.
 		if s.holder == op.Client || (s.holder == anyHolder && grantConsistent(op)) {
-			if n, ok := see(s, r); ok {
+			if n, ok := see(s, op); ok {
 				n.holder = op.Client
 				out = append(out, n)
 			}
@@ -376,7 +385,7 @@ func applyComplete(s kstate, op *history.Op) []kstate {
 	r := op.Record
 	if s.done {
 		// Complete is idempotent: the stored record, first response wins.
-		return one(see(s, r))
+		return one(see(s, op))
 	}
 	t := r.CompletedAt
 	ok = recDone(r) && int64(r.Token) == int64(op.Token) && t >= s.now &&
@@ -435,7 +444,7 @@ func applyHeartbeat(s kstate, op *history.Op) []kstate {
 	r := op.Record
 	before := s.now
 	s.lease = atLeast(math.MinInt64) // the heartbeat sets it: learn it below
-	s, ok = see(s, r)
+	s, ok = see(s, op)
 	if !ok || r.LeaseExpiresAt <= before {
 		return nil
 	}
@@ -458,7 +467,7 @@ func applyGet(s kstate, op *history.Op) []kstate {
 	case history.NotFound:
 		return one(s, !s.present)
 	case history.OK:
-		return one(see(s, op.Record))
+		return one(see(s, op))
 	}
 	return nil
 }

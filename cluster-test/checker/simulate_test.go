@@ -37,6 +37,7 @@ type simResult struct {
 // sim is the replicated state machine plus the cluster's log time.
 type sim struct {
 	now     int64 // the log time of the last entry
+	tick    int64 // log time between entries: 0 or tick (zero: 0-3s)
 	index   uint64
 	records map[string]*simRecord
 	past    []snapshot // for stale reads
@@ -67,7 +68,11 @@ func copyRec(r *simRecord) *history.Record {
 // apply appends one entry for op at wall time wall and applies it.
 func (s *sim) apply(rng *rand.Rand, wall int64, op *history.Op, requestID uint64) simResult {
 	s.index += uint64(1 + rng.IntN(3)) // other keys' entries in between
-	s.now += int64(rng.IntN(3000)) * int64(time.Millisecond)
+	if s.tick == 0 {
+		s.now += int64(rng.IntN(3000)) * int64(time.Millisecond)
+	} else {
+		s.now += int64(rng.IntN(2)) * s.tick // many entries share a log time
+	}
 	res := s.transition(op, requestID)
 	s.past = append(s.past, snapshot{wall: wall, now: s.now, key: op.Key, rec: s.cloneLive(op.Key)})
 	return res
@@ -192,8 +197,14 @@ func (e *events) Pop() any {
 // calls each. chaos makes writes apply up to three times and lose more
 // answers.
 func simulate(seed uint64, clients, keys, opsPerClient int, chaos bool) []history.Op {
+	return simulateTicks(seed, clients, keys, opsPerClient, chaos, 0)
+}
+
+// simulateTicks is simulate with log time advancing by 0 or tick per entry
+// (tick zero: 0-3s, as simulate).
+func simulateTicks(seed uint64, clients, keys, opsPerClient int, chaos bool, tick time.Duration) []history.Op {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	s := &sim{now: t0, index: 1, records: map[string]*simRecord{}}
+	s := &sim{now: t0, tick: int64(tick), index: 1, records: map[string]*simRecord{}}
 	var q events
 	seq := 0
 	at := func(wall int64, fn func()) {
@@ -356,6 +367,105 @@ func TestSimulatedHistoriesPass(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Fatalf("seed %d: legal history judged illegal (saved to %s):\n%s", seed, path, rep)
+		}
+	}
+}
+
+// hideLiveTokens returns ops as the contract's Security section has the
+// server answer them: an IN_PROGRESS Claim answer and a Get of an
+// IN_PROGRESS record (stale or not) show token 0, the token of a live claim
+// being its holder's alone. ACQUIRED, Heartbeat and Complete answers and
+// COMPLETED records keep theirs. keep, if not nil, picks the Gets that
+// still show the token (an admin credential's).
+func hideLiveTokens(ops []history.Op, keep func(*history.Op) bool) []history.Op {
+	out := append([]history.Op(nil), ops...)
+	for i := range out {
+		op := &out[i]
+		if op.Record == nil || !recInProgress(op.Record) {
+			continue
+		}
+		switch {
+		case op.Kind == history.Claim && outcome(op) == "IN_PROGRESS":
+		case op.Kind == history.Get && (keep == nil || !keep(op)):
+		default:
+			continue
+		}
+		r := *op.Record
+		r.Token = 0
+		op.Record = &r
+	}
+	return out
+}
+
+func TestSimulatedHistoriesPassWithHiddenTokens(t *testing.T) {
+	seeds := 150
+	if testing.Short() {
+		seeds = 30
+	}
+	for seed := range uint64(seeds) {
+		clients, keys, calls := 4, 2, 14
+		if seed%3 == 0 {
+			clients, keys, calls = 6, 1, 12 // one hot key
+		}
+		var tick time.Duration
+		if seed%5 == 4 { // coarse log time: records created and released at once
+			tick = time.Second
+		}
+		ops := simulateTicks(seed, clients, keys, calls, seed%2 == 1, tick)
+		var keep func(*history.Op) bool
+		if seed%4 == 2 { // some Gets by an admin, which see the token
+			keep = func(op *history.Op) bool { return op.ID%3 == 0 }
+		}
+		ops = hideLiveTokens(ops, keep)
+		rep := Check(ops, 10*time.Second)
+		if !rep.OK() || len(rep.Widened) > 0 {
+			path := filepath.Join(t.TempDir(), fmt.Sprintf("sim-hidden-%d.json", seed))
+			if err := history.Save(path, ops); err != nil {
+				t.Fatal(err)
+			}
+			t.Fatalf("seed %d: legal history with hidden tokens judged illegal (saved to %s):\n%s", seed, path, rep)
+		}
+	}
+}
+
+// TestSimulatedSameTimeLineages checks histories where a record is released
+// at its own created_at and another granted afresh at that log time: two
+// tokens with one generation (created_at, attempt 1), which a hidden token
+// must not be taken for the other's.
+func TestSimulatedSameTimeLineages(t *testing.T) {
+	for _, run := range []struct {
+		seed  uint64
+		chaos bool
+	}{{6502, false}, {6708, true}} {
+		seed := run.seed
+		ops := simulateTicks(seed, 4, 2, 14, run.chaos, time.Second)
+		type gen struct {
+			key     string
+			created int64
+		}
+		toks := map[gen]map[uint64]bool{}
+		shared := false
+		for _, op := range ops {
+			if r := op.Record; r != nil && r.Attempt == 1 {
+				g := gen{op.Key, r.CreatedAt}
+				if toks[g] == nil {
+					toks[g] = map[uint64]bool{}
+				}
+				toks[g][r.Token] = true
+				shared = shared || len(toks[g]) > 1
+			}
+		}
+		if !shared {
+			t.Fatalf("seed %d: no two tokens share a generation; pick another seed", seed)
+		}
+		for _, hide := range []bool{false, true} {
+			in := ops
+			if hide {
+				in = hideLiveTokens(ops, nil)
+			}
+			if rep := Check(in, 10*time.Second); !rep.OK() || len(rep.Widened) > 0 {
+				t.Errorf("seed %d, tokens hidden %v: legal history judged illegal:\n%s", seed, hide, rep)
+			}
 		}
 	}
 }

@@ -31,7 +31,7 @@ func SaveVisualization(path string, ops []history.Op, keys []string, timeout tim
 		if !want[k.key] {
 			continue
 		}
-		p := operations(k.linear, k.ghosts)
+		p := operations(k)
 		parts = append(parts, p)
 		all = append(all, p...)
 		for _, op := range k.all {
