@@ -1,8 +1,10 @@
 package storage
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
+
 	"github.com/keystore-dev/keystore/rules"
 )
 
@@ -55,4 +57,15 @@ func corruptAt(path string, off int64, format string, args ...any) error {
 // corruptLog reports a log (its directory) that does not add up.
 func corruptLog(dir string, format string, args ...any) error {
 	return &logCorruptError{path: dir, off: -1, what: fmt.Sprintf(format, args...)}
+}
+
+// keyDigest names a stored key in an error or log line without showing it
+// (record keys hold callers' idempotency keys, which may carry customer
+// data): its kind byte, length and a short SHA-256.
+func keyDigest(k []byte) string {
+	if len(k) == 0 {
+		return "(empty)"
+	}
+	sum := sha256.Sum256(k)
+	return fmt.Sprintf("kind %#x, %d bytes, sha256 %x", k[0], len(k), sum[:6])
 }

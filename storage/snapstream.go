@@ -372,7 +372,7 @@ func decodeStream(r io.Reader, md raftpb.SnapshotMetadata, fn func(k, v []byte) 
 			return streamErr(err)
 		}
 		if string(key) < string(stateStart) || string(key) >= string(stateEnd) {
-			return fmt.Errorf("%w: snapshot key %x outside the state range", ErrCorrupt, key)
+			return fmt.Errorf("%w: snapshot key %s outside the state range", ErrCorrupt, keyDigest(key))
 		}
 		if pairs > 0 && string(key) <= string(prev) {
 			return fmt.Errorf("%w: snapshot keys out of order at %x", ErrCorrupt, key)

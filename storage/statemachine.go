@@ -313,7 +313,7 @@ func applyExpire(b *applyBatch, e *statev1.Expire, meta *statev1.Meta) (*statev1
 		t, ns, key, err := splitExpiryKey(it.Key())
 		if err != nil {
 			_ = it.Close()
-			return nil, nil, fmt.Errorf("%w: expiry key %x", ErrCorrupt, it.Key())
+			return nil, nil, fmt.Errorf("%w: expiry key %s", ErrCorrupt, keyDigest(it.Key()))
 		}
 		last = append(last[:0], it.Key()...)
 		n++

@@ -215,7 +215,7 @@ func (s *Store) getProto(key []byte, m unmarshaler) (bool, error) {
 	}
 	defer closer.Close()
 	if err := m.Unmarshal(v); err != nil {
-		return false, fmt.Errorf("%w: key %x: %v", ErrCorrupt, key, err)
+		return false, fmt.Errorf("%w: key %s: %v", ErrCorrupt, keyDigest(key), err)
 	}
 	return true, nil
 }

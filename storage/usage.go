@@ -65,7 +65,7 @@ func (s *Store) countUsage() error {
 		ns, _, err := splitRecordKey(it.Key())
 		if err != nil {
 			_ = it.Close()
-			return fmt.Errorf("%w: record key %x", ErrCorrupt, it.Key())
+			return fmt.Errorf("%w: record key %s", ErrCorrupt, keyDigest(it.Key()))
 		}
 		v, err := it.ValueAndErr()
 		if err != nil {
