@@ -170,8 +170,10 @@ func TestClusterLeaderLossNewLeaderServesWithin3s(t *testing.T) {
 
 func TestClusterFollowerCatchesUpBySnapshot(t *testing.T) {
 	// Compact often so that 10,000 writes leave the stopped follower behind
-	// the log's start.
-	c := testcluster.Start(t, testcluster.Options{Raft: raftnode.Config{SnapshotEntries: 1000, KeepEntries: 200}})
+	// the log's start: one entry each (unpacked), whatever the speed of the
+	// machine (packed, 64 writers made as few as 1,100 entries on a loaded
+	// one, not enough to compact past the follower).
+	c := testcluster.Start(t, testcluster.Options{Raft: raftnode.Config{SnapshotEntries: 1000, KeepEntries: 200, MaxPackProposals: 1}})
 	lead := c.Leader()
 	var follower string
 	for _, n := range c.Names {
@@ -205,8 +207,11 @@ func TestClusterFollowerCatchesUpBySnapshot(t *testing.T) {
 	}
 	c.StartNode(follower)
 	c.WaitApplied(follower, c.Server(lead).Status().Applied, 30*time.Second)
-	if got := c.Server(follower).Status().SnapshotsApplied; got == 0 {
-		t.Fatalf("follower caught up without a snapshot; want at least one")
+	// The node counts a snapshot a moment after its applied index shows it.
+	for deadline := time.Now().Add(2 * time.Second); c.Server(follower).Status().SnapshotsApplied == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("follower caught up without a snapshot; want at least one")
+		}
 	}
 	// Same data: a stale read on the follower sees the last write, and the
 	// state machines are identical once every node applied the same index.

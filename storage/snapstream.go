@@ -546,15 +546,17 @@ func (s *Store) ApplySnapshot(snap raftpb.Snapshot) error {
 	if err := s.wal.reset(md.Index, md.Term); err != nil {
 		return fmt.Errorf("storage: apply snapshot: reset log: %w", err)
 	}
+	// Counted before the new applied index shows, so that whoever sees
+	// the index sees the usage of the state it describes.
+	if err := s.countUsage(); err != nil {
+		return fmt.Errorf("storage: apply snapshot: %w", err)
+	}
 	s.mu.Lock()
 	s.log = logIndex{base: md.Index, baseTerm: md.Term, last: md.Index}
 	s.tail.reset()
 	s.meta = meta
 	s.confState = md.ConfState
 	s.mu.Unlock()
-	if err := s.countUsage(); err != nil {
-		return fmt.Errorf("storage: apply snapshot: %w", err)
-	}
 	s.dropStaged(func(index uint64) bool { return index <= md.Index })
 	s.logger.Info("applied snapshot", "index", md.Index, "term", md.Term, "tables", len(paths),
 		"records", meta.StoredRecords)
