@@ -9,7 +9,7 @@ BIN       := bin
 PKGS      := ./...
 TESTFLAGS ?=
 
-.PHONY: all build test unit verify cluster-secure certs fuzz-short fmt vet staticcheck buf-lint buf-breaking proto proto-check cluster cluster-test cluster-test-long cluster-test-knobs cluster-test-bugs bench-churn bench bench-large bench-peers image compose-up compose-down docker-test clean
+.PHONY: all build test unit verify cluster-secure certs fuzz-short fmt vet staticcheck buf-lint buf-breaking proto proto-check cluster cluster-test cluster-test-long cluster-test-knobs cluster-test-bugs bench-churn bench bench-mtls bench-large bench-peers image compose-up compose-down docker-test clean
 
 all: build
 
@@ -18,7 +18,15 @@ build:
 	mkdir -p $(BIN)/data
 
 ## test: every check and every test (what CI runs), the short fault runs included.
-test: verify unit cluster-test
+test: verify unit fuzz-short cluster-test
+
+## fuzz-short: every native fuzz target for FUZZTIME (3s) each: request
+## validation, the state machine's command decoding and apply, the storage key
+## decoders, WAL replay, the peer frame reader, the entry envelope. Longer:
+## FUZZTIME=5m make fuzz-short.
+FUZZTIME ?= 3s
+fuzz-short:
+	FUZZTIME=$(FUZZTIME) GO=$(GO) ./scripts/fuzz-short.sh
 
 ## unit: go test -race of every package; the fault runs have their own targets.
 unit:
@@ -166,6 +174,12 @@ bench-churn:
 ## Knobs: REPS, DURATION, CONCURRENCY, SYSTEMS, OUT (see bench/README.md).
 bench:
 	./bench/run.sh
+
+## bench-mtls: keystore-3 and etcd-3 in plaintext and over mutual TLS (keystore
+## also with an authorization policy and a bearer token), at 1, 64 and 256
+## clients; report in bench/results/mtls/. Knobs as for bench.
+bench-mtls:
+	MTLS=1 ./bench/run.sh
 
 ## bench-large: keystore holding 1M and 5M live records, and 600 responses of
 ## 1 MB: lifecycles/s against the empty cluster, a follower's restart to
