@@ -7,6 +7,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // etcdPrefix keeps the benchmark's keys apart from anything else in etcd.
@@ -24,12 +25,19 @@ type etcdStore struct {
 	c *clientv3.Client
 }
 
-func openEtcd(ctx context.Context, endpoints []string) (*etcdStore, error) {
-	c, err := clientv3.New(clientv3.Config{
+// openEtcd makes a client of endpoints; with sec, over TLS (etcd takes no
+// token here: with --client-cert-auth the certificate is the credential).
+func openEtcd(ctx context.Context, endpoints []string, sec security) (*etcdStore, error) {
+	cfg := clientv3.Config{
 		Endpoints:   endpoints,
+		TLS:         sec.tls,
 		DialTimeout: 5 * time.Second,
 		Context:     context.WithoutCancel(ctx),
-	})
+	}
+	if sec.quiet {
+		cfg.Logger = zap.NewNop()
+	}
+	c, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -21,11 +21,13 @@ type keystoreStore struct {
 	next    atomic.Uint64
 }
 
-func openKeystore(ctx context.Context, endpoints []string, n int) (*keystoreStore, error) {
+// openKeystore makes n clients of endpoints; with sec, each connects over
+// TLS and sends the token with every call.
+func openKeystore(ctx context.Context, endpoints []string, n int, sec security) (*keystoreStore, error) {
 	n = max(n, 1)
 	s := &keystoreStore{}
 	for range n {
-		c, err := client.New(ctx, client.Config{Endpoints: endpoints})
+		c, err := client.New(ctx, client.Config{Endpoints: endpoints, TLS: sec.tls, Token: sec.token})
 		if err != nil {
 			s.Close()
 			return nil, err

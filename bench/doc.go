@@ -13,6 +13,10 @@
 //	keystore-bench ping -backend etcd -endpoints 127.0.0.1:12379 -timeout 30s
 //	keystore-bench report -in raw.jsonl -out results/
 //
+// With -tls-ca, -tls-cert and -tls-key the keystore and etcd clients connect
+// over TLS with a client certificate, and with -token-file the keystore
+// client sends a bearer token with every call (run.sh's MTLS=1).
+//
 // See README.md beside this file for the workload of each backend, the
 // durability settings and how to read the results.
 package main

@@ -377,7 +377,7 @@ func waitReady(ctx context.Context, cl *ksCluster) (*client.Client, error) {
 	bf := backendFlags{backend: "keystore", endpoints: strings.Join(cl.endpoints(), ",")}
 	deadline := time.Now().Add(time.Minute)
 	for {
-		err := pingOnce(ctx, bf)
+		err := pingOnce(ctx, bf, security{})
 		if err == nil {
 			break
 		}
@@ -428,7 +428,7 @@ func measureLarge(ctx context.Context, cfg largeConfig, cl *ksCluster, state str
 	}
 	t := &largeThroughput{Kind: "throughput", State: state, Target: target, Records: ls.GetStoredRecords(),
 		DiskBytes: dirBytes(ls.node.dataDir, ""), TableBytes: dirBytes(ls.node.dataDir, ".sst")}
-	ks, err := openKeystore(ctx, cl.endpoints(), 1)
+	ks, err := openKeystore(ctx, cl.endpoints(), 1, security{})
 	if err != nil {
 		return nil, err
 	}

@@ -60,6 +60,7 @@ type backendFlags struct {
 	endpoints string
 	clients   int
 	fsyncDir  string
+	sec       securityFlags
 }
 
 func (b *backendFlags) register(fs *flag.FlagSet) {
@@ -67,6 +68,7 @@ func (b *backendFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&b.endpoints, "endpoints", "", "comma-separated addresses (postgres: host:port or a postgres:// URL)")
 	fs.IntVar(&b.clients, "clients", 1, "keystore only: client.Client instances shared round-robin by the workers")
 	fs.StringVar(&b.fsyncDir, "fsync-dir", "", "fsync only: directory for the files written and fdatasynced")
+	b.sec.register(fs)
 }
 
 func (b *backendFlags) endpointList() []string {
@@ -125,6 +127,11 @@ func runCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	sec, err := bf.sec.load(cfg.Backend)
+	if err != nil {
+		return err
+	}
+	cfg.TLS, cfg.Auth = sec.tlsMode(), sec.authMode()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -145,7 +152,7 @@ func runCmd(ctx context.Context, args []string) error {
 		res, err = runFsync(ctx, cfg, bf.fsyncDir)
 	} else {
 		var st store
-		st, err = openStore(ctx, bf, cfg.Concurrency)
+		st, err = openStore(ctx, bf, sec, cfg.Concurrency)
 		if err != nil {
 			return err
 		}
@@ -177,18 +184,18 @@ func runCmd(ctx context.Context, args []string) error {
 	return nil
 }
 
-// openStore connects to the backend named by bf. workers sizes connection
-// pools where the backend has one.
-func openStore(ctx context.Context, bf backendFlags, workers int) (store, error) {
+// openStore connects to the backend named by bf, through sec. workers sizes
+// connection pools where the backend has one.
+func openStore(ctx context.Context, bf backendFlags, sec security, workers int) (store, error) {
 	eps := bf.endpointList()
 	if len(eps) == 0 {
 		return nil, fmt.Errorf("-endpoints is required for -backend %s", bf.backend)
 	}
 	switch bf.backend {
 	case "keystore":
-		return openKeystore(ctx, eps, bf.clients)
+		return openKeystore(ctx, eps, bf.clients, sec)
 	case "etcd":
-		return openEtcd(ctx, eps)
+		return openEtcd(ctx, eps, sec)
 	case "redis":
 		return openRedis(ctx, eps, workers)
 	case "postgres":
@@ -199,6 +206,8 @@ func openStore(ctx context.Context, bf backendFlags, workers int) (store, error)
 
 // pingCmd waits until the backend completes one lifecycle and replays it,
 // bounded by -timeout: the scripts use it to wait for servers to be ready.
+// With TLS, it then checks that the servers refuse clients without the
+// credentials (checkRefusals).
 func pingCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("keystore-bench ping", flag.ContinueOnError)
 	var bf backendFlags
@@ -207,27 +216,47 @@ func pingCmd(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	sec, err := bf.sec.load(bf.backend)
+	if err != nil {
+		return err
+	}
+	wait, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	var last error
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			select {
-			case <-ctx.Done():
+			case <-wait.Done():
 				return fmt.Errorf("%s at %s not ready after %v: %v", bf.backend, bf.endpoints, *timeout, last)
 			case <-time.After(250 * time.Millisecond):
 			}
 		}
-		if last = pingOnce(ctx, bf); last == nil {
-			return nil
+		if last = pingOnce(wait, bf, sec); last == nil {
+			break
 		}
 	}
+	refused, err := checkRefusals(ctx, bf, sec)
+	if err != nil {
+		return err
+	}
+	if refused != "" {
+		fmt.Printf("ping: %s at %s answers over %s TLS%s and refuses: %s\n", bf.backend, bf.endpoints, sec.tlsMode(), withAuth(sec), refused)
+	}
+	return nil
 }
 
-func pingOnce(ctx context.Context, bf backendFlags) error {
+// withAuth describes sec's per-call credential for a log line.
+func withAuth(sec security) string {
+	if a := sec.authMode(); a != "" {
+		return " with a " + a
+	}
+	return ""
+}
+
+func pingOnce(ctx context.Context, bf backendFlags, sec security) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	st, err := openStore(ctx, bf, 1)
+	st, err := openStore(ctx, bf, sec, 1)
 	if err != nil {
 		return err
 	}

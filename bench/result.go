@@ -24,6 +24,10 @@ type result struct {
 	WarmupS     float64 `json:"warmup_s"`
 	Dup         float64 `json:"dup"`
 	ValueSize   int     `json:"value_size"`
+	// TLS is "" (plaintext), "server" or "mutual" (a client certificate
+	// too); Auth is "" or "token" (a bearer token with every call).
+	TLS  string `json:"tls,omitempty"`
+	Auth string `json:"auth,omitempty"`
 
 	// Lifecycles are fresh claim+complete pairs; for fsync, fsyncs.
 	Lifecycles      int64   `json:"lifecycles"`
@@ -70,6 +74,8 @@ func newResult(cfg runConfig, w window, stats []*workerStats, cpu cpuUsage) *res
 		WarmupS:     cfg.Warmup.Seconds(),
 		Dup:         cfg.Dup,
 		ValueSize:   cfg.ValueSize,
+		TLS:         cfg.TLS,
+		Auth:        cfg.Auth,
 		NumCPU:      runtime.NumCPU(),
 		Kernel:      kernelRelease(),
 	}

@@ -92,6 +92,10 @@ func (s *summary) chart(title, yLabel string, allowLogY bool, f func(medians) fl
 		if s.backendOf[l] == "keystore" {
 			width = 3
 		}
+		dash := "" // plaintext: solid; over TLS: dashed
+		if s.tlsOf[l] != "" {
+			dash = ` stroke-dasharray="7 4"`
+		}
 		var pts bytes.Buffer
 		var dots bytes.Buffer
 		for _, c := range s.concurrencies {
@@ -104,10 +108,10 @@ func (s *summary) chart(title, yLabel string, allowLogY bool, f func(medians) fl
 			fmt.Fprintf(&dots, `<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s"><title>%s, concurrency %d: %s</title></circle>`+"\n",
 				x, y, color, esc(l), c, strconv.FormatFloat(f(m), 'f', 2, 64))
 		}
-		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="%.0f" points="%s"/>`+"\n", color, width, bytes.TrimSpace(pts.Bytes()))
+		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="%.0f"%s points="%s"/>`+"\n", color, width, dash, bytes.TrimSpace(pts.Bytes()))
 		b.Write(dots.Bytes())
 		ly := marginT + 10 + i*20
-		fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="%.0f"/>`+"\n", chartW-marginR+16, ly, chartW-marginR+40, ly, color, width)
+		fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="%.0f"%s/>`+"\n", chartW-marginR+16, ly, chartW-marginR+40, ly, color, width, dash)
 		fmt.Fprintf(&b, `<text x="%d" y="%d" dominant-baseline="middle">%s</text>`+"\n", chartW-marginR+46, ly, esc(l))
 	}
 	b.WriteString("</svg>\n")

@@ -48,6 +48,9 @@ type runConfig struct {
 	Dup         float64
 	ValueSize   int
 	OpTimeout   time.Duration
+	// TLS and Auth describe how the clients reached the servers, for the
+	// results: security.tlsMode and security.authMode.
+	TLS, Auth string
 }
 
 // Lease and retention every backend is given, so that all hold a claim and
