@@ -33,7 +33,8 @@ unit:
 	$(GO) test -race -count=1 -skip 'TestFaults' $(TESTFLAGS) $(PKGS)
 	cd bench && $(GO) test -race -count=1 $(TESTFLAGS) ./...
 
-## cluster-test: 5 seeded fault runs of 20s (real processes, fault proxies),
+## cluster-test: 5 seeded fault runs of 20s (real processes, fault proxies), and
+## one with client TLS, peer mutual TLS and a policy (-faults.secure),
 ## checked for violations and convergence; a failing run saves its history,
 ## visualization and logs under cluster-test/results/seed-N.
 RUNS ?= 5
@@ -41,14 +42,17 @@ SEED ?= 1
 FAULT_DURATION ?= 20s
 cluster-test:
 	$(GO) test -count=1 -timeout 30m -run 'TestFaults' ./cluster-test -v \
-		-faults.runs $(RUNS) -faults.seed $(SEED) -faults.duration $(FAULT_DURATION)
+		-faults.runs $(RUNS) -faults.seed $(SEED) -faults.duration $(FAULT_DURATION) $(FAULT_FLAGS)
+	$(GO) test -count=1 -timeout 30m -run 'TestFaults' ./cluster-test -v \
+		-faults.runs 1 -faults.seed $(SEED) -faults.duration $(FAULT_DURATION) -faults.secure $(FAULT_FLAGS)
 
 ## cluster-test-long: the nightly version, e.g. make cluster-test-long RUNS=100
-## (LONG_DURATION per run, 60s unless given).
+## (LONG_DURATION per run, 60s unless given). FAULT_FLAGS=-faults.secure runs
+## the nodes with client TLS, peer mutual TLS and a policy.
 LONG_DURATION ?= 60s
 cluster-test-long:
 	$(GO) test -count=1 -timeout 0 -run 'TestFaults' ./cluster-test -v \
-		-faults.runs $(RUNS) -faults.seed $(SEED) -faults.duration $(LONG_DURATION)
+		-faults.runs $(RUNS) -faults.seed $(SEED) -faults.duration $(LONG_DURATION) $(FAULT_FLAGS)
 
 ## cluster-test-knobs: the fault suite once with each tuning knob turned off
 ## (KNOB_RUNS seeded runs of FAULT_DURATION each): the knobs are performance

@@ -27,6 +27,7 @@ var (
 	faultExpect   = flag.Bool("faults.expect-violations", false, "checker efficacy: pass only if some run finds a violation (stops at the first)")
 	faultSaveLogs = flag.Bool("faults.save-logs", false, "save every run's node logs under -faults.results, not only a failing run's")
 	faultKinds    = flag.String("faults.kinds", "", "comma-separated fault kinds to draw from (default: the nemesis's mix; e.g. replace,remove-rejoin,kill)")
+	faultSecure   = flag.Bool("faults.secure", false, "run the nodes with client TLS, peer mutual TLS and an authorization policy (the harness and joining nodes as admins)")
 	faultGossip   = flag.Bool("faults.gossip", true, "run the nodes with gossip (--gossip-addr, --join the others' gossip addresses; rejoins find the cluster by gossip)")
 )
 
@@ -96,7 +97,11 @@ func TestFaults(t *testing.T) {
 // reported, not failed on.
 func faultRun(t *testing.T, bin string, seed int64, expectBug bool) runStats {
 	dir := t.TempDir()
-	c, err := harness.Start(harness.Config{Binary: bin, Dir: dir, Args: strings.Fields(*faultArgs), NoGossip: !*faultGossip})
+	hc := harness.Config{Binary: bin, Dir: dir, Args: strings.Fields(*faultArgs), NoGossip: !*faultGossip}
+	if *faultSecure {
+		secureHarness(t, &hc)
+	}
+	c, err := harness.Start(hc)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -99,9 +99,27 @@ func writeSecureFiles(t *testing.T, names []string) secureFiles {
 		"  - name: payments\n    token_sha256: " + auth.HashToken(paymentsToken) + "\n    namespaces: [payments]\n" +
 		"  - name: orders\n    token_sha256: " + auth.HashToken(ordersToken) + "\n    namespaces: [orders]\n" +
 		"  - name: ops\n    cert_cn: admin\n    namespaces: [\"*\"]\n    admin: true\n"
+	for _, n := range names {
+		// A node presents its own certificate when it joins (MemberAdd).
+		policy += "  - name: node-" + n + "\n    cert_cn: " + n + "\n    namespaces: []\n    admin: true\n"
+	}
 	if err := os.WriteFile(f.path("policy.yaml"), []byte(policy), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return f
+}
+
+// secureHarness makes a harness cluster run with client TLS, peer mutual
+// TLS and an authorization policy; the harness calls as the admin.
+func secureHarness(t *testing.T, hc *harness.Config) secureFiles {
+	names := []string{"n1", "n2", "n3"}
+	f := writeSecureFiles(t, names)
+	hc.Args = append(hc.Args, "--tls-client-ca-file", f.path("ca.crt"), "--peer-tls-ca-file", f.path("ca.crt"), "--auth-policy-file", f.path("policy.yaml"))
+	hc.NodeArgs = func(n string) []string {
+		return []string{"--tls-cert-file", f.path(n + ".crt"), "--tls-key-file", f.path(n + ".key"),
+			"--peer-tls-cert-file", f.path(n + ".crt"), "--peer-tls-key-file", f.path(n + ".key")}
+	}
+	hc.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(f.clientTLS(t, "admin")))}
 	return f
 }
 
@@ -117,16 +135,9 @@ func TestSecurityEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	names := []string{"n1", "n2", "n3"}
-	f := writeSecureFiles(t, names)
-	c, err := harness.Start(harness.Config{
-		Binary: bin, Dir: t.TempDir(), NoGossip: true,
-		Args: []string{"--tls-client-ca-file", f.path("ca.crt"), "--peer-tls-ca-file", f.path("ca.crt"), "--auth-policy-file", f.path("policy.yaml")},
-		NodeArgs: func(n string) []string {
-			return []string{"--tls-cert-file", f.path(n + ".crt"), "--tls-key-file", f.path(n + ".key"),
-				"--peer-tls-cert-file", f.path(n + ".crt"), "--peer-tls-key-file", f.path(n + ".key")}
-		},
-		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(f.clientTLS(t, "admin")))},
-	})
+	hc := harness.Config{Binary: bin, Dir: t.TempDir(), NoGossip: true}
+	f := secureHarness(t, &hc)
+	c, err := harness.Start(hc)
 	if err != nil {
 		t.Fatal(err)
 	}
