@@ -2,6 +2,7 @@ package grpcidem
 
 import (
 	"context"
+	keyscope "github.com/keystore-dev/keystore/client/internal/scope"
 	"unicode"
 	"unicode/utf8"
 
@@ -126,7 +127,7 @@ func noKey(vals []string) bool {
 // of its caller, or the status to fail the call with.
 func (i *interceptor) scopePrefix(ctx context.Context) (string, error) {
 	if i.cfg.scope == nil { // WithoutScope
-		return scopePrefix("", false), nil
+		return keyscope.Prefix("", false), nil
 	}
 	scope, ok := i.cfg.scope(ctx)
 	switch {
@@ -135,7 +136,7 @@ func (i *interceptor) scopePrefix(ctx context.Context) (string, error) {
 	case !ok && i.cfg.requireScope:
 		return "", errUnauthenticated
 	}
-	return scopePrefix(scope, ok), nil
+	return keyscope.Prefix(scope, ok), nil
 }
 
 // key returns the call's idempotency key from the values of its metadata.

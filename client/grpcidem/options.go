@@ -18,7 +18,6 @@ const ReplayedHeader = "idempotent-replayed"
 // Limits of keystore (docs/contract.md).
 const (
 	maxNamespaceLen = 64
-	maxStoreKeyLen  = 255
 )
 
 // Option configures UnaryServerInterceptor.

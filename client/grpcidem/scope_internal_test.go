@@ -1,76 +1,13 @@
 package grpcidem
 
 import (
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/base64"
-	"strings"
 	"testing"
 
 	"google.golang.org/grpc/credentials"
 )
-
-func TestScopePrefixFormat(t *testing.T) {
-	sum := sha256.Sum256([]byte("tenant-7"))
-	want := base64.RawURLEncoding.EncodeToString(sum[:])[:22] + ":"
-	if got := scopePrefix("tenant-7", true); got != want {
-		t.Fatalf("scopePrefix(tenant-7): got %q; want %q", got, want)
-	}
-	if got := scopePrefix("", false); got != "-:" {
-		t.Fatalf("anonymous prefix: got %q; want %q", got, "-:")
-	}
-	for _, scope := range []string{"a", strings.Repeat("s", 10000), "x509-cn:alice", "é\x00"} {
-		p := scopePrefix(scope, true)
-		if len(p) != scopedPrefixLen || strings.Index(p, ":") != scopeHashLen {
-			t.Fatalf("scopePrefix(%.20q) = %q; want %d base64url characters and a colon", scope, p, scopeHashLen)
-		}
-	}
-	if MaxKeyLen != 232 || MaxKeyLen+scopedPrefixLen != maxStoreKeyLen {
-		t.Fatalf("MaxKeyLen = %d; want 232, keystore's %d less the %d-byte prefix", MaxKeyLen, maxStoreKeyLen, scopedPrefixLen)
-	}
-}
-
-// TestStoredKeysNeverCollide: distinct (scope, key) pairs give distinct
-// keystore keys, even when a key is built to look like another scope's
-// stored key.
-func TestStoredKeysNeverCollide(t *testing.T) {
-	type pair struct {
-		scope  string
-		scoped bool
-		key    string
-	}
-	alice := scopePrefix("alice", true)
-	pairs := []pair{
-		{"", false, "k"},
-		{"", false, alice + "k"},       // anonymous, sending alice's stored key
-		{"", false, "-:k"},             // anonymous, sending the anonymous prefix
-		{"", false, alice[:20] + ":k"}, // anonymous, a colon where a prefix has one
-		{"alice", true, "k"},
-		{"alice", true, "-:k"},
-		{"bob", true, "k"},
-		{"bob", true, alice + "k"},
-		{"alice:", true, "k"}, // scopes are hashed whole: no split ambiguity
-		{"alic", true, "e:k"},
-		{"", true, "k"}, // not reachable (an empty scope is refused), but distinct all the same
-	}
-	seen := map[string]pair{}
-	for _, p := range pairs {
-		k := scopePrefix(p.scope, p.scoped) + p.key
-		if prev, ok := seen[k]; ok {
-			t.Fatalf("%+v and %+v both give %q", prev, p, k)
-		}
-		seen[k] = p
-		wantColon := 1
-		if p.scoped {
-			wantColon = scopeHashLen
-		}
-		if i := strings.Index(k, ":"); i != wantColon {
-			t.Fatalf("stored key %q of %+v: first colon at %d; want %d", k, p, i, wantColon)
-		}
-	}
-}
 
 func TestVerifiedCommonName(t *testing.T) {
 	leaf := &x509.Certificate{Subject: pkix.Name{CommonName: "alice"}}

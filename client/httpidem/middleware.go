@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	keyscope "github.com/keystore-dev/keystore/client/internal/scope"
 	"io"
 	"math"
 	"net/http"
@@ -131,7 +132,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // scope of its caller, or answers the request and returns false.
 func (h *handler) scopePrefix(w http.ResponseWriter, r *http.Request) (string, bool) {
 	if h.cfg.scope == nil { // WithoutScope
-		return scopePrefix("", false), true
+		return keyscope.Prefix("", false), true
 	}
 	scope, ok := h.cfg.scope(r)
 	switch {
@@ -144,7 +145,7 @@ func (h *handler) scopePrefix(w http.ResponseWriter, r *http.Request) (string, b
 			"The caller of this request could not be identified. Requests with an idempotency key must be authenticated.", 0)
 		return "", false
 	}
-	return scopePrefix(scope, ok), true
+	return keyscope.Prefix(scope, ok), true
 }
 
 func (h *handler) tooLarge(w http.ResponseWriter) {

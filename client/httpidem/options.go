@@ -20,7 +20,6 @@ const ReplayedHeader = "Idempotent-Replayed"
 // Limits of keystore (docs/contract.md) and of the defaults.
 const (
 	maxNamespaceLen     = 64
-	maxStoreKeyLen      = 255
 	maxLease            = time.Hour
 	defaultLease        = 30 * time.Second
 	defaultMaxBodyBytes = 1 << 20

@@ -1,4 +1,4 @@
-package httpidem
+package scope
 
 import (
 	"crypto/sha256"
@@ -7,23 +7,23 @@ import (
 	"testing"
 )
 
-func TestScopePrefixFormat(t *testing.T) {
+func TestPrefixFormat(t *testing.T) {
 	sum := sha256.Sum256([]byte("tenant-7"))
 	want := base64.RawURLEncoding.EncodeToString(sum[:])[:22] + ":"
-	if got := scopePrefix("tenant-7", true); got != want {
-		t.Fatalf("scopePrefix(tenant-7): got %q; want %q", got, want)
+	if got := Prefix("tenant-7", true); got != want {
+		t.Fatalf("Prefix(tenant-7): got %q; want %q", got, want)
 	}
-	if got := scopePrefix("", false); got != "-:" {
+	if got := Prefix("", false); got != "-:" {
 		t.Fatalf("anonymous prefix: got %q; want %q", got, "-:")
 	}
 	for _, scope := range []string{"a", strings.Repeat("s", 10000), "x509-cn:alice", "é\x00"} {
-		p := scopePrefix(scope, true)
-		if len(p) != scopedPrefixLen || strings.Index(p, ":") != scopeHashLen {
-			t.Fatalf("scopePrefix(%.20q) = %q; want %d base64url characters and a colon", scope, p, scopeHashLen)
+		p := Prefix(scope, true)
+		if len(p) != PrefixLen || strings.Index(p, ":") != hashLen {
+			t.Fatalf("Prefix(%.20q) = %q; want %d base64url characters and a colon", scope, p, hashLen)
 		}
 	}
-	if MaxKeyLen != 232 || MaxKeyLen+scopedPrefixLen != maxStoreKeyLen {
-		t.Fatalf("MaxKeyLen = %d; want 232, keystore's %d less the %d-byte prefix", MaxKeyLen, maxStoreKeyLen, scopedPrefixLen)
+	if MaxKeyLen != 232 || MaxKeyLen+PrefixLen != StoreMaxKeyLen {
+		t.Fatalf("MaxKeyLen = %d; want 232, keystore's %d less the %d-byte prefix", MaxKeyLen, StoreMaxKeyLen, PrefixLen)
 	}
 }
 
@@ -36,7 +36,7 @@ func TestStoredKeysNeverCollide(t *testing.T) {
 		scoped bool
 		key    string
 	}
-	alice := scopePrefix("alice", true)
+	alice := Prefix("alice", true)
 	pairs := []pair{
 		{"", false, "k"},
 		{"", false, alice + "k"},       // anonymous, sending alice's stored key
@@ -52,14 +52,14 @@ func TestStoredKeysNeverCollide(t *testing.T) {
 	}
 	seen := map[string]pair{}
 	for _, p := range pairs {
-		k := scopePrefix(p.scope, p.scoped) + p.key
+		k := Prefix(p.scope, p.scoped) + p.key
 		if prev, ok := seen[k]; ok {
 			t.Fatalf("%+v and %+v both give %q", prev, p, k)
 		}
 		seen[k] = p
 		wantColon := 1
 		if p.scoped {
-			wantColon = scopeHashLen
+			wantColon = hashLen
 		}
 		if i := strings.Index(k, ":"); i != wantColon {
 			t.Fatalf("stored key %q of %+v: first colon at %d; want %d", k, p, i, wantColon)
