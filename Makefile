@@ -13,8 +13,14 @@ TESTFLAGS ?=
 
 all: build
 
+# The commit keystored and keystorectl report (version package), when git
+# knows one; "-dirty" marks a modified working tree.
+COMMIT  := $(shell git rev-parse HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
+LDFLAGS := -X github.com/keystore-dev/keystore/version.commit=$(COMMIT)
+
 build:
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/keystored ./cmd/keystored
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/keystored ./cmd/keystored
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/keystorectl ./cmd/keystorectl
 	mkdir -p $(BIN)/data
 
 ## test: every check and every test (what CI runs), the short fault runs included.

@@ -2,6 +2,7 @@ package server
 
 import (
 	"github.com/keystore-dev/keystore/membership"
+	"github.com/keystore-dev/keystore/version"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -24,7 +25,14 @@ type memberCollector struct{ s *Server }
 
 // Collectors returns the node's Prometheus collectors.
 func (s *Server) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{memberCollector{s}}
+	v := version.Get()
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "keystore_build_info",
+		Help:        "1, labelled with the version, commit and Go version of the keystored binary.",
+		ConstLabels: prometheus.Labels{"version": v.Version, "commit": v.Commit, "go_version": v.GoVersion},
+	})
+	build.Set(1)
+	return []prometheus.Collector{memberCollector{s}, build}
 }
 
 func (c memberCollector) Describe(ch chan<- *prometheus.Desc) {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/keystore-dev/keystore/auth"
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
+	"github.com/keystore-dev/keystore/version"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -31,6 +32,7 @@ func (c clusterService) Status(ctx context.Context, req *keystorev1.StatusReques
 		AppliedIndex:  st.Applied,
 		StoredRecords: c.s.store.StoredRecords(),
 		Serving:       c.s.serving.Load(),
+		Version:       version.Get().String(),
 	}
 	if req.GetIncludeChecksum() {
 		if sum, applied, err := c.s.store.ChecksumAt(); err == nil {

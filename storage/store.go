@@ -134,6 +134,10 @@ func Open(cfg Config) (*Store, error) {
 		opts.Levels[i].BlockSize = 32 << 10
 	}
 	opts.EnsureDefaults()
+	format, err := checkFormat(opts.FS, cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
 	db, err := pebble.Open(cfg.Dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %s: %w", cfg.Dir, err)
@@ -160,6 +164,13 @@ func Open(cfg Config) (*Store, error) {
 		_ = s.wal.close()
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: counting namespaces' records: %w", err)
+	}
+	if format < FormatVersion {
+		if err := writeFormat(fs, cfg.Dir); err != nil {
+			_ = s.wal.close()
+			_ = db.Close()
+			return nil, fmt.Errorf("storage: recording the format: %w", err)
+		}
 	}
 	go s.filterBuilder()
 	s.startFilterBuild()

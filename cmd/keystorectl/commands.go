@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"flag"
 	"fmt"
+	"github.com/keystore-dev/keystore/version"
 	"os"
 	"slices"
 	"sort"
@@ -40,6 +41,8 @@ var commands = []command{
 		summary: "Read a record (linearizable unless --stale).", setup: setupGet},
 	{name: "status", synopsis: "",
 		summary: "Show each endpoint's view of the cluster: name, leader, term, commit and applied index, stored records, serving.", setup: setupStatus},
+	{name: "version", synopsis: "",
+		summary: "Show keystorectl's version and each endpoint's keystored version.", setup: setupVersion},
 	memberListCommand,
 	memberAddCommand,
 	memberPromoteCommand,
@@ -358,5 +361,29 @@ func setupStatus(fs *flag.FlagSet) func(e *env) error {
 			}
 		}
 		return fmt.Errorf("no endpoint answered (%d tried; each row says why)", len(nodes))
+	}
+}
+
+// setupVersion prints keystorectl's version, then asks every endpoint for
+// its own; it fails (exit 1) only when none answered.
+func setupVersion(fs *flag.FlagSet) func(e *env) error {
+	return func(e *env) error {
+		c, err := e.dial(true)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		ctx, cancel := e.call(0)
+		defer cancel()
+		nodes := c.Status(ctx)
+		if err := e.out.versions(version.Get().String(), nodes); err != nil {
+			return err
+		}
+		for _, n := range nodes {
+			if n.Err == nil {
+				return nil
+			}
+		}
+		return fmt.Errorf("no endpoint answered (%d tried)", len(nodes))
 	}
 }

@@ -229,6 +229,23 @@ func TestAgainstCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("version", func(t *testing.T) {
+		out := mustCLI(t, "version", eps)
+		lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+		if len(lines) != 4 || !strings.HasPrefix(lines[0], "keystorectl: keystore ") {
+			t.Fatalf("version:\n%s\nwant keystorectl's line and one per endpoint", out)
+		}
+		for _, l := range lines[1:] {
+			if !strings.Contains(l, ": keystore ") || !strings.Contains(l, " commit ") {
+				t.Fatalf("version row %q; want the endpoint's keystore version and commit", l)
+			}
+		}
+		o := jsonOne(t, mustCLI(t, "version", eps, "-o", "json"))
+		if servers := o["servers"].([]any); len(servers) != 3 || servers[0].(map[string]any)["version"] == "" {
+			t.Fatalf("version -o json: %v; want 3 servers with versions", o)
+		}
+	})
+
 	t.Run("status with a node down", func(t *testing.T) {
 		down := testcluster.FreeAddr(t)
 		out := mustCLI(t, "status", "--endpoints", tc.Endpoint("n1")+","+down)

@@ -101,6 +101,7 @@ type statusJSON struct {
 	LogTime       *time.Time   `json:"log_time,omitempty"`
 	StoredRecords uint64       `json:"stored_records"`
 	Serving       bool         `json:"serving"`
+	Version       string       `json:"version,omitempty"`
 	Members       []memberJSON `json:"members"`
 }
 
@@ -212,7 +213,7 @@ func (p *printer) status(nodes []client.NodeStatus) error {
 				sj := statusJSON{
 					Endpoint: n.Endpoint, Name: st.GetName(), Leader: st.GetLeader(), Term: st.GetTerm(),
 					CommitIndex: st.GetCommitIndex(), AppliedIndex: st.GetAppliedIndex(),
-					StoredRecords: st.GetStoredRecords(), Serving: st.GetServing(),
+					StoredRecords: st.GetStoredRecords(), Serving: st.GetServing(), Version: st.GetVersion(),
 				}
 				if lt := st.GetLogTime(); lt != nil {
 					sj.LogTime = timePtr(lt.AsTime())
@@ -443,4 +444,44 @@ func printable(b []byte) bool {
 		}
 	}
 	return true
+}
+
+type versionJSON struct {
+	Client  string              `json:"client"`
+	Servers []serverVersionJSON `json:"servers"`
+}
+
+type serverVersionJSON struct {
+	Endpoint string `json:"endpoint"`
+	Version  string `json:"version,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// versions writes keystorectl's version and each endpoint's.
+func (p *printer) versions(client string, nodes []client.NodeStatus) error {
+	out := versionJSON{Client: client}
+	for _, n := range nodes {
+		v := serverVersionJSON{Endpoint: n.Endpoint}
+		switch {
+		case n.Err != nil || n.Status == nil:
+			v.Error = describe(n.Err)
+		case n.Status.GetVersion() == "":
+			v.Version = "(older than this field)"
+		default:
+			v.Version = n.Status.GetVersion()
+		}
+		out.Servers = append(out.Servers, v)
+	}
+	if p.json {
+		return p.encode(out)
+	}
+	fmt.Fprintf(p.w, "keystorectl: %s\n", out.Client)
+	for _, v := range out.Servers {
+		if v.Error != "" {
+			fmt.Fprintf(p.w, "%s: error: %s\n", v.Endpoint, v.Error)
+			continue
+		}
+		fmt.Fprintf(p.w, "%s: %s\n", v.Endpoint, v.Version)
+	}
+	return nil
 }

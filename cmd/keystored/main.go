@@ -21,6 +21,7 @@ import (
 	"github.com/keystore-dev/keystore/raftnode"
 	"github.com/keystore-dev/keystore/server"
 	"github.com/keystore-dev/keystore/storage"
+	"github.com/keystore-dev/keystore/version"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -99,11 +100,16 @@ func run(args []string) error {
 		maxPack       = fs.Int("raft-max-pack-proposals", 1024, "most proposals packed into one log entry (1: no packing)")
 		gatherYields  = fs.Int("stream-gather-yields", 4, "yields of a stream sender to let results woken together share a message (negative: off)")
 	)
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	var secFlags securityFlags
 	secFlags.register(fs)
 	registerTestFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *showVersion {
+		fmt.Println(version.Get())
+		return nil
 	}
 	restrictFileModes()
 	logger, err := newLogger(*logLevel, *logFormat)
@@ -193,7 +199,7 @@ func run(args []string) error {
 	}
 	sec.cfg(&cfg)
 	srv, err := server.New(cfg)
-	if errors.Is(err, storage.ErrCorrupt) {
+	if errors.Is(err, storage.ErrCorrupt) || errors.Is(err, storage.ErrNewerFormat) {
 		// The error says to wipe the data directory: name it.
 		dir, _ := filepath.Abs(*dataDir)
 		return fmt.Errorf("%w (the data directory is %s)", err, dir)

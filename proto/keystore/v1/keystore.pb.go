@@ -1591,8 +1591,10 @@ type StatusResponse struct {
 	// the request asked for it (include_checksum).
 	StateChecksum     []byte `protobuf:"bytes,10,opt,name=state_checksum,json=stateChecksum,proto3" json:"state_checksum,omitempty"`
 	StateAppliedIndex uint64 `protobuf:"varint,11,opt,name=state_applied_index,json=stateAppliedIndex,proto3" json:"state_applied_index,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The node's keystore version and commit (keystored --version).
+	Version       string `protobuf:"bytes,12,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -1702,6 +1704,13 @@ func (x *StatusResponse) GetStateAppliedIndex() uint64 {
 	return 0
 }
 
+func (x *StatusResponse) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
 var File_keystore_v1_keystore_proto protoreflect.FileDescriptor
 
 const file_keystore_v1_keystore_proto_rawDesc = "" +
@@ -1806,7 +1815,7 @@ const file_keystore_v1_keystore_proto_rawDesc = "" +
 	"is_learner\x18\x06 \x01(\bR\tisLearner\x12\x1f\n" +
 	"\vmatch_index\x18\a \x01(\x04R\n" +
 	"matchIndex\x12!\n" +
-	"\fgossip_state\x18\b \x01(\tR\vgossipState\"\x96\x03\n" +
+	"\fgossip_state\x18\b \x01(\tR\vgossipState\"\xb0\x03\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
 	"\amembers\x18\x02 \x03(\v2\x13.keystore.v1.MemberR\amembers\x12\x16\n" +
@@ -1819,7 +1828,8 @@ const file_keystore_v1_keystore_proto_rawDesc = "" +
 	"\aserving\x18\t \x01(\bR\aserving\x12%\n" +
 	"\x0estate_checksum\x18\n" +
 	" \x01(\fR\rstateChecksum\x12.\n" +
-	"\x13state_applied_index\x18\v \x01(\x04R\x11stateAppliedIndex*e\n" +
+	"\x13state_applied_index\x18\v \x01(\x04R\x11stateAppliedIndex\x12\x18\n" +
+	"\aversion\x18\f \x01(\tR\aversion*e\n" +
 	"\vRecordState\x12\x1c\n" +
 	"\x18RECORD_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18RECORD_STATE_IN_PROGRESS\x10\x01\x12\x1a\n" +

@@ -1,0 +1,87 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// FormatVersion is the on-disk format of a store this version writes, and
+// the newest it reads. A store records its format in formatFile beside
+// the database; Open refuses a newer one, so that a binary rolled back
+// past a format change stops with a clear message instead of misreading
+// the data. Raise it with any change an older binary would misread, and
+// teach Open to read (or convert) every older one.
+//
+//	1: Pebble state (records, expiry index, meta) and the chained raft log.
+const FormatVersion = 1
+
+// formatFile holds "keystore-storage-format N" in the store's directory.
+const formatFile = "KEYSTORE_FORMAT"
+
+const formatPrefix = "keystore-storage-format "
+
+// ErrNewerFormat is returned by Open for a store written by a newer
+// keystore.
+var ErrNewerFormat = errors.New("storage: the data dir was written by a newer keystore")
+
+// checkFormat reads dir's format: 0 when the store has none yet (a new
+// one, or one written before formats were recorded, which is format 1),
+// ErrNewerFormat for a newer one than this binary reads.
+func checkFormat(fs vfs.FS, dir string) (int, error) {
+	f, err := fs.Open(fs.PathJoin(dir, formatFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("storage: %s: %w", formatFile, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 256))
+	if err != nil {
+		return 0, fmt.Errorf("storage: %s: %w", formatFile, err)
+	}
+	v, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(string(b), formatPrefix)))
+	if !strings.HasPrefix(string(b), formatPrefix) || err != nil || v < 1 {
+		return 0, fmt.Errorf("%w: %s holds %q", ErrCorrupt, formatFile, b)
+	}
+	if v > FormatVersion {
+		return v, fmt.Errorf("%w (format %d; this binary reads formats up to %d): run the newer keystored, or restore a backup taken by this version into an empty data dir", ErrNewerFormat, v, FormatVersion)
+	}
+	return v, nil
+}
+
+// writeFormat records FormatVersion in dir durably (a synced temporary
+// file renamed over the old one, the directory synced).
+func writeFormat(fs vfs.FS, dir string) error {
+	tmp := fs.PathJoin(dir, formatFile+".tmp")
+	f, err := fs.Create(tmp, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintf(f, "%s%d\n", formatPrefix, FormatVersion); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := fs.Rename(tmp, fs.PathJoin(dir, formatFile)); err != nil {
+		return err
+	}
+	d, err := fs.OpenDir(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
