@@ -75,6 +75,9 @@ func run(args []string) error {
 		defaultRetention = fs.Duration("default-retention", 24*time.Hour, "retention when a Claim names none")
 		maxRetention     = fs.Duration("max-retention", 30*24*time.Hour, "longest retention accepted")
 		maxBody          = fs.Int("max-body-bytes", 1<<20, "largest response body accepted")
+		maxMetadata      = fs.Int("max-metadata-bytes", 64<<10, "largest response metadata accepted, keys and values together")
+		maxWait          = fs.Duration("max-wait", time.Hour, "longest wait a Claim may ask for")
+		shutdownGrace    = fs.Duration("shutdown-grace", 5*time.Second, "how long in-flight calls get to finish at SIGTERM before the node stops")
 		requestTimeout   = fs.Duration("request-timeout", 5*time.Second, "how long a write waits for a quorum before UNAVAILABLE")
 		maxWaiting       = fs.Int("max-waiting-claims", 1024, "Claims with a wait waiting on this node at once; beyond: RESOURCE_EXHAUSTED (negative: no limit)")
 		maxWaitingNS     = fs.Int("max-waiting-claims-per-namespace", 256, "Claims with a wait waiting in one namespace on this node at once (negative: no limit)")
@@ -101,10 +104,14 @@ func run(args []string) error {
 		gatherYields  = fs.Int("stream-gather-yields", 4, "yields of a stream sender to let results woken together share a message (negative: off)")
 	)
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.String("config", "", "a YAML file of flag values (data-dir: /var/lib/keystore); the command line, then KEYSTORE_* environment variables, win over it")
 	var secFlags securityFlags
 	secFlags.register(fs)
 	registerTestFlags(fs)
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := applyConfig(fs, os.Getenv); err != nil {
 		return err
 	}
 	if *showVersion {
@@ -161,6 +168,8 @@ func run(args []string) error {
 			DefaultRetention: *defaultRetention,
 			MaxRetention:     *maxRetention,
 			MaxBodyBytes:     *maxBody,
+			MaxMetadataBytes: *maxMetadata,
+			MaxWait:          *maxWait,
 			RequestTimeout:   *requestTimeout,
 
 			MaxWaitingClaims:             *maxWaiting,
@@ -238,7 +247,7 @@ func run(args []string) error {
 		if ctx.Err() != nil {
 			logger.Info("shutting down")
 		}
-		srv.Stop(5 * time.Second)
+		srv.Stop(*shutdownGrace)
 		return nil
 	})
 	return g.Wait()
