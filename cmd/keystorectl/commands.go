@@ -43,6 +43,7 @@ var commands = []command{
 		summary: "Show each endpoint's view of the cluster: name, leader, term, commit and applied index, stored records, serving.", setup: setupStatus},
 	{name: "version", synopsis: "",
 		summary: "Show keystorectl's version and each endpoint's keystored version.", setup: setupVersion},
+	endpointHealthCommand,
 	memberListCommand,
 	memberAddCommand,
 	memberPromoteCommand,
@@ -360,7 +361,7 @@ func setupStatus(fs *flag.FlagSet) func(e *env) error {
 				return nil
 			}
 		}
-		return fmt.Errorf("no endpoint answered (%d tried; each row says why)", len(nodes))
+		return unreachable(fmt.Errorf("no endpoint answered (%d tried; each row says why)", len(nodes)))
 	}
 }
 
@@ -384,6 +385,6 @@ func setupVersion(fs *flag.FlagSet) func(e *env) error {
 				return nil
 			}
 		}
-		return fmt.Errorf("no endpoint answered (%d tried)", len(nodes))
+		return unreachable(fmt.Errorf("no endpoint answered (%d tried)", len(nodes)))
 	}
 }

@@ -370,6 +370,7 @@ func TestOverTLS(t *testing.T) {
 		})
 	}
 
+	// A handshake that fails is no answer from the cluster: exit 3.
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -382,7 +383,7 @@ func TestOverTLS(t *testing.T) {
 		t.Run("refused: "+tc.name, func(t *testing.T) {
 			t.Setenv(tokenEnv, "good")
 			n := log.len()
-			wantExit1(t, tc.want, append(append([]string{}, tc.args...), get...)...)
+			wantExit(t, exitUnreachable, tc.want, append(append([]string{}, tc.args...), get...)...)
 			if got := log.len() - n; got != 0 {
 				t.Fatalf("the server saw %d calls; want none", got)
 			}

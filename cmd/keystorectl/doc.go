@@ -4,13 +4,19 @@
 //
 //	keystorectl [global flags] <command> [arguments] [flags]
 //
-// Commands: claim, complete, release, heartbeat, get, status, and
-// member list | add | promote | remove. Global flags (--endpoints, -o,
+// Commands: claim, complete, release, heartbeat, get, status, version,
+// endpoint health, and member list | add | promote | remove. Global flags (--endpoints, -o,
 // --timeout, --no-discovery, and those of TLS and credentials below) go
 // before or after the command, and a command's flags before or after its
 // arguments. Output is aligned "key: value" lines or a table, or with
-// -o json one JSON object per result (times RFC 3339, bytes base64). Exit status: 0 on success, 1 when keystore (or the network)
-// refused the call, 2 on a usage error.
+// -o json one JSON object per result (times RFC 3339, bytes base64). --endpoints defaults to
+// $KEYSTORECTL_ENDPOINTS, else the three local nodes of make cluster.
+//
+// Exit status: 0 on success; 1 when keystore said no (a refusal such as
+// CLAIM_LOST, NOT_FOUND, PERMISSION_DENIED, or a node not serving); 2 on a
+// usage error; 3 when the cluster could not be reached (no node answered,
+// a TLS handshake failed, or no quorum answered in time), so scripts can
+// tell "retry later" from "this will not work".
 //
 // claim, complete, release, heartbeat and get use the Go client, which
 // also learns the members' published client addresses in the background

@@ -17,9 +17,10 @@ import (
 
 // Exit statuses.
 const (
-	exitOK    = 0
-	exitError = 1 // keystore or the network refused the call
-	exitUsage = 2 // the command line is wrong
+	exitOK          = 0
+	exitError       = 1 // keystore said no: a refusal of the call, or a node not serving
+	exitUsage       = 2 // the command line is wrong
+	exitUnreachable = 3 // no answer: the cluster could not be reached, or no quorum answered in time
 )
 
 const defaultEndpoints = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
@@ -37,8 +38,15 @@ type globals struct {
 	security    securityFlags // credentials.go
 }
 
+// endpointsEnv names the endpoints when --endpoints does not.
+const endpointsEnv = "KEYSTORECTL_ENDPOINTS"
+
 func defaultGlobals() globals {
-	return globals{endpoints: defaultEndpoints, output: "text", timeout: 10 * time.Second}
+	eps := defaultEndpoints
+	if v := os.Getenv(endpointsEnv); v != "" {
+		eps = v
+	}
+	return globals{endpoints: eps, output: "text", timeout: 10 * time.Second}
 }
 
 // register adds the global flags to fs, defaulting to their current values
@@ -194,6 +202,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			msg += " (no credential given: " + credentialHint + ")"
 		}
 		fmt.Fprintf(stderr, "keystorectl %s: %s\n", cmd.name, msg)
+		if isUnreachable(err) {
+			return exitUnreachable
+		}
 		return exitError
 	}
 }
@@ -291,4 +302,12 @@ func printDefaults(w io.Writer, fs *flag.FlagSet) {
 	fs.SetOutput(w)
 	fs.PrintDefaults()
 	fs.SetOutput(prev)
+}
+
+// isUnreachable tells a failure to reach the cluster (no node answered, no
+// quorum in time) from an answer that said no.
+func isUnreachable(err error) bool {
+	return errors.Is(err, errUnreachable) || errors.Is(err, client.ErrUnavailable) ||
+		errors.Is(err, context.DeadlineExceeded) ||
+		status.Code(err) == codes.Unavailable || status.Code(err) == codes.DeadlineExceeded
 }

@@ -246,6 +246,26 @@ func TestAgainstCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("endpoint health", func(t *testing.T) {
+		// The endpoints from the environment, as an operator's shell has them.
+		t.Setenv(endpointsEnv, strings.TrimPrefix(eps, "--endpoints="))
+		out := mustCLI(t, "endpoint", "health")
+		lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+		if len(lines) != 4 || !strings.HasPrefix(lines[0], "ENDPOINT") {
+			t.Fatalf("endpoint health:\n%s\nwant a header and 3 rows", out)
+		}
+		for _, l := range lines[1:] {
+			if !strings.Contains(l, " SERVING ") {
+				t.Fatalf("endpoint health row %q; want SERVING", l)
+			}
+		}
+		down := testcluster.FreeAddr(t)
+		code, out, errOut := cli(t, "endpoint", "health", "--endpoints", tc.Endpoint("n1")+","+down, "--timeout", "1s")
+		if code != exitUnreachable || !strings.Contains(out, "SERVING") || !strings.Contains(errOut, down+" did not answer") {
+			t.Fatalf("endpoint health with one down: exit %d, stdout %q, stderr %q; want exit 3 naming it", code, out, errOut)
+		}
+	})
+
 	t.Run("status with a node down", func(t *testing.T) {
 		down := testcluster.FreeAddr(t)
 		out := mustCLI(t, "status", "--endpoints", tc.Endpoint("n1")+","+down)
@@ -254,8 +274,8 @@ func TestAgainstCluster(t *testing.T) {
 			t.Fatalf("status:\n%s\nwant a row saying %s is unavailable", out, down)
 		}
 		code, out, errOut := cli(t, "status", "--endpoints", down)
-		if code != 1 || !strings.Contains(out, down+"  error: unavailable") || errOut != "keystorectl status: no endpoint answered (1 tried; each row says why)\n" {
-			t.Fatalf("status of a dead endpoint: exit %d, stdout %q, stderr %q; want exit 1, its row, and one line saying no endpoint answered", code, out, errOut)
+		if code != exitUnreachable || !strings.Contains(out, down+"  error: unavailable") || errOut != "keystorectl status: no endpoint answered (1 tried; each row says why)\n" {
+			t.Fatalf("status of a dead endpoint: exit %d, stdout %q, stderr %q; want exit 3, its row, and one line saying no endpoint answered", code, out, errOut)
 		}
 	})
 
@@ -300,10 +320,17 @@ func checkCompleted(t *testing.T, what string, v any, token, body string) {
 // stderr containing want.
 func wantExit1(t *testing.T, want string, args ...string) {
 	t.Helper()
+	wantExit(t, exitError, want, args...)
+}
+
+// wantExit runs keystorectl and wants exit status code and one line of
+// stderr containing want.
+func wantExit(t *testing.T, exit int, want string, args ...string) {
+	t.Helper()
 	code, out, errOut := cli(t, args...)
-	if code != 1 || !strings.Contains(errOut, want) || strings.Count(errOut, "\n") != 1 || out != "" {
-		t.Fatalf("keystorectl %s: exit %d, stdout %q, stderr %q; want exit 1 and one line containing %q",
-			strings.Join(args, " "), code, out, errOut, want)
+	if code != exit || !strings.Contains(errOut, want) || strings.Count(errOut, "\n") != 1 || out != "" {
+		t.Fatalf("keystorectl %s: exit %d, stdout %q, stderr %q; want exit %d and one line containing %q",
+			strings.Join(args, " "), code, out, errOut, exit, want)
 	}
 }
 
@@ -365,7 +392,7 @@ func TestHelp(t *testing.T) {
 
 func TestUnreachable(t *testing.T) {
 	code, _, errOut := cli(t, "get", "--endpoints", testcluster.FreeAddr(t), "--timeout", "1s", "--namespace", "ns", "--key", "k")
-	if code != 1 || strings.Count(errOut, "\n") != 1 || !(strings.Contains(errOut, "unavailable") || strings.Contains(errOut, "timed out")) {
-		t.Fatalf("get against a closed port: exit %d, stderr %q; want exit 1 and one line saying unavailable or timed out", code, errOut)
+	if code != exitUnreachable || strings.Count(errOut, "\n") != 1 || !(strings.Contains(errOut, "unavailable") || strings.Contains(errOut, "timed out")) {
+		t.Fatalf("get against a closed port: exit %d, stderr %q; want exit 3 (unreachable) and one line saying unavailable or timed out", code, errOut)
 	}
 }
