@@ -137,7 +137,7 @@ type testEnv struct {
 // clock starting at t0.
 func newEnv(t *testing.T, cfg api.Config, realTime bool) *testEnv {
 	t.Helper()
-	store, err := storage.Open(storage.Config{Dir: "db", FS: vfs.NewMem()})
+	store, err := storage.Open(storage.Config{Dir: "db", FS: vfs.NewMem(), CountUsage: cfg.MaxNamespaceRecords > 0 || cfg.MaxNamespaceBytes > 0})
 	if err != nil {
 		t.Fatalf("storage.Open: %v", err)
 	}

@@ -95,12 +95,12 @@ func (l *limiter) admit(ns string) error {
 		l.buckets[ns] = b
 	}
 	l.mu.Unlock()
-	r := b.Reserve()
-	if d := r.Delay(); d > 0 {
-		r.Cancel()
-		return exhausted(fmt.Sprintf("namespace %q is over its rate of %g operations/s on this node (--namespace-rate, burst %d)", ns, float64(l.rate), l.burst), ReasonRateLimited, d)
+	if b.Allow() {
+		return nil
 	}
-	return nil
+	// The time until the bucket holds a token again.
+	d := time.Duration((1 - b.Tokens()) / float64(l.rate) * float64(time.Second))
+	return exhausted(fmt.Sprintf("namespace %q is over its rate of %g operations/s on this node (--namespace-rate, burst %d)", ns, float64(l.rate), l.burst), ReasonRateLimited, max(d, time.Millisecond))
 }
 
 // startWaiting counts a Claim that will wait, or refuses it when the node

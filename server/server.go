@@ -244,7 +244,8 @@ func New(cfg Config) (*Server, error) {
 	if err := privateDir(cfg, logger); err != nil {
 		return nil, err
 	}
-	store, err := storage.Open(storage.Config{Dir: filepath.Join(cfg.DataDir, "db"), FS: cfg.FS, Logger: logger, Fatal: cfg.StorageFatal})
+	store, err := storage.Open(storage.Config{Dir: filepath.Join(cfg.DataDir, "db"), FS: cfg.FS, Logger: logger, Fatal: cfg.StorageFatal,
+		CountUsage: cfg.API.MaxNamespaceRecords > 0 || cfg.API.MaxNamespaceBytes > 0})
 	if err != nil {
 		return nil, err
 	}

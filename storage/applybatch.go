@@ -47,7 +47,8 @@ type applyBatch struct {
 	// learns every key a record is created at.
 	fs filters
 	// usage is how the batch moves each namespace's Usage, applied to the
-	// store's table once it has committed.
+	// store's table once it has committed; nil when the store does not
+	// count usage.
 	usage map[string]Usage
 }
 
@@ -55,7 +56,7 @@ type applyBatch struct {
 // be scanned (the entries hold an Expire): only then does the batch keep
 // its index writes in memory.
 func newApplyBatch(db *pebble.DB, scans bool, fs filters) *applyBatch {
-	a := &applyBatch{b: db.NewBatch(), db: db, records: make(map[string]*statev1.Record), fs: fs, usage: make(map[string]Usage)}
+	a := &applyBatch{b: db.NewBatch(), db: db, records: make(map[string]*statev1.Record), fs: fs}
 	if scans {
 		a.index = make(map[string]bool)
 	}

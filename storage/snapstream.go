@@ -548,7 +548,7 @@ func (s *Store) ApplySnapshot(snap raftpb.Snapshot) error {
 	}
 	// Counted before the new applied index shows, so that whoever sees
 	// the index sees the usage of the state it describes.
-	if err := s.countUsage(); err != nil {
+	if err := s.recountUsage(); err != nil {
 		return fmt.Errorf("storage: apply snapshot: %w", err)
 	}
 	s.mu.Lock()

@@ -74,6 +74,9 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 		}
 	}
 	b := newApplyBatch(s.db, lastSweep >= 0, fs)
+	if s.countsUsage {
+		b.usage = make(map[string]Usage)
+	}
 	defer b.Close()
 	results := make([]*statev1.Result, len(entries))
 	var touched [][]byte
@@ -248,15 +251,16 @@ func (s *Store) applyCommand(b *applyBatch, cmd *statev1.Command, requestID, ind
 // same batch.
 func putRecord(b *applyBatch, ns, key string, stored, next *statev1.Record, meta *statev1.Meta) error {
 	k := recordKey(ns, key)
-	u := b.usage[ns]
-	u.Bytes += recordBytes(k, next) - recordBytes(k, stored)
-	switch {
-	case stored == nil && next != nil:
-		u.Records++
-	case stored != nil && next == nil:
-		u.Records--
+	if b.usage != nil {
+		var records int64
+		switch {
+		case stored == nil && next != nil:
+			records = 1
+		case stored != nil && next == nil:
+			records = -1
+		}
+		b.moveUsage(ns, records, recordBytes(k, next)-recordBytes(k, stored))
 	}
-	b.usage[ns] = u
 	// An index entry is set once per expires_at and removed once, so a
 	// SingleDelete removes it: it and the Set vanish together at the
 	// first compaction that meets both (see DESIGN.md).
@@ -333,10 +337,9 @@ func applyExpire(b *applyBatch, e *statev1.Expire, meta *statev1.Meta) (*statev1
 			return nil, nil, err
 		}
 		meta.StoredRecords--
-		u := b.usage[ns]
-		u.Records--
-		u.Bytes -= recordBytes(k, rec)
-		b.usage[ns] = u
+		if b.usage != nil {
+			b.moveUsage(ns, -1, -recordBytes(k, rec))
+		}
 		touched = append(touched, k)
 	}
 	more := it.Key() != nil

@@ -32,6 +32,11 @@ type Config struct {
 	// return: keystored logs and exits, so that a restart recovers from
 	// what the disk holds. nil panics, as a library must.
 	Fatal func(msg string)
+	// CountUsage keeps each namespace's Usage (usage.go) for quotas: it
+	// costs a scan of every record at Open and after a snapshot install
+	// (about half a second per million records from a cold disk), so it
+	// is off unless a quota needs it.
+	CountUsage bool
 }
 
 // Validate reports a configuration error.
@@ -78,8 +83,10 @@ type Store struct {
 	// filter holds every record key (nil until built); nextFilter is the
 	// one being built. See keyfilter.go.
 	filter, nextFilter atomic.Pointer[keyFilter]
-	// usage is each namespace's records and bytes (usage.go).
-	usage      usageTable
+	// usage is each namespace's records and bytes (usage.go), kept only
+	// with countsUsage (Config.CountUsage).
+	usage       usageTable
+	countsUsage bool
 	filterKick chan struct{} // asks filterBuilder for a build
 	filterStop chan struct{} // closed by Close
 	filterDone chan struct{} // closed when filterBuilder returned
@@ -143,7 +150,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("storage: open %s: %w", cfg.Dir, err)
 	}
 	s := &Store{
-		db: db, opts: opts, dir: cfg.Dir, fatal: cfg.Fatal, logger: logger, meta: &statev1.Meta{},
+		db: db, opts: opts, dir: cfg.Dir, fatal: cfg.Fatal, logger: logger, meta: &statev1.Meta{}, countsUsage: cfg.CountUsage,
 		filterKick: make(chan struct{}, 1), filterStop: make(chan struct{}), filterDone: make(chan struct{}),
 	}
 	fs := cfg.FS
@@ -160,7 +167,7 @@ func Open(cfg Config) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
-	if err := s.countUsage(); err != nil {
+	if err := s.recountUsage(); err != nil {
 		_ = s.wal.close()
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: counting namespaces' records: %w", err)

@@ -27,7 +27,7 @@ type usageTable struct {
 }
 
 // NamespaceUsage returns what namespace ns holds, as of the last applied
-// batch.
+// batch; zero unless the store counts usage (Config.CountUsage).
 func (s *Store) NamespaceUsage(ns string) Usage {
 	s.usage.mu.RLock()
 	defer s.usage.mu.RUnlock()
@@ -53,9 +53,13 @@ func (t *usageTable) add(deltas map[string]Usage) {
 	}
 }
 
-// countUsage counts every namespace's records in the database. The caller
-// keeps apply out (Open, or holding applyMu).
-func (s *Store) countUsage() error {
+// recountUsage counts every namespace's records in the database, if the
+// store counts usage. The caller keeps apply out (Open, or holding
+// applyMu).
+func (s *Store) recountUsage() error {
+	if !s.countsUsage {
+		return nil
+	}
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecord}, UpperBound: []byte{prefixRecord + 1}})
 	if err != nil {
 		return err
@@ -84,6 +88,18 @@ func (s *Store) countUsage() error {
 	s.usage.m = m
 	s.usage.mu.Unlock()
 	return nil
+}
+
+// moveUsage adds to namespace ns's usage in the batch (nothing when the
+// store does not count usage: the batch has no map then).
+func (a *applyBatch) moveUsage(ns string, records, bytes int64) {
+	if a.usage == nil {
+		return
+	}
+	u := a.usage[ns]
+	u.Records += records
+	u.Bytes += bytes
+	a.usage[ns] = u
 }
 
 // recordBytes is what a record at k counts for in Usage.Bytes.

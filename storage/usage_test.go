@@ -14,12 +14,12 @@ func TestUsageFollowsApplyAndReopen(t *testing.T) {
 	ents := workload()
 	for _, sizes := range [][]int{nil, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, {3, 4}, {12, 3}} {
 		fs := vfs.NewMem()
-		s := openStore(t, fs)
+		s := openCounting(t, fs)
 		var moved map[string]Usage
 		check := func(when string) {
 			t.Helper()
 			moved = map[string]Usage{"ns": s.NamespaceUsage("ns"), "ns2": s.NamespaceUsage("ns2")}
-			if err := s.countUsage(); err != nil {
+			if err := s.recountUsage(); err != nil {
 				t.Fatal(err)
 			}
 			for ns, u := range moved {
@@ -39,10 +39,31 @@ func TestUsageFollowsApplyAndReopen(t *testing.T) {
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
 		}
-		s = openStore(t, fs)
+		s = openCounting(t, fs)
 		if got := s.NamespaceUsage("ns"); got != moved["ns"] {
 			t.Errorf("batches %v: reopened store counts %+v; want %+v", sizes, got, moved["ns"])
 		}
 		_ = s.Close()
+	}
+}
+
+// openCounting opens a store that counts usage, closed when the test ends.
+func openCounting(t *testing.T, fs vfs.FS) *Store {
+	t.Helper()
+	s, err := Open(Config{Dir: "db", FS: fs, CountUsage: true})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// TestUsageOffByDefault: a store not asked to count usage keeps none (and
+// pays for none: no scan at Open, no deltas in apply).
+func TestUsageOffByDefault(t *testing.T) {
+	s := openStore(t, vfs.NewMem())
+	applyAll(t, s, workload())
+	if u := s.NamespaceUsage("ns"); u != (Usage{}) {
+		t.Fatalf("usage without CountUsage: %+v; want none", u)
 	}
 }
