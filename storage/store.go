@@ -87,9 +87,9 @@ type Store struct {
 	// with countsUsage (Config.CountUsage).
 	usage       usageTable
 	countsUsage bool
-	filterKick chan struct{} // asks filterBuilder for a build
-	filterStop chan struct{} // closed by Close
-	filterDone chan struct{} // closed when filterBuilder returned
+	filterKick  chan struct{} // asks filterBuilder for a build
+	filterStop  chan struct{} // closed by Close
+	filterDone  chan struct{} // closed when filterBuilder returned
 }
 
 var marshal = proto.MarshalOptions{Deterministic: true}
