@@ -387,17 +387,21 @@ func (n *Node) handleReady(rd raft.Ready) error {
 	}
 	// 1. Persist.
 	if !raft.IsEmptySnap(rd.Snapshot) {
+		// Counted before the install, so that whoever sees the applied
+		// index reach the snapshot's sees it counted; a failed install
+		// stops the node.
 		n.installing.Add(1)
+		n.snapshots.Add(1)
 		err := n.store.ApplySnapshot(rd.Snapshot)
 		n.installing.Add(-1)
 		if err != nil {
+			n.snapshots.Add(^uint64(0))
 			return fmt.Errorf("apply snapshot: %w", err)
 		}
 		// Log time goes on from the snapshot's, not from the entries
 		// applied before it (see logClock).
 		n.clock.observe(n.sm.LogTime())
 		n.compactedAt = rd.Snapshot.Metadata.Index
-		n.snapshots.Add(1)
 		// The snapshot may hold conf changes this node never applied one
 		// by one: its peers are the snapshot's members.
 		n.syncPeers(rd.Snapshot.Metadata.ConfState)
@@ -543,7 +547,9 @@ type Status struct {
 	Term    uint64
 	Commit  uint64
 	Applied uint64
-	// SnapshotsApplied counts snapshots received from a leader since start.
+	// SnapshotsApplied counts snapshots received from a leader since start,
+	// one being installed included: once Applied reaches a snapshot's
+	// index, it is counted.
 	SnapshotsApplied uint64
 	// Healthy is false after a storage failure stopped the node.
 	Healthy bool
