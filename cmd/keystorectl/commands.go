@@ -345,46 +345,36 @@ func setupGet(fs *flag.FlagSet) func(e *env) error {
 // the client learns the members.
 func setupStatus(fs *flag.FlagSet) func(e *env) error {
 	return func(e *env) error {
-		c, err := e.dial(true)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		ctx, cancel := e.call(0)
-		defer cancel()
-		nodes := c.Status(ctx)
-		if err := e.out.status(nodes); err != nil {
-			return err
-		}
-		for _, n := range nodes {
-			if n.Err == nil {
-				return nil
-			}
-		}
-		return unreachable(fmt.Errorf("no endpoint answered (%d tried; each row says why)", len(nodes)))
+		return e.eachStatus(func(nodes []client.NodeStatus) error { return e.out.status(nodes) })
 	}
+}
+
+// eachStatus asks every endpoint (exactly --endpoints) for its status and
+// hands the answers to show; it fails as unreachable when none answered.
+func (e *env) eachStatus(show func([]client.NodeStatus) error) error {
+	c, err := e.dial(true)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := e.call(0)
+	defer cancel()
+	nodes := c.Status(ctx)
+	if err := show(nodes); err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		if n.Err == nil {
+			return nil
+		}
+	}
+	return unreachable(fmt.Errorf("no endpoint answered (%d tried; each row says why)", len(nodes)))
 }
 
 // setupVersion prints keystorectl's version, then asks every endpoint for
 // its own; it fails (exit 1) only when none answered.
 func setupVersion(fs *flag.FlagSet) func(e *env) error {
 	return func(e *env) error {
-		c, err := e.dial(true)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		ctx, cancel := e.call(0)
-		defer cancel()
-		nodes := c.Status(ctx)
-		if err := e.out.versions(version.Get().String(), nodes); err != nil {
-			return err
-		}
-		for _, n := range nodes {
-			if n.Err == nil {
-				return nil
-			}
-		}
-		return unreachable(fmt.Errorf("no endpoint answered (%d tried)", len(nodes)))
+		return e.eachStatus(func(nodes []client.NodeStatus) error { return e.out.versions(version.Get().String(), nodes) })
 	}
 }
