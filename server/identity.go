@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/keystore-dev/keystore/storage"
 )
 
 // identity is who a node is, created once and kept in its data dir: the
@@ -58,41 +59,13 @@ func loadIdentity(fs vfs.FS, dir string) (*identity, error) {
 	return id, nil
 }
 
-// save writes the identity to dir durably: a temporary file, synced, then
-// renamed over the old one, and the directory synced.
+// save writes the identity to dir durably (storage.WriteFileDurably).
 func (id *identity) save(fs vfs.FS, dir string) error {
 	b, err := json.MarshalIndent(id, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := fs.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	tmp := filepath.Join(dir, identityFile+".tmp")
-	f, err := fs.Create(tmp, vfs.WriteCategoryUnspecified)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := fs.Rename(tmp, filepath.Join(dir, identityFile)); err != nil {
-		return err
-	}
-	d, err := fs.OpenDir(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return storage.WriteFileDurably(fs, dir, identityFile, append(b, '\n'))
 }
 
 // newNodeID draws a random non-zero id for a node that joins.

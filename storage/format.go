@@ -56,15 +56,25 @@ func checkFormat(fs vfs.FS, dir string) (int, error) {
 	return v, nil
 }
 
-// writeFormat records FormatVersion in dir durably (a synced temporary
-// file renamed over the old one, the directory synced).
+// writeFormat records FormatVersion in dir durably.
 func writeFormat(fs vfs.FS, dir string) error {
-	tmp := fs.PathJoin(dir, formatFile+".tmp")
+	return WriteFileDurably(fs, dir, formatFile, fmt.Appendf(nil, "%s%d\n", formatPrefix, FormatVersion))
+}
+
+// WriteFileDurably writes a small file name in dir so that a crash leaves
+// the old content or the new, never a torn one: a temporary file, synced,
+// renamed over name, and the directory synced. dir is made (0700) if
+// missing.
+func WriteFileDurably(fs vfs.FS, dir, name string, data []byte) error {
+	if err := fs.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp := fs.PathJoin(dir, name+".tmp")
 	f, err := fs.Create(tmp, vfs.WriteCategoryUnspecified)
 	if err != nil {
 		return err
 	}
-	if _, err := fmt.Fprintf(f, "%s%d\n", formatPrefix, FormatVersion); err != nil {
+	if _, err := f.Write(data); err != nil {
 		_ = f.Close()
 		return err
 	}
@@ -75,7 +85,7 @@ func writeFormat(fs vfs.FS, dir string) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	if err := fs.Rename(tmp, fs.PathJoin(dir, formatFile)); err != nil {
+	if err := fs.Rename(tmp, fs.PathJoin(dir, name)); err != nil {
 		return err
 	}
 	d, err := fs.OpenDir(dir)
