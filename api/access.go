@@ -30,9 +30,8 @@ func (openAccess) SeesLiveTokens(context.Context) bool          { return false }
 // someone other than its holder (docs/contract.md, Security): with the
 // token, any caller could Complete, Release or Heartbeat the claim of
 // another. A completed record's token stays visible.
-func hideLiveToken(r *keystorev1.Record) *keystorev1.Record {
+func hideLiveToken(r *keystorev1.Record) {
 	if r != nil && r.GetState() == keystorev1.RecordState_RECORD_STATE_IN_PROGRESS {
 		r.Token = 0
 	}
-	return r
 }

@@ -132,7 +132,7 @@ func run(args []string) error {
 			return err
 		}
 	}
-	sec, err := secFlags.load(*name, logger)
+	sec, err := secFlags.load(logger)
 	if err != nil {
 		return err
 	}

@@ -56,7 +56,7 @@ type security struct {
 }
 
 // load reads the files the flags name.
-func (f *securityFlags) load(name string, logger *slog.Logger) (*security, error) {
+func (f *securityFlags) load(logger *slog.Logger) (*security, error) {
 	sec := &security{}
 	var err error
 	if (f.certFile == "") != (f.keyFile == "") {
