@@ -150,3 +150,42 @@ func TestAccessIsAskedForEveryOperation(t *testing.T) {
 		t.Errorf("non-admin's Get: %v, %v; want no token", got.GetRecord(), err)
 	}
 }
+
+// TestStreamOperationsAreCheckedAndHideLiveTokens: on a Stream, as in a
+// Batch, each operation asks Access about its own namespace, and an
+// IN_PROGRESS answer carries no token.
+func TestStreamOperationsAreCheckedAndHideLiveTokens(t *testing.T) {
+	env := newEnv(t, api.Config{Access: fakeAccess{ns: map[string]bool{ns: true}}}, false)
+	env.acquire(t, "held", time.Minute)
+	st, err := env.batch.Stream(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	denied := &keystorev1.BatchOperation{Operation: &keystorev1.BatchOperation_Claim{Claim: &keystorev1.ClaimRequest{Namespace: "refunds", Key: "k"}}}
+	if err := st.Send(&keystorev1.StreamRequest{Operations: []*keystorev1.StreamOperation{
+		streamOp(1, claimOp("fresh")), streamOp(2, denied), streamOp(3, claimOp("held")),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	results, err := recvAll(t, st)
+	if err != nil || len(results) != 3 {
+		t.Fatalf("got %v, %v; want three results", results, err)
+	}
+	byID := map[uint64]*keystorev1.BatchResult{}
+	for _, r := range results {
+		byID[r.GetId()] = r.GetResult()
+	}
+	if err := client.BatchResultError(byID[1]); err != nil || byID[1].GetClaim().GetToken() == 0 {
+		t.Errorf("granted claim on the stream: %v, %v; want ACQUIRED with its token", byID[1], err)
+	}
+	if code := status.Code(client.BatchResultError(byID[2])); code != codes.PermissionDenied {
+		t.Errorf("claim in a namespace not granted, on the stream: %v; want PERMISSION_DENIED", code)
+	}
+	held := byID[3].GetClaim()
+	if held.GetOutcome() != keystorev1.ClaimOutcome_CLAIM_OUTCOME_IN_PROGRESS || held.GetToken() != 0 || held.GetRecord().GetToken() != 0 {
+		t.Errorf("IN_PROGRESS on the stream: %v; want no token", held)
+	}
+}

@@ -7,8 +7,11 @@ import (
 	"strings"
 	"testing"
 
+	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 )
 
@@ -43,3 +46,43 @@ func TestHandlerPanicIsAnsweredInternal(t *testing.T) {
 type fakeStream struct{ grpc.ServerStream }
 
 func (fakeStream) Context() context.Context { return context.Background() }
+
+// TestMalformedStreamMessageIsInvalidArgument: a stream message that does
+// not decode is answered INVALID_ARGUMENT, as a unary request is (the
+// process test covers the unary path), and a good one passes.
+func TestMalformedStreamMessageIsInvalidArgument(t *testing.T) {
+	_, stream := clientInterceptors(Config{}, slog.New(slog.DiscardHandler))
+	codec := lenientCodec{encoding.GetCodecV2("proto")}
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want codes.Code
+	}{
+		// Field 1 of StreamRequest is a message: 0xff is no valid tag.
+		{"undecodable", []byte{0x0a, 0x02, 0xff, 0xff}, codes.InvalidArgument},
+		{"empty", nil, codes.OK},
+	} {
+		var got error
+		_ = stream[1](nil, decodingStream{codec: codec, data: tc.data}, &grpc.StreamServerInfo{FullMethod: "/keystore.v1.BatchService/Stream"},
+			func(_ any, ss grpc.ServerStream) error {
+				got = ss.RecvMsg(&keystorev1.StreamRequest{})
+				return nil
+			})
+		if status.Code(got) != tc.want {
+			t.Errorf("%s stream message: %v; want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// decodingStream hands its data to the codec as gRPC would.
+type decodingStream struct {
+	grpc.ServerStream
+	codec encoding.CodecV2
+	data  []byte
+}
+
+func (decodingStream) Context() context.Context { return context.Background() }
+
+func (s decodingStream) RecvMsg(m any) error {
+	return s.codec.Unmarshal(mem.BufferSlice{mem.SliceBuffer(s.data)}, m)
+}
