@@ -1,5 +1,8 @@
 # keystore — see README.md. Everything here needs only Go: the tools that
-# `make verify` runs are pinned in go.mod as `tool` directives.
+# `make verify` runs are pinned as `tool` directives in modules of their own,
+# tools/go.mod (buf, staticcheck) and tools/protogen/go.mod (protoc-gen-go,
+# protoc-gen-go-grpc, run by proto/buf.gen.yaml), so that their requirements
+# stay out of the module graph of every importer of keystore's packages.
 
 SHELL     := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -8,8 +11,9 @@ GO        ?= go
 BIN       := bin
 PKGS      := ./...
 TESTFLAGS ?=
+TOOL      := $(GO) tool -modfile=$(CURDIR)/tools/go.mod
 
-.PHONY: all build test unit verify cluster-secure certs fuzz-short fmt vet staticcheck buf-lint buf-breaking proto proto-check cluster cluster-test cluster-test-long cluster-test-knobs cluster-test-bugs bench-churn bench bench-mtls bench-large bench-peers image compose-up compose-down docker-test clean
+.PHONY: all build test client-mincheck unit verify cluster-secure certs fuzz-short fmt vet staticcheck buf-lint buf-breaking proto proto-check cluster cluster-test cluster-test-long cluster-test-knobs cluster-test-bugs bench-churn bench bench-mtls bench-large bench-peers image compose-up compose-down docker-test clean
 
 all: build
 
@@ -24,7 +28,16 @@ build:
 	mkdir -p $(BIN)/data
 
 ## test: every check and every test (what CI runs), the short fault runs included.
-test: verify unit fuzz-short cluster-test
+test: verify client-mincheck unit fuzz-short cluster-test
+
+## client-mincheck: importing client forces no unreleased protobuf or gRPC
+## and no newer Go than needed on a caller: go.mod's go line is the floor its
+## dependencies set, and scripts/consumer (a module importing client,
+## grpcidem and httpidem) builds against the minimum versions its go.mod
+## states with -mod=readonly, under that oldest Go release (GOTOOLCHAIN,
+## fetched from the module proxy once). See scripts/client-mincheck.sh.
+client-mincheck:
+	GO=$(GO) ./scripts/client-mincheck.sh
 
 ## fuzz-short: every native fuzz target for FUZZTIME (3s) each: request
 ## validation, the state machine's command decoding and apply, the storage key
@@ -36,13 +49,14 @@ fuzz-short:
 
 ## unit: go test -race of every package; the fault runs have their own targets.
 unit:
-	$(GO) test -race -count=1 -skip 'TestFaults' $(TESTFLAGS) $(PKGS)
+	$(GO) test -race -count=1 -skip 'TestFaults|TestRollingUpgrade' $(TESTFLAGS) $(PKGS)
 	cd bench && $(GO) test -race -count=1 $(TESTFLAGS) ./...
 
 ## cluster-test: 5 seeded fault runs of 20s (real processes, fault proxies), and
 ## one with client TLS, peer mutual TLS and a policy (-faults.secure),
 ## checked for violations and convergence; a failing run saves its history,
-## visualization and logs under cluster-test/results/seed-N.
+## visualization and logs under cluster-test/results/seed-N. Then the rolling
+## upgrade from the release before cluster versions (TestRollingUpgrade).
 RUNS ?= 5
 SEED ?= 1
 FAULT_DURATION ?= 20s
@@ -51,6 +65,7 @@ cluster-test:
 		-faults.runs $(RUNS) -faults.seed $(SEED) -faults.duration $(FAULT_DURATION) $(FAULT_FLAGS)
 	$(GO) test -count=1 -timeout 30m -run 'TestFaults' ./cluster-test -v \
 		-faults.runs 1 -faults.seed $(SEED) -faults.duration $(FAULT_DURATION) -faults.secure $(FAULT_FLAGS)
+	$(GO) test -count=1 -timeout 15m -run 'TestRollingUpgrade' ./cluster-test -v
 
 ## cluster-test-long: the nightly version, e.g. make cluster-test-long RUNS=100
 ## (LONG_DURATION per run, 60s unless given). FAULT_FLAGS=-faults.secure runs
@@ -86,11 +101,11 @@ vet:
 	cd bench && $(GO) vet ./...
 
 staticcheck:
-	$(GO) tool staticcheck $(PKGS)
-	cd bench && $(GO) tool staticcheck ./...
+	$(TOOL) staticcheck $(PKGS)
+	cd bench && $(TOOL) staticcheck ./...
 
 buf-lint:
-	cd proto && $(GO) tool buf lint
+	cd proto && $(TOOL) buf lint
 
 ## buf-breaking: proto/ stays compatible with the main branch (the FILE
 ## rules of proto/buf.yaml). The baseline is BUF_AGAINST when given (any git
@@ -115,16 +130,16 @@ buf-breaking:
 	sha=$$(git rev-parse -q --verify "$$against^{commit}") || { echo "buf-breaking: baseline $$against is not a commit"; exit 1; }; \
 	gitdir=$$(git rev-parse --path-format=absolute --git-common-dir) || exit 1; \
 	echo "buf breaking: proto/ against $$against ($$sha)"; \
-	cd proto && $(GO) tool buf breaking --against "$$gitdir#ref=$$sha,subdir=proto"
+	cd proto && $(TOOL) buf breaking --against "$$gitdir#ref=$$sha,subdir=proto"
 
 ## proto: regenerate the committed Go code from proto/.
 proto:
-	cd proto && $(GO) tool buf generate
+	cd proto && $(TOOL) buf generate
 
 ## proto-check: fail if the committed generated code is stale.
 proto-check:
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
-	cd proto && $(GO) tool buf generate -o $$tmp && \
+	cd proto && $(TOOL) buf generate -o $$tmp && \
 	for f in $$(cd $$tmp && find . -name '*.go'); do \
 		cmp -s $$tmp/$$f $$f || { echo "generated code is stale: proto/$$f (run make proto)"; exit 1; }; \
 	done

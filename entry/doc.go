@@ -18,6 +18,13 @@
 // packed entry its packed field holds one result per proposal, in order,
 // each carrying its request id. Answers routes them to their proposers.
 //
+// Cluster versions (clusterversion.go): what the log may hold is gated by
+// the cluster version, the log format every member supports, raised by the
+// leader through the log (SetClusterVersion); an entry says which version
+// it needs (Needs), and a replica whose binary supports less stops rather
+// than apply it.
+//
 // NB: the envelope's encoding is persisted in every replica's log: a change
-// to it must keep old entries decodable and apply them as before.
+// to it must keep old entries decodable and apply them as before, and is
+// written only once the cluster version allows it (raise ClusterVersion).
 package entry

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"sort"
 	"time"
+
+	"github.com/keystore-dev/keystore/entry"
 )
 
 // Config configures a Node. Zero values take the defaults in withDefaults.
@@ -55,6 +57,16 @@ type Config struct {
 	// entry so log time, and with it expiry, keeps moving (default 1s;
 	// negative disables).
 	IdleTickInterval time.Duration
+
+	// VersionCheckInterval is how often the leader asks every member which
+	// cluster versions it supports, to raise the cluster version once all
+	// support a higher one (default 3s; also after each membership change
+	// and on becoming leader; negative disables). See clusterversion.go.
+	VersionCheckInterval time.Duration
+	// MaxClusterVersion is the highest cluster version this node tells
+	// the leader it supports (default, and at most, entry.ClusterVersion).
+	// Tests lower it to stand in for an older binary.
+	MaxClusterVersion uint32
 
 	// MaxSizePerMsg caps the entries in one append message (default 1 MiB).
 	MaxSizePerMsg uint64
@@ -136,6 +148,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("raftnode: bad peer %x=%q", id, addr)
 		}
 	}
+	if c.MaxClusterVersion > entry.ClusterVersion {
+		return fmt.Errorf("raftnode: MaxClusterVersion %d is above what this binary applies (%d)", c.MaxClusterVersion, entry.ClusterVersion)
+	}
 	if d := c.withDefaults(); d.ElectionTicks <= d.HeartbeatTicks {
 		return errors.New("raftnode: ElectionTicks must exceed HeartbeatTicks")
 	}
@@ -160,6 +175,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.IdleTickInterval == 0 {
 		c.IdleTickInterval = time.Second
+	}
+	if c.VersionCheckInterval == 0 {
+		c.VersionCheckInterval = 3 * time.Second
+	}
+	if c.MaxClusterVersion == 0 {
+		c.MaxClusterVersion = entry.ClusterVersion
 	}
 	if c.MaxSizePerMsg == 0 {
 		c.MaxSizePerMsg = 1 << 20

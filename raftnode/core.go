@@ -67,6 +67,8 @@ type core struct {
 	// wake has room for one signal: a peer message was stepped and the
 	// run loop should pump.
 	wake chan struct{}
+	// stats counts proposals and snapshot sends (metrics.go).
+	stats coreStats
 }
 
 func newCore(rn *raft.RawNode, callerReadies int, handle func(raft.Ready) error, fail func(error)) *core {
@@ -154,6 +156,7 @@ func (c *core) Propose(data ...[]byte) error {
 		return raft.ErrStopped
 	}
 	err := c.rn.Step(raftpb.Message{Type: raftpb.MsgProp, Entries: ents})
+	c.stats.proposed(data, err)
 	if err == raft.ErrProposalDropped {
 		// raft says dropped both when this node does not lead (or hands
 		// leadership over) and when the leader's uncommitted tail is full:
@@ -214,6 +217,7 @@ func (c *core) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
 	c.mu.Lock()
 	if !c.stopped {
 		c.rn.ReportSnapshot(id, status)
+		c.stats.snapshotSent(status)
 	}
 	c.mu.Unlock()
 	c.signal()

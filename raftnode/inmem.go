@@ -717,11 +717,11 @@ func (t *inmemTransport) AddPeer(uint64, string) {}
 func (t *inmemTransport) RemovePeer(uint64) {}
 
 // Hello implements Transport: it asks to's Local, if the link is up.
-func (t *inmemTransport) Hello(ctx context.Context, to uint64) (uint64, bool, error) {
+func (t *inmemTransport) Hello(ctx context.Context, to uint64) (HelloInfo, error) {
 	var h HelloInfo
 	err := t.call(ctx, to, func(_ context.Context, dst Local) error {
 		h = dst.Hello(t.id)
 		return nil
 	})
-	return h.Applied, h.Member, err
+	return h, err
 }

@@ -562,9 +562,9 @@ func (n *Node) askRemoved(timeout time.Duration) bool {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		theirs, member, err := n.trans.Hello(ctx, id)
+		h, err := n.trans.Hello(ctx, id)
 		cancel()
-		if err == nil && !member && theirs >= applied && applied > 0 {
+		if err == nil && !h.Member && h.Applied >= applied && applied > 0 {
 			return true
 		}
 	}

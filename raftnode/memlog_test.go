@@ -3,11 +3,13 @@ package raftnode
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/keystore-dev/keystore/entry"
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -77,9 +79,17 @@ func (l *memLog) ReceiveSnapshot(raftpb.SnapshotMetadata, io.Reader) error {
 // memSM is a StateMachine that answers every proposal with an empty result
 // carrying its request id.
 type memSM struct {
-	mu      sync.Mutex
-	applied uint64
-	logTime int64
+	mu             sync.Mutex
+	applied        uint64
+	logTime        int64
+	clusterVersion uint32 // raised by SetClusterVersion entries, as storage does
+}
+
+// ClusterVersion implements clusterVersioner.
+func (m *memSM) ClusterVersion() uint32 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return entry.EffectiveVersion(m.clusterVersion)
 }
 
 func (m *memSM) Apply(ents []raftpb.Entry, _ *raftpb.ConfState) ([]*statev1.Result, error) {
@@ -95,7 +105,14 @@ func (m *memSM) Apply(ents []raftpb.Entry, _ *raftpb.ConfState) ([]*statev1.Resu
 		if err := proto.Unmarshal(e.Data, env); err != nil {
 			continue
 		}
+		if err := entry.CheckSupported(fmt.Sprintf("entry %d", e.Index), entry.Needs(env)); err != nil {
+			return nil, err
+		}
 		m.logTime = max(m.logTime, env.GetTime())
+		if v := env.GetSetClusterVersion(); v > 0 {
+			m.clusterVersion = max(m.clusterVersion, v)
+			continue
+		}
 		if len(env.GetProposals()) == 0 {
 			res[i] = &statev1.Result{RequestId: env.GetRequestId(), LogTime: m.logTime}
 			continue

@@ -116,6 +116,8 @@ type Node struct {
 
 	lead atomic.Uint64
 	term atomic.Uint64
+	// leaderChanges counts the leaders this node saw (observeLeader).
+	leaderChanges atomic.Uint64
 
 	mu      sync.Mutex
 	waiters map[uint64]chan outcome // request id → apply result
@@ -138,6 +140,8 @@ type Node struct {
 	// removed is set once this node applied its own removal.
 	confSem chan struct{}
 	removed atomic.Bool
+	// versionKick asks versionLoop for a check soon (clusterversion.go).
+	versionKick chan struct{}
 	// heard is when a frame last arrived from each peer (TransferLeadership
 	// hands over only to a peer heard from lately).
 	heardMu sync.RWMutex
@@ -177,6 +181,7 @@ func New(cfg Config, store LogStore, sm StateMachine) (*Node, error) {
 		appliedc:      make(chan struct{}),
 		stopc:         make(chan struct{}),
 		confSem:       make(chan struct{}, 1),
+		versionKick:   make(chan struct{}, 1),
 		heard:         make(map[uint64]*atomic.Int64),
 	}
 	n.reads.init()
@@ -279,7 +284,8 @@ func (n *Node) Start() error {
 	if err := n.trans.Start(nodeLocal{n}); err != nil {
 		return err
 	}
-	n.done.Add(5)
+	n.done.Add(6)
+	go n.versionLoop()
 	go n.run()
 	go n.readLoop()
 	go n.idleTickLoop()
@@ -486,6 +492,9 @@ func (n *Node) apply(ents []raftpb.Entry) error {
 	for _, c := range ccs {
 		n.appliedMembership(c)
 	}
+	if len(ccs) > 0 {
+		n.kickVersionCheck() // a new member may support less, or a removed one held the version back
+	}
 	n.notifyApplied()
 	return nil
 }
@@ -532,7 +541,13 @@ func (n *Node) observeLeader(lead uint64) {
 	if old := n.lead.Swap(lead); old == lead {
 		return
 	}
+	if lead != 0 {
+		n.leaderChanges.Add(1)
+	}
 	n.clock.setLeading(lead == n.cfg.ID)
+	if lead == n.cfg.ID {
+		n.kickVersionCheck()
+	}
 	n.logger.Info("leader changed", "leader", fmt.Sprintf("%x", lead), "term", n.rn.Status().Term)
 	n.mu.Lock()
 	close(n.leaderChanged)
@@ -556,6 +571,10 @@ type Status struct {
 	// InstallingSnapshot is true while a snapshot from the leader is
 	// received or installed: the node's state is about to be replaced.
 	InstallingSnapshot bool
+	// ClusterVersion is the cluster version as this node applied it (1
+	// until the first rise; see clusterversion.go); MaxClusterVersion the
+	// highest this node supports.
+	ClusterVersion, MaxClusterVersion uint32
 }
 
 // Status returns the node's current view.
@@ -572,6 +591,9 @@ func (n *Node) Status() Status {
 		Healthy:          n.failed.Load() == nil,
 
 		InstallingSnapshot: n.installing.Load() > 0,
+
+		ClusterVersion:    n.ClusterVersion(),
+		MaxClusterVersion: n.cfg.MaxClusterVersion,
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keystore-dev/keystore/entry"
 	peerv1 "github.com/keystore-dev/keystore/proto/keystore/peer/v1"
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
 	"go.etcd.io/raft/v3/raftpb"
@@ -573,23 +574,29 @@ func (s peerService) Hello(_ context.Context, req *peerv1.HelloRequest) (*peerv1
 		return nil, status.Error(codes.Unavailable, "not serving")
 	}
 	h := t.local.Hello(req.GetFrom())
-	return &peerv1.HelloResponse{ClusterId: t.clusterID, AppliedIndex: h.Applied, Members: uint32(h.Members), Member: h.Member, Started: h.Started}, nil
+	return &peerv1.HelloResponse{ClusterId: t.clusterID, AppliedIndex: h.Applied, Members: uint32(h.Members), Member: h.Member, Started: h.Started,
+		MaxClusterVersion: h.MaxClusterVersion, ClusterVersion: h.ClusterVersion}, nil
 }
 
 // Hello implements Transport over the peer gRPC service.
-func (t *tcpTransport) Hello(ctx context.Context, to uint64) (uint64, bool, error) {
+func (t *tcpTransport) Hello(ctx context.Context, to uint64) (HelloInfo, error) {
 	p, ok := t.peer(to)
 	if !ok || p.client == nil {
-		return 0, false, fmt.Errorf("raftnode: %x is no peer", to)
+		return HelloInfo{}, fmt.Errorf("raftnode: %x is no peer", to)
 	}
 	resp, err := p.client.Hello(ctx, &peerv1.HelloRequest{ClusterId: t.clusterID, From: t.self})
 	if err != nil {
-		return 0, false, err
+		return HelloInfo{}, err
 	}
 	if resp.GetClusterId() != t.clusterID {
-		return 0, false, fmt.Errorf("raftnode: %x belongs to cluster %x", to, resp.GetClusterId())
+		return HelloInfo{}, fmt.Errorf("raftnode: %x belongs to cluster %x", to, resp.GetClusterId())
 	}
-	return resp.GetAppliedIndex(), resp.GetMember(), nil
+	// A binary from before cluster versions says nothing of them: it
+	// supports and applied version 1.
+	return HelloInfo{
+		Applied: resp.GetAppliedIndex(), Members: int(resp.GetMembers()), Member: resp.GetMember(), Started: resp.GetStarted(),
+		MaxClusterVersion: entry.EffectiveVersion(resp.GetMaxClusterVersion()), ClusterVersion: entry.EffectiveVersion(resp.GetClusterVersion()),
+	}, nil
 }
 
 // Forward proposes a follower's command if this node leads.

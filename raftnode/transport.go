@@ -39,9 +39,10 @@ type Transport interface {
 	// encoded) on node to (the leader) and returns the index of its entry
 	// once applied there. Errors as Forward's.
 	ForwardConfChange(ctx context.Context, to uint64, cc []byte) (uint64, error)
-	// Hello asks node to whether this node is a member in its
-	// configuration, and how far node to has applied.
-	Hello(ctx context.Context, to uint64) (applied uint64, member bool, err error)
+	// Hello asks node to about itself and its cluster (see HelloInfo):
+	// whether this node is a member in its configuration, how far it has
+	// applied, and the cluster versions it supports and applied.
+	Hello(ctx context.Context, to uint64) (HelloInfo, error)
 	// AddPeer makes id a peer at addr (a new address replaces the old);
 	// RemovePeer forgets id, whose traffic is refused from then on. The
 	// node calls them as it applies conf changes, and at start for the
@@ -135,6 +136,10 @@ type HelloInfo struct {
 	Members int    // how many members its configuration names
 	Member  bool   // whether the asker is one of them
 	Started bool   // whether the asker published itself as a started member before
+	// MaxClusterVersion is the highest cluster version its binary
+	// applies (1 for a binary from before cluster versions);
+	// ClusterVersion the one it applied.
+	MaxClusterVersion, ClusterVersion uint32
 }
 
 func (l nodeLocal) Hello(from uint64) HelloInfo {
@@ -142,7 +147,8 @@ func (l nodeLocal) Hello(from uint64) HelloInfo {
 	voters := st.Config.Voters.IDs()
 	_, voter := voters[from]
 	_, learner := st.Config.Learners[from]
-	h := HelloInfo{Applied: l.n.sm.AppliedIndex(), Members: len(voters) + len(st.Config.Learners), Member: voter || learner}
+	h := HelloInfo{Applied: l.n.sm.AppliedIndex(), Members: len(voters) + len(st.Config.Learners), Member: voter || learner,
+		MaxClusterVersion: l.n.cfg.MaxClusterVersion, ClusterVersion: l.n.ClusterVersion()}
 	if ml, ok := l.n.sm.(memberLister); ok {
 		for _, m := range ml.Members() {
 			if m.GetId() == from && m.GetStarted() {

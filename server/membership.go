@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/keystore-dev/keystore/entry"
 	peerv1 "github.com/keystore-dev/keystore/proto/keystore/peer/v1"
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
@@ -23,6 +24,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
@@ -319,6 +321,7 @@ func memberAdd(endpoint string, req *keystorev1.MemberAddRequest, dial []grpc.Di
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	ctx = metadata.AppendToOutgoingContext(ctx, maxClusterVersionHeader, strconv.FormatUint(uint64(entry.ClusterVersion), 10))
 	return keystorev1.NewClusterServiceClient(conn).MemberAdd(ctx, req)
 }
 
@@ -438,9 +441,13 @@ func (c clusterService) MemberAdd(ctx context.Context, req *keystorev1.MemberAdd
 	}
 	// Judge names by the membership as of now, not as this node applied it
 	// so far: a removal the leader applied a moment ago (a replace: remove,
-	// then join under the old name) must count.
+	// then join under the old name) must count. Likewise the cluster
+	// version.
 	if err := c.s.node.ReadIndex(ctx); err != nil {
 		return nil, membershipStatus(err)
+	}
+	if err := checkJoinerVersion(ctx, req, c.s.node.ClusterVersion()); err != nil {
+		return nil, err
 	}
 	for _, m := range c.s.store.Members() {
 		if m.GetName() != req.GetName() || m.GetId() == id {
@@ -474,6 +481,36 @@ func (c clusterService) MemberAdd(ctx context.Context, req *keystorev1.MemberAdd
 		views = append(views, added)
 	}
 	return &keystorev1.MemberAddResponse{Member: added, Members: views, ClusterId: fmt.Sprintf("%x", c.s.clusterID)}, nil
+}
+
+// maxClusterVersionHeader is the gRPC metadata in which a joining node's
+// MemberAdd says the highest cluster version its binary applies.
+const maxClusterVersionHeader = "keystore-max-cluster-version"
+
+// checkJoinerVersion refuses (FAILED_PRECONDITION, naming the versions)
+// the MemberAdd of a node that supports less than the cluster version cv:
+// it could not apply the log. A joining keystored always names its id and
+// says its version (maxClusterVersionHeader); one that names its id and
+// says nothing is from before cluster versions, so supports 1. A request
+// without an id (keystorectl member add, before the node starts) is not
+// judged: the node's own join is.
+func checkJoinerVersion(ctx context.Context, req *keystorev1.MemberAddRequest, cv uint32) error {
+	if req.GetId() == "" {
+		return nil
+	}
+	supports := entry.MinClusterVersion
+	md, _ := metadata.FromIncomingContext(ctx)
+	if vs := md.Get(maxClusterVersionHeader); len(vs) > 0 {
+		v, err := strconv.ParseUint(vs[0], 10, 32)
+		if err != nil {
+			return status.Errorf(codes.InvalidArgument, "%s: %q is no version", maxClusterVersionHeader, vs[0])
+		}
+		supports = entry.EffectiveVersion(uint32(v))
+	}
+	if supports < cv {
+		return status.Errorf(codes.FailedPrecondition, "the cluster is at cluster version %d and the joining node's keystored supports cluster versions up to %d: run a newer keystored on it (docs/upgrade.md)", cv, supports)
+	}
+	return nil
 }
 
 // MemberPromote implements ClusterService.MemberPromote.

@@ -33,6 +33,8 @@ func (c clusterService) Status(ctx context.Context, req *keystorev1.StatusReques
 		StoredRecords: c.s.store.StoredRecords(),
 		Serving:       c.s.serving.Load(),
 		Version:       version.Get().String(),
+		// As applied here: raftnode.Status carries it for metrics too.
+		ClusterVersion: st.ClusterVersion,
 	}
 	if req.GetIncludeChecksum() {
 		if sum, applied, err := c.s.store.ChecksumAt(); err == nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/keystore-dev/keystore/entry"
 	"github.com/keystore-dev/keystore/rules"
 )
 
@@ -20,7 +21,22 @@ var (
 	ErrCorrupt = errors.New("storage: corrupt data")
 	// ErrClosed is returned after Close.
 	ErrClosed = errors.New("storage: closed")
+	// ErrNewerClusterVersion is returned by Apply for an entry, by
+	// ReceiveSnapshot for a snapshot, and by Open for a data dir that
+	// needs a cluster version above what this binary supports (written
+	// by a newer keystore): nothing of it is applied; the error wraps an
+	// *entry.UnsupportedError naming the versions.
+	ErrNewerClusterVersion = errors.New("storage: written by a newer keystore")
 )
+
+// checkClusterVersion returns ErrNewerClusterVersion (naming what and the
+// versions) if need is above what this binary supports.
+func checkClusterVersion(what string, need uint32) error {
+	if err := entry.CheckSupported(what, need); err != nil {
+		return fmt.Errorf("%w: %w", ErrNewerClusterVersion, err)
+	}
+	return nil
+}
 
 // logCorruptError is damage found in the Raft log, or a log that cannot be
 // the one the state machine was applied from: where it is, what it is, and

@@ -9,17 +9,34 @@ import (
 	"strings"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/keystore-dev/keystore/entry"
 )
 
-// FormatVersion is the on-disk format of a store this version writes, and
-// the newest it reads. A store records its format in formatFile beside
-// the database; Open refuses a newer one, so that a binary rolled back
-// past a format change stops with a clear message instead of misreading
-// the data. Raise it with any change an older binary would misread, and
-// teach Open to read (or convert) every older one.
+// FormatVersion is the newest on-disk format this version reads and
+// writes. A store records its format in formatFile beside the database;
+// Open refuses a newer one, so that a binary rolled back past a format
+// change stops with a clear message instead of misreading the data. Raise
+// it with any change an older binary would misread, and teach Open to read
+// (or convert) every older one.
 //
 //	1: Pebble state (records, expiry index, meta) and the chained raft log.
-const FormatVersion = 1
+//	2: format 1 with a cluster version of 2 or more applied (meta
+//	   cluster_version; the log may hold entries a binary from before
+//	   cluster versions would misapply, see package entry). A store is
+//	   raised to 2 when it applies or installs cluster version 2, before
+//	   the batch that records it, never earlier: until the cluster version
+//	   rises, a binary of format 1 may still take the data dir over (a
+//	   rollback in the middle of a rolling upgrade), and after, it refuses
+//	   it. Binaries of format 2 check the cluster version itself at Open.
+const FormatVersion = 2
+
+// formatFor is the format a store at cluster version cv must record.
+func formatFor(cv uint32) int {
+	if entry.EffectiveVersion(cv) >= 2 {
+		return 2
+	}
+	return 1
+}
 
 // formatFile holds "keystore-storage-format N" in the store's directory.
 const formatFile = "KEYSTORE_FORMAT"
@@ -56,9 +73,24 @@ func checkFormat(fs vfs.FS, dir string) (int, error) {
 	return v, nil
 }
 
-// writeFormat records FormatVersion in dir durably.
-func writeFormat(fs vfs.FS, dir string) error {
-	return WriteFileDurably(fs, dir, formatFile, fmt.Appendf(nil, "%s%d\n", formatPrefix, FormatVersion))
+// writeFormat records format v in dir durably.
+func writeFormat(fs vfs.FS, dir string, v int) error {
+	return WriteFileDurably(fs, dir, formatFile, fmt.Appendf(nil, "%s%d\n", formatPrefix, v))
+}
+
+// raiseFormat records the format a store at cluster version cv needs, if
+// the recorded one is older (applyMu held, or Open).
+func (s *Store) raiseFormat(cv uint32) error {
+	want := formatFor(cv)
+	if s.format >= want {
+		return nil
+	}
+	if err := writeFormat(s.fs, s.dir, want); err != nil {
+		return fmt.Errorf("storage: recording format %d: %w", want, err)
+	}
+	s.logger.Info("recorded the on-disk format", "format", want, "cluster_version", entry.EffectiveVersion(cv))
+	s.format = want
+	return nil
 }
 
 // WriteFileDurably writes a small file name in dir so that a crash leaves

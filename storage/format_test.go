@@ -40,10 +40,10 @@ func TestFormatVersion(t *testing.T) {
 		t.Fatalf("format file of a new store: %q", got)
 	}
 
-	write("keystore-storage-format 2\n")
+	write("keystore-storage-format 3\n")
 	_, err := Open(Config{Dir: "db", FS: fs})
-	if !errors.Is(err, ErrNewerFormat) || !strings.Contains(err.Error(), "format 2") || !strings.Contains(err.Error(), "up to 1") {
-		t.Fatalf("Open of a format-2 store: %v; want ErrNewerFormat naming both formats", err)
+	if !errors.Is(err, ErrNewerFormat) || !strings.Contains(err.Error(), "format 3") || !strings.Contains(err.Error(), "up to 2") {
+		t.Fatalf("Open of a format-3 store: %v; want ErrNewerFormat naming both formats", err)
 	}
 
 	write("garbage")

@@ -197,5 +197,6 @@ func (s *Store) buildFilter() error {
 		return err
 	}
 	s.filter.Store(f)
+	s.stats.filterBuilds.Add(1)
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
 	"github.com/cockroachdb/pebble/v2/sstable"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/keystore-dev/keystore/entry"
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -389,6 +390,11 @@ func decodeStream(r io.Reader, md raftpb.SnapshotMetadata, fn func(k, v []byte) 
 				return fmt.Errorf("%w: snapshot meta at %d/%d, metadata says %d/%d",
 					ErrCorrupt, meta.AppliedIndex, meta.AppliedTerm, md.Index, md.Term)
 			}
+			// A state at a cluster version this binary cannot apply is
+			// never staged, so never installed.
+			if err := checkClusterVersion(fmt.Sprintf("the snapshot at %d", md.Index), entry.EffectiveVersion(meta.ClusterVersion)); err != nil {
+				return err
+			}
 			sawMeta = true
 		}
 		if err := fn(key, val); err != nil {
@@ -539,6 +545,11 @@ func (s *Store) ApplySnapshot(snap raftpb.Snapshot) error {
 	if meta.AppliedIndex != md.Index || meta.AppliedTerm != md.Term {
 		return fmt.Errorf("%w: snapshot meta at %d/%d, metadata says %d/%d",
 			ErrCorrupt, meta.AppliedIndex, meta.AppliedTerm, md.Index, md.Term)
+	}
+	// The snapshot's cluster version may need a newer format record (a
+	// crash before it is written: Open raises it).
+	if err := s.raiseFormat(meta.ClusterVersion); err != nil {
+		return fmt.Errorf("storage: apply snapshot: %w", err)
 	}
 	// The state first, then the log: a crash in between leaves a log
 	// behind the state, which Open resets (reconcile); the other order

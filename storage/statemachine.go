@@ -56,6 +56,13 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 			d.bad = true
 			continue
 		}
+		// NB: an entry of a newer log format is never applied (nor
+		// skipped): this replica stops, and nothing of the batch is
+		// written. The leader writes one only once every member supports
+		// it (see package entry).
+		if err := checkClusterVersion(fmt.Sprintf("entry %d", e.Index), entry.Needs(&d.env)); err != nil {
+			return nil, err
+		}
 		if len(d.env.Proposals) > 0 {
 			// A packed entry: its proposals each name one record (an
 			// Expire among them is refused at apply), so no sweep.
@@ -106,6 +113,12 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 		if bugs.LocalClock {
 			meta.LogTime = time.Now().UnixNano() // deliberately wrong: see internal/bugs
 		}
+		if v := d.env.GetSetClusterVersion(); v > 0 {
+			// A rise of the cluster version (never a fall); it carries
+			// nothing else. Recorded in meta, in this batch.
+			meta.ClusterVersion = max(entry.EffectiveVersion(meta.ClusterVersion), v)
+			continue
+		}
 		if d.packed != nil {
 			res, keys, err := s.applyPacked(b, d, e.Index, meta)
 			if err != nil {
@@ -141,6 +154,11 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 		meta.ConfState = v
 	}
 	if err := b.b.Set(metaKey, mustMarshal(meta), nil); err != nil {
+		return nil, err
+	}
+	// The format file says so before the batch that records a cluster
+	// version a binary from before cluster versions must not take over.
+	if err := s.raiseFormat(meta.ClusterVersion); err != nil {
 		return nil, err
 	}
 	if err := s.guard(func() error { return b.b.Commit(pebble.NoSync) }); err != nil {
@@ -338,7 +356,7 @@ func applyExpire(b *applyBatch, e *statev1.Expire, meta *statev1.Meta) (*statev1
 		}
 		meta.StoredRecords--
 		if b.usage != nil {
-			b.moveUsage(ns, -1, -recordBytes(k, rec))
+			b.expireUsage(ns, recordBytes(k, rec))
 		}
 		touched = append(touched, k)
 	}

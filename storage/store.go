@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/keystore-dev/keystore/entry"
 	statev1 "github.com/keystore-dev/keystore/proto/keystore/state/v1"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
@@ -37,6 +39,11 @@ type Config struct {
 	// (about half a second per million records from a cold disk), so it
 	// is off unless a quota needs it.
 	CountUsage bool
+	// ObserveFsync, if set, is called with the duration of every fsync
+	// of the Raft log's active segment (one per Ready that carries
+	// entries or a HardState), from the goroutine that writes the log: it
+	// must be quick (a histogram's Observe).
+	ObserveFsync func(time.Duration)
 }
 
 // Validate reports a configuration error.
@@ -71,7 +78,10 @@ type Store struct {
 	tail entryCache
 	hs   raftpb.HardState
 	// meta is the state machine's applied position as last committed.
-	meta      *statev1.Meta
+	meta *statev1.Meta
+	// format is the on-disk format formatFile records (format.go); read
+	// and raised under applyMu.
+	format    int
 	confState raftpb.ConfState
 	closed    bool
 
@@ -87,9 +97,11 @@ type Store struct {
 	// with countsUsage (Config.CountUsage).
 	usage       usageTable
 	countsUsage bool
-	filterKick  chan struct{} // asks filterBuilder for a build
-	filterStop  chan struct{} // closed by Close
-	filterDone  chan struct{} // closed when filterBuilder returned
+	// stats are counters for monitoring (metrics.go).
+	stats      *storeStats
+	filterKick chan struct{} // asks filterBuilder for a build
+	filterStop chan struct{} // closed by Close
+	filterDone chan struct{} // closed when filterBuilder returned
 }
 
 var marshal = proto.MarshalOptions{Deterministic: true}
@@ -112,6 +124,7 @@ func Open(cfg Config) (*Store, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("component", "storage")
+	stats := new(storeStats)
 	opts := &pebble.Options{
 		FS: cfg.FS,
 		// Snapshots are installed by IngestAndExcise (snapstream.go),
@@ -123,6 +136,7 @@ func Open(cfg Config) (*Store, error) {
 		// What an operator needs to see when latency jumps.
 		EventListener: &pebble.EventListener{
 			WriteStallBegin: func(info pebble.WriteStallBeginInfo) {
+				stats.writeStalls.Add(1)
 				logger.Warn("pebble write stall: writes wait for compactions", "reason", info.Reason)
 			},
 			WriteStallEnd: func() { logger.Warn("pebble write stall ended") },
@@ -150,7 +164,7 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("storage: open %s: %w", cfg.Dir, err)
 	}
 	s := &Store{
-		db: db, opts: opts, dir: cfg.Dir, fatal: cfg.Fatal, logger: logger, meta: &statev1.Meta{}, countsUsage: cfg.CountUsage,
+		db: db, opts: opts, dir: cfg.Dir, fatal: cfg.Fatal, logger: logger, meta: &statev1.Meta{}, countsUsage: cfg.CountUsage, stats: stats,
 		filterKick: make(chan struct{}, 1), filterStop: make(chan struct{}), filterDone: make(chan struct{}),
 	}
 	fs := cfg.FS
@@ -167,17 +181,30 @@ func Open(cfg Config) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	s.wal.observeSync = cfg.ObserveFsync
 	if err := s.recountUsage(); err != nil {
 		_ = s.wal.close()
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: counting namespaces' records: %w", err)
 	}
-	if format < FormatVersion {
-		if err := writeFormat(fs, cfg.Dir); err != nil {
-			_ = s.wal.close()
-			_ = db.Close()
-			return nil, fmt.Errorf("storage: recording the format: %w", err)
-		}
+	// Downgrade protection: a state at a cluster version this binary
+	// cannot apply was written by a newer keystore.
+	if err := checkClusterVersion("the data dir "+cfg.Dir, entry.EffectiveVersion(s.meta.ClusterVersion)); err != nil {
+		_ = s.wal.close()
+		_ = db.Close()
+		return nil, err
+	}
+	// A store without a format file gets one; one whose cluster version
+	// needs a newer format than recorded (a crash between a snapshot's
+	// install and its record) is raised.
+	s.format = format
+	if format == 0 {
+		s.format = -1
+	}
+	if err := s.raiseFormat(s.meta.ClusterVersion); err != nil {
+		_ = s.wal.close()
+		_ = db.Close()
+		return nil, err
 	}
 	go s.filterBuilder()
 	s.startFilterBuild()
@@ -250,6 +277,15 @@ func (s *Store) AppliedIndex() uint64 {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.meta.AppliedIndex
+}
+
+// ClusterVersion returns the cluster version as applied: the log format
+// every member supports, raised through the log (see package entry); 1
+// until the first rise.
+func (s *Store) ClusterVersion() uint32 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return entry.EffectiveVersion(s.meta.ClusterVersion)
 }
 
 // Members returns the members of the Raft group as the applied conf

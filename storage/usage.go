@@ -14,6 +14,10 @@ import (
 // Quotas are judged by it (api).
 type Usage struct {
 	Records, Bytes int64
+	// Expired counts the namespace's records that expiry deleted since
+	// the store opened (for metrics: it is not part of the state, and a
+	// snapshot install does not reset it).
+	Expired int64
 }
 
 // usageTable is every namespace's Usage, derived from the state and kept
@@ -24,6 +28,9 @@ type Usage struct {
 type usageTable struct {
 	mu sync.RWMutex
 	m  map[string]Usage
+	// expired is each namespace's Usage.Expired: kept apart from m, whose
+	// entries go when a namespace holds nothing.
+	expired map[string]int64
 }
 
 // NamespaceUsage returns what namespace ns holds, as of the last applied
@@ -31,7 +38,27 @@ type usageTable struct {
 func (s *Store) NamespaceUsage(ns string) Usage {
 	s.usage.mu.RLock()
 	defer s.usage.mu.RUnlock()
-	return s.usage.m[ns]
+	u := s.usage.m[ns]
+	u.Expired = s.usage.expired[ns]
+	return u
+}
+
+// EachNamespaceUsage calls fn with every namespace that holds records or
+// had records expire, and its Usage, as of the last applied batch; it
+// calls it for none unless the store counts usage. fn must not call the
+// Store.
+func (s *Store) EachNamespaceUsage(fn func(ns string, u Usage)) {
+	s.usage.mu.RLock()
+	defer s.usage.mu.RUnlock()
+	for ns, u := range s.usage.m {
+		u.Expired = s.usage.expired[ns]
+		fn(ns, u)
+	}
+	for ns, n := range s.usage.expired {
+		if _, ok := s.usage.m[ns]; !ok {
+			fn(ns, Usage{Expired: n})
+		}
+	}
 }
 
 // add moves the table by the deltas of a committed batch.
@@ -42,6 +69,12 @@ func (t *usageTable) add(deltas map[string]Usage) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for ns, d := range deltas {
+		if d.Expired != 0 {
+			if t.expired == nil {
+				t.expired = make(map[string]int64)
+			}
+			t.expired[ns] += d.Expired
+		}
 		u := t.m[ns]
 		u.Records += d.Records
 		u.Bytes += d.Bytes
@@ -99,6 +132,15 @@ func (a *applyBatch) moveUsage(ns string, records, bytes int64) {
 	u := a.usage[ns]
 	u.Records += records
 	u.Bytes += bytes
+	a.usage[ns] = u
+}
+
+// expireUsage records that expiry deleted a record of namespace ns that
+// counted bytes.
+func (a *applyBatch) expireUsage(ns string, bytes int64) {
+	a.moveUsage(ns, -1, -bytes)
+	u := a.usage[ns]
+	u.Expired++
 	a.usage[ns] = u
 }
 

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/keystore-dev/keystore/internal/bugs"
@@ -190,6 +191,10 @@ type wal struct {
 	// mu) is its size on disk, for bytes.
 	spare      chan error
 	spareBytes int64
+
+	// observeSync, if set, is told how long each fsync of a segment took
+	// (Config.ObserveFsync).
+	observeSync func(time.Duration)
 }
 
 // walState is the log as replay recovered it (or as a new log starts).
@@ -897,10 +902,28 @@ func syncFile(f vfs.File) error {
 	return f.SyncData()
 }
 
+// syncSegment syncs f, a segment, timing it for observeSync.
+func (w *wal) syncSegment(f vfs.File) error {
+	if w.observeSync == nil {
+		return syncFile(f)
+	}
+	start := time.Now()
+	err := syncFile(f)
+	w.observeSync(time.Since(start))
+	return err
+}
+
+// segments returns how many segment files the log has.
+func (w *wal) segments() int {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	return len(w.segs)
+}
+
 // sync syncs the active segment.
 func (w *wal) sync() error {
 	seg := w.active()
-	if err := syncFile(seg.f); err != nil {
+	if err := w.syncSegment(seg.f); err != nil {
 		return err
 	}
 	seg.synced = seg.size
@@ -975,7 +998,7 @@ func (w *wal) append(ents []raftpb.Entry, hs *raftpb.HardState, sync bool) error
 	w.crc, seg.marked = crc, marked
 	size := seg.size + int64(len(buf))
 	if sync {
-		if err := syncFile(seg.f); err != nil {
+		if err := w.syncSegment(seg.f); err != nil {
 			return err
 		}
 		seg.synced = size

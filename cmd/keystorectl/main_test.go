@@ -199,8 +199,10 @@ func TestAgainstCluster(t *testing.T) {
 		leaders := map[string]bool{}
 		for _, l := range lines[1:] {
 			cols := strings.Fields(l)
-			if len(cols) != 8 || cols[7] != "true" {
-				t.Fatalf("status row %q; want 8 columns ending in serving true", l)
+			// The cluster version is 1 until the leader raised it (within
+			// seconds of the start).
+			if len(cols) != 9 || cols[7] != "true" || (cols[8] != "1" && cols[8] != "2") {
+				t.Fatalf("status row %q; want 9 columns: serving true, then the cluster version", l)
 			}
 			leaders[cols[2]] = true
 		}

@@ -92,17 +92,19 @@ type memberChangeJSON struct {
 }
 
 type statusJSON struct {
-	Endpoint      string       `json:"endpoint"`
-	Name          string       `json:"name"`
-	Leader        string       `json:"leader"`
-	Term          uint64       `json:"term"`
-	CommitIndex   uint64       `json:"commit_index"`
-	AppliedIndex  uint64       `json:"applied_index"`
-	LogTime       *time.Time   `json:"log_time,omitempty"`
-	StoredRecords uint64       `json:"stored_records"`
-	Serving       bool         `json:"serving"`
-	Version       string       `json:"version,omitempty"`
-	Members       []memberJSON `json:"members"`
+	Endpoint      string     `json:"endpoint"`
+	Name          string     `json:"name"`
+	Leader        string     `json:"leader"`
+	Term          uint64     `json:"term"`
+	CommitIndex   uint64     `json:"commit_index"`
+	AppliedIndex  uint64     `json:"applied_index"`
+	LogTime       *time.Time `json:"log_time,omitempty"`
+	StoredRecords uint64     `json:"stored_records"`
+	Serving       bool       `json:"serving"`
+	Version       string     `json:"version,omitempty"`
+	// 0: not reported (a keystored from before cluster versions).
+	ClusterVersion uint32       `json:"cluster_version,omitempty"`
+	Members        []memberJSON `json:"members"`
 }
 
 type statusErrorJSON struct {
@@ -214,6 +216,7 @@ func (p *printer) status(nodes []client.NodeStatus) error {
 					Endpoint: n.Endpoint, Name: st.GetName(), Leader: st.GetLeader(), Term: st.GetTerm(),
 					CommitIndex: st.GetCommitIndex(), AppliedIndex: st.GetAppliedIndex(),
 					StoredRecords: st.GetStoredRecords(), Serving: st.GetServing(), Version: st.GetVersion(),
+					ClusterVersion: st.GetClusterVersion(),
 				}
 				if lt := st.GetLogTime(); lt != nil {
 					sj.LogTime = timePtr(lt.AsTime())
@@ -228,7 +231,7 @@ func (p *printer) status(nodes []client.NodeStatus) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(p.w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ENDPOINT\tNAME\tLEADER\tTERM\tCOMMIT\tAPPLIED\tRECORDS\tSERVING")
+	fmt.Fprintln(tw, "ENDPOINT\tNAME\tLEADER\tTERM\tCOMMIT\tAPPLIED\tRECORDS\tSERVING\tCLUSTER-VERSION")
 	for _, n := range nodes {
 		if n.Err != nil || n.Status == nil {
 			fmt.Fprintf(tw, "%s\terror: %s\n", n.Endpoint, describe(n.Err))
@@ -239,8 +242,12 @@ func (p *printer) status(nodes []client.NodeStatus) error {
 		if leader == "" {
 			leader = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%t\n", n.Endpoint, st.GetName(), leader,
-			st.GetTerm(), st.GetCommitIndex(), st.GetAppliedIndex(), st.GetStoredRecords(), st.GetServing())
+		cv := "-" // a keystored from before cluster versions (docs/upgrade.md)
+		if v := st.GetClusterVersion(); v > 0 {
+			cv = fmt.Sprint(v)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%t\t%s\n", n.Endpoint, st.GetName(), leader,
+			st.GetTerm(), st.GetCommitIndex(), st.GetAppliedIndex(), st.GetStoredRecords(), st.GetServing(), cv)
 	}
 	return tw.Flush()
 }

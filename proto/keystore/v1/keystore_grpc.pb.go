@@ -299,6 +299,7 @@ const (
 	ClusterService_MemberAdd_FullMethodName     = "/keystore.v1.ClusterService/MemberAdd"
 	ClusterService_MemberPromote_FullMethodName = "/keystore.v1.ClusterService/MemberPromote"
 	ClusterService_MemberRemove_FullMethodName  = "/keystore.v1.ClusterService/MemberRemove"
+	ClusterService_Backup_FullMethodName        = "/keystore.v1.ClusterService/Backup"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -322,6 +323,25 @@ type ClusterServiceClient interface {
 	// voters left could not form a quorum with the members the leader hears
 	// from; removing the leader hands leadership over first.
 	MemberRemove(ctx context.Context, in *MemberRemoveRequest, opts ...grpc.CallOption) (*MemberRemoveResponse, error)
+	// Backup streams a backup file (docs/backup.md: `keystorectl snapshot
+	// save`) of the state machine at one applied index, while the node goes
+	// on serving. Any node, leader or follower, serves it, and an admin
+	// credential is needed: the file holds every namespace's records.
+	//
+	// Unless the request asks for a stale backup, the node first confirms
+	// with a quorum (a ReadIndex round, as a linearizable Get does) that it
+	// has applied everything committed before the call began, so the backup
+	// holds every write acknowledged before it started; a follower's backup
+	// may still hold writes committed during the call. UNAVAILABLE when no
+	// quorum confirms in time.
+	//
+	// The first message carries info (which index the backup is at) and the
+	// file's first bytes; every message carries at most 1 MiB of data, and
+	// the messages' data, concatenated, are the file (its last 48 bytes a
+	// trailer with a SHA-256 of the rest: check it before trusting a copy).
+	// The node reads the state lazily from one consistent view, so memory
+	// stays bounded whatever the state's size; cancelling the call stops it.
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error)
 }
 
 type clusterServiceClient struct {
@@ -382,6 +402,25 @@ func (c *clusterServiceClient) MemberRemove(ctx context.Context, in *MemberRemov
 	return out, nil
 }
 
+func (c *clusterServiceClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ClusterService_ServiceDesc.Streams[0], ClusterService_Backup_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupRequest, BackupResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ClusterService_BackupClient = grpc.ServerStreamingClient[BackupResponse]
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -403,6 +442,25 @@ type ClusterServiceServer interface {
 	// voters left could not form a quorum with the members the leader hears
 	// from; removing the leader hands leadership over first.
 	MemberRemove(context.Context, *MemberRemoveRequest) (*MemberRemoveResponse, error)
+	// Backup streams a backup file (docs/backup.md: `keystorectl snapshot
+	// save`) of the state machine at one applied index, while the node goes
+	// on serving. Any node, leader or follower, serves it, and an admin
+	// credential is needed: the file holds every namespace's records.
+	//
+	// Unless the request asks for a stale backup, the node first confirms
+	// with a quorum (a ReadIndex round, as a linearizable Get does) that it
+	// has applied everything committed before the call began, so the backup
+	// holds every write acknowledged before it started; a follower's backup
+	// may still hold writes committed during the call. UNAVAILABLE when no
+	// quorum confirms in time.
+	//
+	// The first message carries info (which index the backup is at) and the
+	// file's first bytes; every message carries at most 1 MiB of data, and
+	// the messages' data, concatenated, are the file (its last 48 bytes a
+	// trailer with a SHA-256 of the rest: check it before trusting a copy).
+	// The node reads the state lazily from one consistent view, so memory
+	// stays bounded whatever the state's size; cancelling the call stops it.
+	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -427,6 +485,9 @@ func (UnimplementedClusterServiceServer) MemberPromote(context.Context, *MemberP
 }
 func (UnimplementedClusterServiceServer) MemberRemove(context.Context, *MemberRemoveRequest) (*MemberRemoveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MemberRemove not implemented")
+}
+func (UnimplementedClusterServiceServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error {
+	return status.Error(codes.Unimplemented, "method Backup not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -539,6 +600,17 @@ func _ClusterService_MemberRemove_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ClusterServiceServer).Backup(m, &grpc.GenericServerStream[BackupRequest, BackupResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ClusterService_BackupServer = grpc.ServerStreamingServer[BackupResponse]
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -567,6 +639,12 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _ClusterService_MemberRemove_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Backup",
+			Handler:       _ClusterService_Backup_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "keystore/v1/keystore.proto",
 }
