@@ -37,6 +37,8 @@ var adminMethods = map[string]bool{
 	keystorev1.ClusterService_MemberAdd_FullMethodName:     true,
 	keystorev1.ClusterService_MemberRemove_FullMethodName:  true,
 	keystorev1.ClusterService_MemberPromote_FullMethodName: true,
+	// A backup holds every namespace's records (backup.go).
+	keystorev1.ClusterService_Backup_FullMethodName: true,
 }
 
 // publicMethods answer without credentials: load balancers and

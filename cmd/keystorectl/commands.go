@@ -48,6 +48,8 @@ var commands = []command{
 	memberAddCommand,
 	memberPromoteCommand,
 	memberRemoveCommand,
+	snapshotSaveCommand,
+	snapshotStatusCommand,
 }
 
 // lookup finds the command that args start with and returns the args
