@@ -56,6 +56,8 @@ type Config struct {
 	// Usage reports what a namespace holds (records, bytes) as of this
 	// node's applied state; needed by the quotas.
 	Usage func(namespace string) (records, bytes int64)
+	// Metrics, if set, counts the answers per namespace (metrics.go).
+	Metrics *Metrics
 	// Access decides per call which namespaces the caller may use and
 	// whether it sees live claims' tokens; nil: every namespace, no live
 	// tokens (authorization off).

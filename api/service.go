@@ -70,6 +70,16 @@ func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*key
 // claim is Claim answered by the deadline by (batchOps): its waits end a
 // little before.
 func (s *service) claim(ctx context.Context, by deadline, req *keystorev1.ClaimRequest) (*keystorev1.ClaimResponse, error) {
+	start := time.Now()
+	resp, err := s.claimOp(ctx, by, req)
+	s.cfg.Metrics.claimed(req.GetNamespace(), resp, err)
+	if req.GetWait().AsDuration() > 0 && err == nil {
+		s.cfg.Metrics.waited(req.GetNamespace(), time.Since(start))
+	}
+	return resp, err
+}
+
+func (s *service) claimOp(ctx context.Context, by deadline, req *keystorev1.ClaimRequest) (*keystorev1.ClaimResponse, error) {
 	if err := s.cfg.Access.CheckNamespace(ctx, req.GetNamespace()); err != nil {
 		return nil, err
 	}
@@ -215,6 +225,12 @@ func (s *service) Complete(ctx context.Context, req *keystorev1.CompleteRequest)
 
 // complete is Complete answered by the deadline by (batchOps).
 func (s *service) complete(ctx context.Context, by deadline, req *keystorev1.CompleteRequest) (*keystorev1.CompleteResponse, error) {
+	resp, err := s.completeOp(ctx, by, req)
+	s.cfg.Metrics.done("complete", req.GetNamespace(), err)
+	return resp, err
+}
+
+func (s *service) completeOp(ctx context.Context, by deadline, req *keystorev1.CompleteRequest) (*keystorev1.CompleteResponse, error) {
 	if err := s.cfg.Access.CheckNamespace(ctx, req.GetNamespace()); err != nil {
 		return nil, err
 	}
@@ -254,6 +270,12 @@ func (s *service) Release(ctx context.Context, req *keystorev1.ReleaseRequest) (
 
 // release is Release answered by the deadline by (batchOps).
 func (s *service) release(ctx context.Context, by deadline, req *keystorev1.ReleaseRequest) (*keystorev1.ReleaseResponse, error) {
+	resp, err := s.releaseOp(ctx, by, req)
+	s.cfg.Metrics.done("release", req.GetNamespace(), err)
+	return resp, err
+}
+
+func (s *service) releaseOp(ctx context.Context, by deadline, req *keystorev1.ReleaseRequest) (*keystorev1.ReleaseResponse, error) {
 	if err := s.cfg.Access.CheckNamespace(ctx, req.GetNamespace()); err != nil {
 		return nil, err
 	}
@@ -285,6 +307,12 @@ func (s *service) Heartbeat(ctx context.Context, req *keystorev1.HeartbeatReques
 
 // heartbeat is Heartbeat answered by the deadline by (batchOps).
 func (s *service) heartbeat(ctx context.Context, by deadline, req *keystorev1.HeartbeatRequest) (*keystorev1.HeartbeatResponse, error) {
+	resp, err := s.heartbeatOp(ctx, by, req)
+	s.cfg.Metrics.done("heartbeat", req.GetNamespace(), err)
+	return resp, err
+}
+
+func (s *service) heartbeatOp(ctx context.Context, by deadline, req *keystorev1.HeartbeatRequest) (*keystorev1.HeartbeatResponse, error) {
 	if err := s.cfg.Access.CheckNamespace(ctx, req.GetNamespace()); err != nil {
 		return nil, err
 	}

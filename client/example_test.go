@@ -7,7 +7,10 @@ import (
 	"log"
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/keystore-dev/keystore/client"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 )
 
 func ExampleNew() {
@@ -56,3 +59,22 @@ func ExampleClient_Do() {
 var errCardNetworkDown = errors.New("card network down")
 
 func chargeCard(context.Context, []byte) (string, error) { return "ch_1", nil }
+
+// ExampleConfig_metrics exports the client's gRPC metrics (calls started,
+// handled by code, latency by method) to Prometheus with
+// go-grpc-middleware's provider, through Config.DialOptions.
+func ExampleConfig_metrics() {
+	metrics := grpcprom.NewClientMetrics(grpcprom.WithClientHandlingTimeHistogram())
+	prometheus.MustRegister(metrics)
+	c, err := client.New(context.Background(), client.Config{
+		Endpoints: []string{"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"},
+		DialOptions: []grpc.DialOption{
+			grpc.WithChainUnaryInterceptor(metrics.UnaryClientInterceptor()),
+			grpc.WithChainStreamInterceptor(metrics.StreamClientInterceptor()),
+		},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+}

@@ -4,11 +4,15 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -137,6 +141,14 @@ func TestSecurityEndToEnd(t *testing.T) {
 	names := []string{"n1", "n2", "n3"}
 	hc := harness.Config{Binary: bin, Dir: t.TempDir(), NoGossip: true}
 	f := secureHarness(t, &hc)
+	metricsAddrs := map[string]string{}
+	for _, n := range names {
+		if metricsAddrs[n], err = harness.FreeAddr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tlsArgs := hc.NodeArgs
+	hc.NodeArgs = func(n string) []string { return append(tlsArgs(n), "--metrics-addr", metricsAddrs[n]) }
 	c, err := harness.Start(hc)
 	if err != nil {
 		t.Fatal(err)
@@ -261,6 +273,14 @@ func TestSecurityEndToEnd(t *testing.T) {
 		if _, err := cs.MemberRemove(bearer(paymentsToken), &keystorev1.MemberRemoveRequest{Id: "1"}); code(err) != codes.PermissionDenied {
 			t.Errorf("MemberRemove by a non-admin: %v; want PERMISSION_DENIED", err)
 		}
+		// A backup holds every namespace's responses: admins only.
+		bs, err := cs.Backup(bearer(paymentsToken), &keystorev1.BackupRequest{})
+		if err == nil {
+			_, err = bs.Recv()
+		}
+		if code(err) != codes.PermissionDenied {
+			t.Errorf("Backup by a non-admin: %v; want PERMISSION_DENIED", err)
+		}
 		st, err := keystorev1.NewClusterServiceClient(dial(f.clientTLS(t, "admin"))).Status(ctx, &keystorev1.StatusRequest{IncludeChecksum: true})
 		if err != nil || len(st.GetStateChecksum()) == 0 {
 			t.Errorf("admin's Status with checksum: %v, %v", st, err)
@@ -280,6 +300,33 @@ func TestSecurityEndToEnd(t *testing.T) {
 		_, err = kv.Get(metadata.NewOutgoingContext(ctx, md), &keystorev1.GetRequest{Namespace: "payments", Key: "k"})
 		if code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "max-metadata-entries") {
 			t.Errorf("101 metadata entries: %v; want RESOURCE_EXHAUSTED naming --max-metadata-entries", err)
+		}
+	})
+
+	t.Run("certificate expiry is exported", func(t *testing.T) {
+		raw, err := os.ReadFile(f.path(lead + ".crt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		block, _ := pem.Decode(raw)
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.Get("http://" + metricsAddrs[lead] + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, listener := range []string{"client", "peer"} {
+			want := fmt.Sprintf("keystore_tls_cert_not_after_timestamp_seconds{listener=%q} %s", listener, strconv.FormatFloat(float64(cert.NotAfter.Unix()), 'g', -1, 64))
+			if !strings.Contains(string(body), want+"\n") {
+				t.Errorf("/metrics lacks %q", want)
+			}
 		}
 	})
 

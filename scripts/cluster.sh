@@ -64,9 +64,10 @@ for i in 1 2 3; do
 	"$bin" --name "n$i" --data-dir "$data/n$i" \
 		--client-addr "127.0.0.1:700$i" --peer-addr "127.0.0.1:710$i" \
 		--gossip-addr "127.0.0.1:720$i" --join "${seeds%,}" \
+		--metrics-addr "127.0.0.1:910$i" \
 		--initial-cluster "$cluster" ${tls[@]+"${tls[@]}"} >"$data/n$i.log" 2>&1 &
 	pids+=($!)
-	echo "n$i: pid $! client 127.0.0.1:700$i (log $data/n$i.log)"
+	echo "n$i: pid $! client 127.0.0.1:700$i metrics http://127.0.0.1:910$i/metrics (log $data/n$i.log)"
 done
 echo
 echo "client endpoints: 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 (gossip: 127.0.0.1:7201-7203)"

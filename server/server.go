@@ -108,6 +108,9 @@ type Config struct {
 	// listening on ClientAddr and PeerAddr (tests bind :0 first).
 	ClientListener, PeerListener net.Listener
 
+	// Metrics sets what the node's Prometheus collectors cover
+	// (Collectors).
+	Metrics MetricsConfig
 	// API holds the service's defaults and limits.
 	API api.Config
 	// Batch tunes the batch and stream service.
@@ -188,7 +191,12 @@ func (c Config) Validate() error {
 		}
 		ids[id] = name
 	}
-	return c.API.Validate()
+	api := c.API
+	if api.Usage == nil {
+		// New gives the API the store's usage; judge the rest here.
+		api.Usage = func(string) (int64, int64) { return 0, 0 }
+	}
+	return api.Validate()
 }
 
 // Server is one running keystore node.
@@ -204,6 +212,9 @@ type Server struct {
 	sweep      *expiry.Sweeper
 	health     *health.Server
 	gossip     *gossiper
+	metrics    *nodeMetrics
+	// backingUp is set while a Backup streams (one at a time per node).
+	backingUp atomic.Bool
 
 	client, peer       *grpc.Server
 	batch              *api.BatchService // drained before client stops
@@ -244,8 +255,10 @@ func New(cfg Config) (*Server, error) {
 	if err := privateDir(cfg, logger); err != nil {
 		return nil, err
 	}
+	metrics := newNodeMetrics(cfg.Metrics)
 	store, err := storage.Open(storage.Config{Dir: filepath.Join(cfg.DataDir, "db"), FS: cfg.FS, Logger: logger, Fatal: cfg.StorageFatal,
-		CountUsage: cfg.API.MaxNamespaceRecords > 0 || cfg.API.MaxNamespaceBytes > 0})
+		CountUsage:   cfg.API.MaxNamespaceRecords > 0 || cfg.API.MaxNamespaceBytes > 0 || cfg.Metrics.NamespaceUsage,
+		ObserveFsync: func(d time.Duration) { metrics.fsync.Observe(d.Seconds()) }})
 	if err != nil {
 		return nil, err
 	}
@@ -291,6 +304,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	apiCfg := cfg.API
 	apiCfg.Logger = logger
+	apiCfg.Metrics = metrics.api
 	apiCfg.LogNow = node.LogNow
 	apiCfg.IsLeader = node.IsLeader
 	if cfg.Auth != nil {
@@ -323,10 +337,11 @@ func New(cfg Config) (*Server, error) {
 		// oversize value gets INVALID_ARGUMENT naming the limit. Fixed
 		// windows turn off gRPC's bandwidth-delay probe (a PING and its
 		// ACK for nearly every message; raftnode/DESIGN.md, Transport).
-		client: grpc.NewServer(clientOptions(cfg, apiCfg, logger)...),
+		client: grpc.NewServer(clientOptions(cfg, apiCfg, metrics, logger)...),
 		// Forward carries a client's command, as large as the client
 		// server admits.
-		peer: grpc.NewServer(peerOptions(cfg)...),
+		peer:    grpc.NewServer(peerOptions(cfg, metrics)...),
+		metrics: metrics,
 	}
 	keystorev1.RegisterKeyStoreServiceServer(s.client, svc)
 	s.batch = api.NewBatchService(svc, cfg.Batch)
@@ -335,6 +350,10 @@ func New(cfg Config) (*Server, error) {
 	healthpb.RegisterHealthServer(s.client, s.health)
 	reflection.Register(s.client)
 	peerv1.RegisterPeerServiceServer(s.peer, node.PeerServer())
+	// Every method's series from the start, at zero: rates and alerts
+	// need no first call.
+	metrics.rpc.InitializeMetrics(s.client)
+	metrics.rpc.InitializeMetrics(s.peer)
 	for _, name := range healthServices {
 		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
 	}
@@ -349,8 +368,11 @@ func New(cfg Config) (*Server, error) {
 // (they turn off gRPC's bandwidth-delay probe, a PING and its ACK for
 // nearly every message; raftnode/DESIGN.md, Transport), TLS, limits, the
 // lenient codec and the interceptors (security.go).
-func clientOptions(cfg Config, apiCfg api.Config, logger *slog.Logger) []grpc.ServerOption {
+func clientOptions(cfg Config, apiCfg api.Config, m *nodeMetrics, logger *slog.Logger) []grpc.ServerOption {
 	unary, stream := clientInterceptors(cfg, logger)
+	// Outermost: every call is counted and timed, refused ones included.
+	unary = append([]grpc.UnaryServerInterceptor{m.rpc.UnaryServerInterceptor()}, unary...)
+	stream = append([]grpc.StreamServerInterceptor{m.rpc.StreamServerInterceptor()}, stream...)
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(apiCfg.MaxBodyBytes + apiCfg.MaxMetadataBytes + 1<<20), fixedWindows, fixedConnWindows,
 		clientCodec(), grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...),
@@ -362,8 +384,9 @@ func clientOptions(cfg Config, apiCfg api.Config, logger *slog.Logger) []grpc.Se
 }
 
 // peerOptions are the peer port's gRPC server options.
-func peerOptions(cfg Config) []grpc.ServerOption {
-	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(raftnode.MaxMessageBytes), fixedWindows, fixedConnWindows}
+func peerOptions(cfg Config, m *nodeMetrics) []grpc.ServerOption {
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(raftnode.MaxMessageBytes), fixedWindows, fixedConnWindows,
+		grpc.ChainUnaryInterceptor(m.rpc.UnaryServerInterceptor()), grpc.ChainStreamInterceptor(m.rpc.StreamServerInterceptor())}
 	if cfg.PeerTLS != nil {
 		opts = append(opts, grpc.Creds(raftnode.PeerServerCredentials()))
 	}

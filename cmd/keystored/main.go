@@ -1,5 +1,7 @@
 // Command keystored runs one keystore node. With no flags it starts a
 // working single-node store on 127.0.0.1:7001 with data in ./keystore-data.
+// "keystored restore FILE" makes a data dir from a backup instead
+// (restore.go, docs/backup.md).
 package main
 
 import (
@@ -49,7 +51,15 @@ func main() {
 }
 
 func run(args []string) error {
+	if isRestore(args) {
+		return runRestore(args[1:], os.Stdout, os.Stderr) // restore.go
+	}
 	fs := flag.NewFlagSet("keystored", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "Usage: keystored [flags]\n"+
+			"       keystored restore [--data-dir DIR] [--name NAME] FILE   make a new cluster's first node from a backup (keystored restore -h; docs/backup.md)\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
 	var (
 		name           = fs.String("name", "n1", "this member's name in --initial-cluster")
 		dataDir        = fs.String("data-dir", "keystore-data", "directory for the node's data")
@@ -69,6 +79,8 @@ func run(args []string) error {
 		logLevel       = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat      = fs.String("log-format", "text", "text or json")
 		metricsAddr    = fs.String("metrics-addr", "", "the admin listener: Prometheus metrics (/metrics), a liveness check (/healthz) and Go's profiles (/debug/pprof/) on this address (off when empty; keep it on loopback or a management network)")
+		metricsNS      = fs.Int("metrics-max-namespaces", api.DefaultMetricsNamespaces, "namespaces the metrics label by name; later ones are counted under namespace=\"(other)\"")
+		metricsUsage   = fs.Bool("metrics-namespace-usage", true, "with --metrics-addr, export each namespace's records, bytes and expiries (costs a scan of every record at start and after a snapshot install, about half a second per million records)")
 
 		defaultLease     = fs.Duration("default-lease", 30*time.Second, "lease when a Claim names none")
 		maxLease         = fs.Duration("max-lease", time.Hour, "longest lease accepted")
@@ -162,6 +174,7 @@ func run(args []string) error {
 		GossipKeys:          gossipKeys,
 		BootstrapExpect:     *bootstrapExp,
 		ClusterToken:        *clusterToken,
+		Metrics:             server.MetricsConfig{MaxNamespaces: *metricsNS, NamespaceUsage: *metricsAddr != "" && *metricsUsage},
 		API: api.Config{
 			DefaultLease:     *defaultLease,
 			MaxLease:         *maxLease,
@@ -222,7 +235,7 @@ func run(args []string) error {
 		return err
 	}
 	if *metricsAddr != "" {
-		admin, err := serveAdmin(*metricsAddr, srv, logger)
+		admin, err := serveAdmin(*metricsAddr, append(srv.Collectors(), sec.collectors()...), logger)
 		if err != nil {
 			srv.Stop(time.Second)
 			return err

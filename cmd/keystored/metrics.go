@@ -7,7 +7,7 @@ import (
 	"net/http/pprof"
 	"time"
 
-	"github.com/keystore-dev/keystore/server"
+	"github.com/keystore-dev/keystore/internal/tlsconf"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -20,10 +20,10 @@ import (
 // (/debug/pprof/). Nothing of it is on the client or peer port: bind it
 // to loopback or a management network. The caller closes the returned
 // server.
-func serveAdmin(addr string, srv *server.Server, logger *slog.Logger) (*http.Server, error) {
+func serveAdmin(addr string, node []prometheus.Collector, logger *slog.Logger) (*http.Server, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(srv.Collectors()...)
+	reg.MustRegister(node...)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
@@ -44,4 +44,26 @@ func serveAdmin(addr string, srv *server.Server, logger *slog.Logger) (*http.Ser
 	}()
 	logger.Info("serving metrics and profiles", "metrics", "http://"+ln.Addr().String()+"/metrics", "pprof", "http://"+ln.Addr().String()+"/debug/pprof/")
 	return hs, nil
+}
+
+// collectors are the TLS metrics: when each certificate in use stops
+// being valid (it is reloaded from its files, so the gauge follows a
+// renewal).
+func (s *security) collectors() []prometheus.Collector {
+	var out []prometheus.Collector
+	for _, c := range []struct {
+		listener string
+		src      *tlsconf.Source
+	}{{"client", s.client}, {"peer", s.peer}} {
+		if c.src == nil {
+			continue
+		}
+		src := c.src
+		out = append(out, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "keystore_tls_cert_not_after_timestamp_seconds",
+			Help:        "When the certificate this node presents on a port stops being valid (Unix seconds); alert well before.",
+			ConstLabels: prometheus.Labels{"listener": c.listener},
+		}, func() float64 { return float64(src.NotAfter().Unix()) }))
+	}
+	return out
 }

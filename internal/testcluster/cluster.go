@@ -42,10 +42,11 @@ type Options struct {
 	// Gossip runs gossip on every node (fast timings), each seeded with
 	// the others' gossip addresses; a node that joins (AddNode, Rejoin)
 	// then finds the cluster by gossip.
-	Gossip bool
-	Raft   raftnode.Config
-	Expiry expiry.Config
-	API    api.Config
+	Gossip  bool
+	Raft    raftnode.Config
+	Expiry  expiry.Config
+	API     api.Config
+	Metrics server.MetricsConfig
 }
 
 // Cluster is a running in-process cluster. Its nodes are named n1, n2, ...
@@ -203,6 +204,7 @@ func (c *Cluster) TryStartNode(name string) error {
 		Raft:           c.opts.Raft,
 		Expiry:         c.opts.Expiry,
 		API:            c.opts.API,
+		Metrics:        c.opts.Metrics,
 	}
 	if c.opts.Gossip {
 		cfg.GossipAddr, cfg.GossipFast, cfg.Join = c.gossips[name], true, nil
