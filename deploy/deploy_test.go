@@ -279,7 +279,7 @@ func checkRules(data []byte, names map[string]bool) []string {
 	}
 	// What the issue asks alerts for.
 	for _, a := range []string{"KeystoreNoLeader", "KeystoreClusterNoLeader", "KeystoreFollowerLagging", "KeystoreFsyncSlow",
-		"KeystoreDiskGrowing", "KeystoreNamespaceRecordsNearFull", "KeystoreNamespaceBytesNearFull"} {
+		"KeystoreDiskGrowing", "KeystoreDiskFillingUp", "KeystoreDiskAlmostFull", "KeystoreNamespaceRecordsNearFull", "KeystoreNamespaceBytesNearFull"} {
 		if !seen[a] {
 			problems = append(problems, "no alert "+a)
 		}

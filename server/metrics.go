@@ -97,6 +97,8 @@ var (
 	filterBuildsDesc   = counter("keystore_storage_key_filter_builds_total", "Builds of the record key filter (the first, and each rebuild when it filled or a snapshot replaced the state).")
 	writeStallsDesc    = counter("keystore_pebble_write_stalls_total", "Times Pebble made writes wait for compactions.")
 	diskBytesDesc      = gauge("keystore_pebble_disk_bytes", "Bytes Pebble's files occupy (the state machine; the Raft log is apart).")
+	fsFreeDesc         = gauge("keystore_disk_free_bytes", "Bytes available to keystored on the filesystem holding the data dir.")
+	fsTotalDesc        = gauge("keystore_disk_total_bytes", "Size of the filesystem holding the data dir.")
 	compactionsDesc    = counter("keystore_pebble_compactions_total", "Compactions Pebble ran.")
 	compactDebtDesc    = gauge("keystore_pebble_compaction_debt_bytes", "Bytes Pebble estimates it must compact to reach a stable shape.")
 	flushesDesc        = counter("keystore_pebble_flushes_total", "Memtable flushes.")
@@ -216,7 +218,7 @@ func (c raftCollector) Collect(ch chan<- prometheus.Metric) {
 type storageCollector struct{ s *Server }
 
 func (c storageCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{walSegmentsDesc, walBytesDesc, filterBuildsDesc, writeStallsDesc, diskBytesDesc,
+	for _, d := range []*prometheus.Desc{walSegmentsDesc, walBytesDesc, filterBuildsDesc, writeStallsDesc, diskBytesDesc, fsFreeDesc, fsTotalDesc,
 		compactionsDesc, compactDebtDesc, flushesDesc, memtableBytesDesc, readAmpDesc, levelFilesDesc, levelBytesDesc,
 		blockCacheHitsDesc, blockCacheMissDesc, nsRecordsDesc, nsBytesDesc, nsExpiredDesc} {
 		ch <- d
@@ -240,6 +242,10 @@ func (c storageCollector) Collect(ch chan<- prometheus.Metric) {
 	n(filterBuildsDesc, float64(m.FilterBuilds))
 	n(writeStallsDesc, float64(m.WriteStalls))
 	g(diskBytesDesc, float64(m.DiskBytes))
+	if m.FSTotalBytes > 0 {
+		g(fsFreeDesc, float64(m.FSFreeBytes))
+		g(fsTotalDesc, float64(m.FSTotalBytes))
+	}
 	n(compactionsDesc, float64(p.Compact.Count))
 	g(compactDebtDesc, float64(p.Compact.EstimatedDebt))
 	n(flushesDesc, float64(p.Flush.Count))

@@ -145,6 +145,8 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		{"keystore_wal_segments", nil},
 		{"keystore_wal_bytes", nil},
 		{"keystore_pebble_disk_bytes", nil},
+		{"keystore_disk_free_bytes", nil},
+		{"keystore_disk_total_bytes", nil},
 		{"keystore_namespace_bytes", map[string]string{"namespace": "payments"}},
 		{"grpc_server_handling_seconds", map[string]string{"grpc_method": "Claim"}},
 		{"grpc_server_handled_total", map[string]string{"grpc_method": "Claim", "grpc_code": "FailedPrecondition"}},

@@ -21,6 +21,10 @@ type Metrics struct {
 	WriteStalls uint64
 	// DiskBytes is what Pebble's files occupy (the log is apart).
 	DiskBytes uint64
+	// FSFreeBytes and FSTotalBytes are the space available to keystored
+	// and the size of the filesystem holding the data dir (zeros where
+	// the platform cannot tell).
+	FSFreeBytes, FSTotalBytes uint64
 	// Pebble is Pebble's own metrics (levels, compactions, memtables).
 	Pebble *pebble.Metrics
 }
@@ -38,7 +42,10 @@ func (s *Store) Metrics() Metrics {
 		return Metrics{}
 	}
 	pm := s.db.Metrics()
+	free, total := fsSpace(s.dir)
 	return Metrics{
+		FSFreeBytes:  free,
+		FSTotalBytes: total,
 		LogSegments:  s.wal.segments(),
 		LogBytes:     s.wal.bytes(),
 		FilterBuilds: s.stats.filterBuilds.Load(),

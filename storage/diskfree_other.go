@@ -1,0 +1,5 @@
+//go:build !unix
+
+package storage
+
+func fsSpace(string) (free, total uint64) { return 0, 0 }
