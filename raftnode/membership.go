@@ -155,7 +155,8 @@ func (n *Node) changeMembership(ctx context.Context, cc raftpb.ConfChange, m *st
 		n.mu.Lock()
 		changed := n.leaderChanged
 		n.mu.Unlock()
-		switch lead := n.lead.Load(); lead {
+		lead := n.lead.Load()
+		switch lead {
 		case 0:
 			err = errRetry
 		case n.cfg.ID:
@@ -163,6 +164,12 @@ func (n *Node) changeMembership(ctx context.Context, cc raftpb.ConfChange, m *st
 		default:
 			var index uint64
 			index, err = n.trans.ForwardConfChange(ctx, lead, b)
+			if err == nil && n.isOwnRemoval(cc) {
+				// The leader applied this node's removal and replicates
+				// to it no more: it would never apply it here.
+				n.stopRemoved("the leader applied this node's removal")
+				return nil
+			}
 			if err == nil {
 				n.catchUp(ctx, index)
 			} else if !errors.Is(err, errRetry) && !errors.Is(err, ErrTimeout) && !errors.Is(err, ErrMembership) && !errors.Is(err, ErrStopped) {
@@ -170,7 +177,11 @@ func (n *Node) changeMembership(ctx context.Context, cc raftpb.ConfChange, m *st
 			}
 		}
 		if attempt > 0 && errors.Is(err, errDone) {
-			return nil // an earlier attempt did it; its answer was lost
+			// An earlier attempt did it; its answer was lost.
+			if n.isOwnRemoval(cc) && lead != n.cfg.ID {
+				n.stopRemoved("the leader applied this node's removal")
+			}
+			return nil
 		}
 		if err == nil || !errors.Is(err, errRetry) {
 			return err
@@ -508,6 +519,19 @@ type MemberStatus struct {
 	Match uint64
 }
 
+// isOwnRemoval reports whether cc removes this node.
+func (n *Node) isOwnRemoval(cc raftpb.ConfChange) bool {
+	return cc.Type == raftpb.ConfChangeRemoveNode && cc.NodeID == n.cfg.ID
+}
+
+// stopRemoved stops this node, removed from the cluster without applying
+// its removal (why says how it learnt of it), as applying it would.
+func (n *Node) stopRemoved(why string) {
+	n.logger.Warn(why + ": this node was removed from the cluster; it stops serving")
+	n.removed.Store(true)
+	n.halt()
+}
+
 // removalLoop finds out whether this node was removed while it could not
 // hear of it. The leader stops replicating to a member the moment it
 // applies its removal, so the removed node never learns that the change
@@ -541,9 +565,7 @@ func (n *Node) removalLoop() {
 			continue
 		}
 		if n.askRemoved(timeout) {
-			n.logger.Warn("a peer that applied more of the log no longer counts this node a member: it was removed; it stops serving")
-			n.removed.Store(true)
-			n.halt()
+			n.stopRemoved("a peer that applied more of the log no longer counts this node a member")
 			return
 		}
 	}
