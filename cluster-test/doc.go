@@ -10,6 +10,17 @@
 //     voter; a node of another cluster pointed at the cluster's gossip is
 //     refused; gossip shows a SIGKILLed follower dead within 15 s, and it
 //     stays a voter.
+//   - membership_process_test.go: grow 1 → 3 → 5 by gossip while a client
+//     writes; remove the leader (it stops at the answer); SIGTERM of the
+//     leader hands over well under an election; a node cut off from gossip
+//     alone (its gossip key swapped by SIGHUP) stays a voter.
+//   - upgrade_test.go (TestRollingUpgrade, make cluster-test): three nodes
+//     of the release before cluster versions (built from a pinned commit in
+//     a git worktree) upgraded one by one while a client writes; the cluster
+//     version rises once all run the new binary; nothing acknowledged lost.
+//   - prometheus_test.go: Debian's prometheus scrapes a three-node cluster
+//     started as make cluster does, with deploy/'s configuration and rules.
+//   - security_process_test.go: TLS, mutual TLS and a policy end to end.
 //   - fault_test.go (TestFaults, make cluster-test): seeded runs of three
 //     keystored processes, every peer link through a fault proxy
 //     (faultproxy), a recorded workload of pinned and roaming clients over
