@@ -35,6 +35,7 @@ type Metrics struct {
 	completions *prometheus.CounterVec
 	releases    *prometheus.CounterVec
 	waits       *prometheus.HistogramVec
+	ops         *prometheus.HistogramVec
 
 	max   int
 	mu    sync.RWMutex
@@ -85,6 +86,11 @@ func NewMetrics(maxNamespaces int) *Metrics {
 			Help:    "How long Claims that asked to wait (wait > 0) waited for their answer; the count is the number of such Claims.",
 			Buckets: []float64{.005, .025, .1, .25, 1, 2.5, 10, 30, 60, 300},
 		}, ns),
+		ops: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "keystore_operation_duration_seconds",
+			Help:    "How long this node took to answer each Claim, Complete, Release and Heartbeat, by operation and gRPC code, however it came (a unary call, or one operation of a Batch or Stream: the Go client sends its writes on a Stream, which the RPC metrics time as a whole). A Claim that asked to wait includes its wait.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"op", "code"}),
 		max:   maxNamespaces,
 		names: make(map[string]struct{}),
 	}
@@ -122,6 +128,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.completions.Describe(ch)
 	m.releases.Describe(ch)
 	m.waits.Describe(ch)
+	m.ops.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -131,6 +138,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.completions.Collect(ch)
 	m.releases.Collect(ch)
 	m.waits.Collect(ch)
+	m.ops.Collect(ch)
 }
 
 // claimed counts a Claim's answer, or the error it got.
@@ -157,6 +165,14 @@ func (m *Metrics) claimed(ns string, resp *keystorev1.ClaimResponse, err error) 
 		return
 	}
 	m.claims.WithLabelValues(m.Label(ns), outcome).Inc()
+}
+
+// timed observes how long operation op took to answer err.
+func (m *Metrics) timed(op string, start time.Time, err error) {
+	if m == nil {
+		return
+	}
+	m.ops.WithLabelValues(op, status.Code(err).String()).Observe(time.Since(start).Seconds())
 }
 
 // waited observes a waiting Claim's wait.

@@ -72,6 +72,7 @@ func (s *service) Claim(ctx context.Context, req *keystorev1.ClaimRequest) (*key
 func (s *service) claim(ctx context.Context, by deadline, req *keystorev1.ClaimRequest) (*keystorev1.ClaimResponse, error) {
 	start := time.Now()
 	resp, err := s.claimOp(ctx, by, req)
+	s.cfg.Metrics.timed("claim", start, err)
 	s.cfg.Metrics.claimed(req.GetNamespace(), resp, err)
 	if req.GetWait().AsDuration() > 0 && err == nil {
 		s.cfg.Metrics.waited(req.GetNamespace(), time.Since(start))
@@ -225,7 +226,9 @@ func (s *service) Complete(ctx context.Context, req *keystorev1.CompleteRequest)
 
 // complete is Complete answered by the deadline by (batchOps).
 func (s *service) complete(ctx context.Context, by deadline, req *keystorev1.CompleteRequest) (*keystorev1.CompleteResponse, error) {
+	start := time.Now()
 	resp, err := s.completeOp(ctx, by, req)
+	s.cfg.Metrics.timed("complete", start, err)
 	s.cfg.Metrics.done("complete", req.GetNamespace(), err)
 	return resp, err
 }
@@ -270,7 +273,9 @@ func (s *service) Release(ctx context.Context, req *keystorev1.ReleaseRequest) (
 
 // release is Release answered by the deadline by (batchOps).
 func (s *service) release(ctx context.Context, by deadline, req *keystorev1.ReleaseRequest) (*keystorev1.ReleaseResponse, error) {
+	start := time.Now()
 	resp, err := s.releaseOp(ctx, by, req)
+	s.cfg.Metrics.timed("release", start, err)
 	s.cfg.Metrics.done("release", req.GetNamespace(), err)
 	return resp, err
 }
@@ -307,7 +312,9 @@ func (s *service) Heartbeat(ctx context.Context, req *keystorev1.HeartbeatReques
 
 // heartbeat is Heartbeat answered by the deadline by (batchOps).
 func (s *service) heartbeat(ctx context.Context, by deadline, req *keystorev1.HeartbeatRequest) (*keystorev1.HeartbeatResponse, error) {
+	start := time.Now()
 	resp, err := s.heartbeatOp(ctx, by, req)
+	s.cfg.Metrics.timed("heartbeat", start, err)
 	s.cfg.Metrics.done("heartbeat", req.GetNamespace(), err)
 	return resp, err
 }

@@ -149,6 +149,10 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		{"keystore_disk_total_bytes", nil},
 		{"keystore_namespace_bytes", map[string]string{"namespace": "payments"}},
 		{"grpc_server_handling_seconds", map[string]string{"grpc_method": "Claim"}},
+		{"keystore_operation_duration_seconds", map[string]string{"op": "claim", "code": "OK"}},
+		{"keystore_operation_duration_seconds", map[string]string{"op": "claim", "code": "FailedPrecondition"}},
+		{"keystore_operation_duration_seconds", map[string]string{"op": "complete", "code": "Aborted"}},
+		{"keystore_operation_duration_seconds", map[string]string{"op": "release", "code": "OK"}},
 		{"grpc_server_handled_total", map[string]string{"grpc_method": "Claim", "grpc_code": "FailedPrecondition"}},
 		{"grpc_server_handled_total", map[string]string{"grpc_method": "Complete", "grpc_code": "Aborted"}},
 	} {
