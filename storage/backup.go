@@ -144,8 +144,8 @@ func (s *Store) Restore(r io.Reader, index, term uint64, cs raftpb.ConfState, me
 }
 
 // stageRewritten is ReceiveSnapshot with the meta pair passed through
-// rewrite before it is staged.
-func (s *Store) stageRewritten(r io.Reader, md raftpb.SnapshotMetadata, rewrite func(*statev1.Meta)) (err error) {
+// rewrite before it is staged, into a store that has nothing staged.
+func (s *Store) stageRewritten(r io.Reader, md raftpb.SnapshotMetadata, rewrite func(*statev1.Meta)) error {
 	s.stageMu.Lock()
 	defer s.stageMu.Unlock()
 	root := s.fs.PathJoin(s.dir, snapshotDir)
@@ -153,46 +153,5 @@ func (s *Store) stageRewritten(r io.Reader, md raftpb.SnapshotMetadata, rewrite 
 		return err
 	}
 	s.dropStaged(func(uint64) bool { return true })
-	final := s.fs.PathJoin(root, stagedName(md.Index, md.Term))
-	tmp := final + ".tmp"
-	if err := s.fs.MkdirAll(tmp, 0o700); err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			_ = s.fs.RemoveAll(tmp)
-		}
-	}()
-	st := &stager{s: s, dir: tmp}
-	defer st.abort()
-	first := true
-	add := func(k, v []byte) error {
-		if !first {
-			return st.add(k, v)
-		}
-		first = false
-		meta := &statev1.Meta{}
-		if err := proto.Unmarshal(v, meta); err != nil {
-			return fmt.Errorf("%w: snapshot meta: %v", ErrCorrupt, err)
-		}
-		rewrite(meta)
-		b, err := marshal.Marshal(meta)
-		if err != nil {
-			return err
-		}
-		return st.add(k, b)
-	}
-	if err := decodeStream(r, md, add); err != nil {
-		return err
-	}
-	if err := st.finish(); err != nil {
-		return err
-	}
-	if err := syncDir(s.fs, tmp); err != nil {
-		return err
-	}
-	if err := s.fs.Rename(tmp, final); err != nil {
-		return err
-	}
-	return syncDir(s.fs, root)
+	return s.stageStream(root, s.fs.PathJoin(root, stagedName(md.Index, md.Term)), r, md, rewrite)
 }

@@ -229,7 +229,7 @@ func parseStagedName(name string) (index, term uint64, ok bool) {
 // ReceiveSnapshot reads a snapshot stream for md from r and stages it on
 // disk for ApplySnapshot, as sstables, synced. Nothing of the state machine
 // changes. Memory does not grow with the snapshot's size.
-func (s *Store) ReceiveSnapshot(md raftpb.SnapshotMetadata, r io.Reader) (err error) {
+func (s *Store) ReceiveSnapshot(md raftpb.SnapshotMetadata, r io.Reader) error {
 	s.stageMu.Lock()
 	defer s.stageMu.Unlock()
 	s.mu.RLock()
@@ -252,6 +252,14 @@ func (s *Store) ReceiveSnapshot(md raftpb.SnapshotMetadata, r io.Reader) (err er
 		// Already received whole (from another sender); drain nothing.
 		return nil
 	}
+	return s.stageStream(root, final, r, md, nil)
+}
+
+// stageStream decodes the snapshot stream r for md into sstables in the
+// directory final under root, through a temporary directory, synced; the
+// caller holds stageMu. rewrite, if set, changes the meta (the stream's
+// first pair) before it is staged (Restore).
+func (s *Store) stageStream(root, final string, r io.Reader, md raftpb.SnapshotMetadata, rewrite func(*statev1.Meta)) (err error) {
 	tmp := final + ".tmp"
 	if err := s.fs.RemoveAll(tmp); err != nil {
 		return err
@@ -266,7 +274,27 @@ func (s *Store) ReceiveSnapshot(md raftpb.SnapshotMetadata, r io.Reader) (err er
 	}()
 	st := &stager{s: s, dir: tmp}
 	defer st.abort()
-	if err := decodeStream(r, md, st.add); err != nil {
+	add := st.add
+	if rewrite != nil {
+		first := true
+		add = func(k, v []byte) error {
+			if !first {
+				return st.add(k, v)
+			}
+			first = false
+			meta := &statev1.Meta{}
+			if err := proto.Unmarshal(v, meta); err != nil {
+				return fmt.Errorf("%w: snapshot meta: %v", ErrCorrupt, err)
+			}
+			rewrite(meta)
+			b, err := marshal.Marshal(meta)
+			if err != nil {
+				return err
+			}
+			return st.add(k, b)
+		}
+	}
+	if err := decodeStream(r, md, add); err != nil {
 		return err
 	}
 	if err := st.finish(); err != nil {

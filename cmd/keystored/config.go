@@ -30,8 +30,11 @@ func envName(name string) string {
 }
 
 // applyConfig fills the flags of fs that the command line did not set,
-// from the environment (getenv) and then from the config file.
-func applyConfig(fs *flag.FlagSet, getenv func(string) string) error {
+// from the environment (getenv) and then from the config file. strict
+// refuses a key of the file that names no flag of fs; otherwise such keys
+// are ignored (keystored restore reads a node's file, most of whose keys
+// it does not take).
+func applyConfig(fs *flag.FlagSet, getenv func(string) string, strict bool) error {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var err error
@@ -68,8 +71,10 @@ func applyConfig(fs *flag.FlagSet, getenv func(string) string) error {
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		f := fs.Lookup(name)
-		if f == nil || name == "config" {
+		if name == "config" || fs.Lookup(name) == nil {
+			if !strict {
+				continue
+			}
 			return fmt.Errorf("--config %s: %q is not a keystored flag", path, name)
 		}
 		if set[name] {

@@ -39,7 +39,7 @@ initial-cluster: {n1: "127.0.0.1:7101", n2: "127.0.0.1:7102"}
 	if err := fs.Parse([]string{"--config", file, "--peer-addr", "127.0.0.1:4444"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := applyConfig(fs, func(k string) string { return env[k] }); err != nil {
+	if err := applyConfig(fs, func(k string) string { return env[k] }, true); err != nil {
 		t.Fatal(err)
 	}
 	for name, want := range map[string]string{
@@ -62,12 +62,12 @@ initial-cluster: {n1: "127.0.0.1:7101", n2: "127.0.0.1:7102"}
 	}
 	fs, _ = newFS()
 	_ = fs.Parse([]string{"--config", file})
-	if err := applyConfig(fs, func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), `"data-dri" is not a keystored flag`) {
+	if err := applyConfig(fs, func(string) string { return "" }, true); err == nil || !strings.Contains(err.Error(), `"data-dri" is not a keystored flag`) {
 		t.Errorf("unknown name in the file: %v; want it named", err)
 	}
 	fs, _ = newFS()
 	_ = fs.Parse(nil)
-	if err := applyConfig(fs, func(k string) string { return map[string]string{"KEYSTORE_MAX_WAIT": "soon"}[k] }); err == nil || !strings.Contains(err.Error(), "KEYSTORE_MAX_WAIT") {
+	if err := applyConfig(fs, func(k string) string { return map[string]string{"KEYSTORE_MAX_WAIT": "soon"}[k] }, true); err == nil || !strings.Contains(err.Error(), "KEYSTORE_MAX_WAIT") {
 		t.Errorf("bad value in the environment: %v; want the variable named", err)
 	}
 }

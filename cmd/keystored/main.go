@@ -123,7 +123,7 @@ func run(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := applyConfig(fs, os.Getenv); err != nil {
+	if err := applyConfig(fs, os.Getenv, true); err != nil {
 		return err
 	}
 	if *showVersion {

@@ -6,10 +6,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 
 	"github.com/keystore-dev/keystore/server"
-	"go.yaml.in/yaml/v3"
 )
 
 // restoreUsage is keystored restore's help.
@@ -62,7 +60,9 @@ func runRestore(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return fmt.Errorf("restore: want one backup file; got %d arguments", len(pos))
 	}
-	if err := applyRestoreConfig(fs, os.Getenv); err != nil {
+	// The node's own --config file serves: keys restore does not take
+	// are ignored.
+	if err := applyConfig(fs, os.Getenv, false); err != nil {
 		return err
 	}
 	logger, err := newLogger(*logLevel, "text")
@@ -86,58 +86,6 @@ func runRestore(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "  new cluster: %x, this node %q with id %x, the only member (a voter)\n", res.ClusterID, *name, res.NodeID)
 	fmt.Fprintf(stdout, "start it with: keystored --data-dir %s --name %s [--client-addr ... --peer-addr ...]\n", *dataDir, *name)
 	fmt.Fprintf(stdout, "then join the others to it with empty data dirs and --join (docs/backup.md)\n")
-	return nil
-}
-
-// applyRestoreConfig fills restore's flags that the command line did not
-// set from the environment (KEYSTORE_DATA_DIR, ...) and then from the
-// --config file, as applyConfig does for keystored; the file's keys that
-// restore does not take (the ones of a running node) are ignored, so the
-// node's own file serves.
-func applyRestoreConfig(fs *flag.FlagSet, getenv func(string) string) error {
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		if err != nil || set[f.Name] {
-			return
-		}
-		if v, ok := lookupEnv(getenv, envName(f.Name)); ok {
-			if serr := fs.Set(f.Name, v); serr != nil {
-				err = fmt.Errorf("%s: %v", envName(f.Name), serr)
-				return
-			}
-			set[f.Name] = true
-		}
-	})
-	if err != nil {
-		return err
-	}
-	path := fs.Lookup("config").Value.String()
-	if path == "" {
-		return nil
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("--config: %w", err)
-	}
-	var m map[string]any
-	if err := yaml.Unmarshal(b, &m); err != nil {
-		return fmt.Errorf("--config %s: %w", path, err)
-	}
-	names := make([]string, 0, len(m))
-	for name := range m {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		if name == "config" || set[name] || fs.Lookup(name) == nil {
-			continue
-		}
-		if err := fs.Set(name, configValue(m[name])); err != nil {
-			return fmt.Errorf("--config %s: %s: %v", path, name, err)
-		}
-	}
 	return nil
 }
 

@@ -127,6 +127,20 @@ func TestRestore(t *testing.T) {
 	if err := run([]string{"restore", "--data-dir", filepath.Join(dir, "x")}); err == nil {
 		t.Fatal("restore without a file succeeded")
 	}
+
+	// The node's own --config file: restore takes the data dir from it
+	// and ignores the keys of a running node.
+	conf := filepath.Join(dir, "node.yaml")
+	fromFile := filepath.Join(dir, "from-file")
+	if err := os.WriteFile(conf, []byte("data-dir: "+fromFile+"\nclient-addr: 127.0.0.1:7001\nmetrics-addr: 127.0.0.1:9101\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := runRestore([]string{"--config", conf, file}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("restore with the node's config file: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(fromFile, "identity.json")); err != nil {
+		t.Fatalf("restore did not use the config file's data dir: %v", err)
+	}
 }
 
 // trailerByte is a byte of the SHA-256 in the trailer, from the end.
