@@ -54,8 +54,15 @@ func freePort(t *testing.T) string {
 
 func newProcCluster(t *testing.T) *procCluster {
 	t.Helper()
+	return startProcCluster(t, buildKeystored(t))
+}
+
+// startProcCluster starts n1-n3 of binary bin as one cluster, stopped (and,
+// if the test failed, their logs' tails shown) when the test ends.
+func startProcCluster(t *testing.T, bin string) *procCluster {
+	t.Helper()
 	c := &procCluster{
-		t: t, bin: buildKeystored(t), names: []string{"n1", "n2", "n3"},
+		t: t, bin: bin, names: []string{"n1", "n2", "n3"},
 		client: map[string]string{}, peer: map[string]string{}, dir: map[string]string{},
 		cmd: map[string]*exec.Cmd{}, conns: map[string]*grpc.ClientConn{},
 	}
@@ -78,6 +85,13 @@ func newProcCluster(t *testing.T) *procCluster {
 		for _, n := range c.names {
 			c.signal(n, syscall.SIGTERM)
 			_ = c.conns[n].Close()
+		}
+		if t.Failed() {
+			for _, n := range c.names {
+				if b, err := os.ReadFile(c.dir[n] + ".log"); err == nil {
+					t.Logf("log of %s (last 4 KiB):\n%s", n, tail(b, 4<<10))
+				}
+			}
 		}
 	})
 	return c

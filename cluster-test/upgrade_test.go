@@ -17,8 +17,6 @@ import (
 	"github.com/keystore-dev/keystore/client"
 	"github.com/keystore-dev/keystore/entry"
 	keystorev1 "github.com/keystore-dev/keystore/proto/keystore/v1"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // upgradeFrom is the commit the rolling-upgrade test starts from: the last
@@ -164,39 +162,7 @@ func TestRollingUpgrade(t *testing.T) {
 	newBin := buildKeystored(t)
 	began := time.Now()
 
-	c := &procCluster{
-		t: t, bin: oldBin, names: []string{"n1", "n2", "n3"},
-		client: map[string]string{}, peer: map[string]string{}, dir: map[string]string{},
-		cmd: map[string]*exec.Cmd{}, conns: map[string]*grpc.ClientConn{},
-	}
-	var parts []string
-	root := t.TempDir()
-	for _, n := range c.names {
-		c.client[n], c.peer[n], c.dir[n] = freePort(t), freePort(t), filepath.Join(root, n)
-		parts = append(parts, n+"="+c.peer[n])
-	}
-	c.cluster = strings.Join(parts, ",")
-	for _, n := range c.names {
-		c.start(n)
-		conn, err := grpc.NewClient(c.client[n], grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.conns[n] = conn
-	}
-	t.Cleanup(func() {
-		for _, n := range c.names {
-			c.signal(n, syscall.SIGTERM)
-			_ = c.conns[n].Close()
-		}
-		if t.Failed() {
-			for _, n := range c.names {
-				if b, err := os.ReadFile(c.dir[n] + ".log"); err == nil {
-					t.Logf("log of %s (last 4 KiB):\n%s", n, tail(b, 4<<10))
-				}
-			}
-		}
-	})
+	c := startProcCluster(t, oldBin)
 	c.waitServing(c.names...)
 
 	var eps []string
