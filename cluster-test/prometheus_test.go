@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -25,10 +27,10 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
-// TestPrometheusScrapesCluster starts three keystored processes the way
-// `make cluster` does (scripts/cluster.sh: gossip, each seeded with the
-// other two, one --initial-cluster), each with an admin listener
-// (--metrics-addr) and a namespace quota of 10 records, writes 10 records,
+// TestPrometheusScrapesCluster runs `make cluster`'s script
+// (scripts/cluster.sh: three keystored processes, gossip, each with an
+// admin listener) with its ports moved by a free offset and a namespace
+// quota of 10 records from the environment, writes 10 records,
 // and runs a real Prometheus (Debian's package) with
 // deploy/prometheus/prometheus.yml, its targets replaced by the nodes',
 // scraping and evaluating every second. Prometheus must find the three
@@ -54,28 +56,42 @@ func TestPrometheusScrapesCluster(t *testing.T) {
 	bin := buildKeystored(t)
 	t.Logf("built keystored in %v", time.Since(began).Round(time.Millisecond))
 
-	// Three nodes as scripts/cluster.sh starts them, on free ports.
+	// `make cluster` itself: scripts/cluster.sh with the binary just
+	// built, its data under root and its ports moved by a free offset; the
+	// quota comes from the environment, as any keystored flag may.
 	names := []string{"n1", "n2", "n3"}
 	root := t.TempDir()
-	client, peer, gossip, metrics := map[string]string{}, map[string]string{}, map[string]string{}, map[string]string{}
-	var members []string
-	for _, n := range names {
-		client[n], peer[n], gossip[n], metrics[n] = testcluster.FreeAddr(t), testcluster.FreeAddr(t), testcluster.FreeAddr(t), testcluster.FreeAddr(t)
-		members = append(members, n+"="+peer[n])
+	off := freePortOffset(t)
+	client, metrics := map[string]string{}, map[string]string{}
+	for i, n := range names {
+		client[n] = fmt.Sprintf("127.0.0.1:%d", 7001+i+off)
+		metrics[n] = fmt.Sprintf("127.0.0.1:%d", 9101+i+off)
 	}
-	for _, n := range names {
-		var seeds []string
-		for _, m := range names {
-			if m != n {
-				seeds = append(seeds, gossip[m])
-			}
+	script := exec.Command("bash", "scripts/cluster.sh", bin)
+	script.Dir = ".."
+	script.Env = append(os.Environ(), "KEYSTORE_DATA="+root, fmt.Sprintf("KEYSTORE_PORT_OFFSET=%d", off), "KEYSTORE_NAMESPACE_MAX_RECORDS=10")
+	scriptLog, err := os.Create(filepath.Join(root, "cluster.sh.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	script.Stdout, script.Stderr = scriptLog, scriptLog
+	// Its own process group: if the script does not stop its nodes, the
+	// cleanup kills the group.
+	script.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := script.Start(); err != nil {
+		t.Fatal(err)
+	}
+	scriptDone := make(chan struct{})
+	go func() { _ = script.Wait(); _ = scriptLog.Close(); close(scriptDone) }()
+	t.Cleanup(func() {
+		_ = script.Process.Signal(syscall.SIGTERM) // the script stops the three nodes (SIGTERM) and waits
+		select {
+		case <-scriptDone:
+		case <-time.After(20 * time.Second):
+			_ = syscall.Kill(-script.Process.Pid, syscall.SIGKILL)
+			<-scriptDone
 		}
-		startProcess(t, filepath.Join(root, n+".log"), bin, "--name", n, "--data-dir", filepath.Join(root, n),
-			"--client-addr", client[n], "--peer-addr", peer[n],
-			"--gossip-addr", gossip[n], "--join", strings.Join(seeds, ","),
-			"--initial-cluster", strings.Join(members, ","),
-			"--metrics-addr", metrics[n], "--namespace-max-records", "10")
-	}
+	})
 	conn, err := grpc.NewClient(client["n1"], grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -216,6 +232,41 @@ func TestPrometheusScrapesCluster(t *testing.T) {
 		t.Fatalf("alerts %q; want only %q%s", got, want, logs())
 	}
 	t.Logf("done in %v", time.Since(began).Round(time.Millisecond))
+}
+
+// freePortOffset returns an offset that puts every port scripts/cluster.sh
+// uses (7001-7003, 7101-7103, 7201-7203 and 9101-9103, moved by it) on free
+// ports between 20000 and Linux's ephemeral range (32768), above the
+// in-process test clusters' ports (testcluster.FreeAddr).
+func freePortOffset(t *testing.T) int {
+	t.Helper()
+	bases := []int{7001, 7002, 7003, 7101, 7102, 7103, 7201, 7202, 7203, 9101, 9102, 9103}
+	for range 100 {
+		off := 13000 + rand.IntN(23000-13000)
+		free := true
+		for _, b := range bases {
+			addr := fmt.Sprintf("127.0.0.1:%d", b+off)
+			l, err := net.Listen("tcp", addr)
+			if err != nil {
+				free = false
+				break
+			}
+			_ = l.Close()
+			if b/100 == 72 { // gossip: UDP too
+				pc, err := net.ListenPacket("udp", addr)
+				if err != nil {
+					free = false
+					break
+				}
+				_ = pc.Close()
+			}
+		}
+		if free {
+			return off
+		}
+	}
+	t.Fatal("no free port offset for scripts/cluster.sh")
+	return 0
 }
 
 // startProcess starts a process logging to logPath and stops it (SIGTERM,
