@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,14 +33,44 @@ type procCluster struct {
 	conns   map[string]*grpc.ClientConn
 }
 
+// buildKeystored returns keystored built from this tree, once per test
+// process (the process tests all run the same binary; TestMain removes it).
 func buildKeystored(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "keystored")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/keystore-dev/keystore/cmd/keystored").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build keystored: %v\n%s", err, out)
+	built.once.Do(func() {
+		dir, err := os.MkdirTemp("", "keystore-cluster-test-")
+		if err != nil {
+			built.err = err
+			return
+		}
+		built.dir = dir
+		bin := filepath.Join(dir, "keystored")
+		out, err := exec.Command("go", "build", "-o", bin, "github.com/keystore-dev/keystore/cmd/keystored").CombinedOutput()
+		if err != nil {
+			built.err = fmt.Errorf("%v\n%s", err, out)
+			return
+		}
+		built.bin = bin
+	})
+	if built.err != nil {
+		t.Fatalf("build keystored: %v", built.err)
 	}
-	return bin
+	return built.bin
+}
+
+// built is the keystored buildKeystored made.
+var built struct {
+	once     sync.Once
+	dir, bin string
+	err      error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.dir != "" {
+		_ = os.RemoveAll(built.dir)
+	}
+	os.Exit(code)
 }
 
 func freePort(t *testing.T) string {
