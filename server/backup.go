@@ -69,12 +69,12 @@ func (c clusterService) Backup(req *keystorev1.BackupRequest, stream grpc.Server
 		err := s.node.ReadIndex(rctx)
 		cancel()
 		if err != nil {
-			return backupStatus(ctx, err)
+			return s.backupStatus(ctx, err)
 		}
 	}
 	meta, md, rc, err := s.store.OpenBackup()
 	if err != nil {
-		return backupStatus(ctx, err)
+		return s.backupStatus(ctx, err)
 	}
 	defer rc.Close()
 	h := backup.Header{
@@ -111,17 +111,17 @@ func (c clusterService) Backup(req *keystorev1.BackupRequest, stream grpc.Server
 	cs := &chunkSender{ctx: ctx, stream: stream, info: info, buf: make([]byte, 0, backupChunk)}
 	w, err := backup.NewWriter(cs, h)
 	if err != nil {
-		return backupStatus(ctx, err)
+		return s.backupStatus(ctx, err)
 	}
 	start := time.Now()
 	if _, err := io.CopyBuffer(w, rc, make([]byte, 256<<10)); err != nil {
-		return backupStatus(ctx, err)
+		return s.backupStatus(ctx, err)
 	}
 	if err := w.Close(); err != nil {
-		return backupStatus(ctx, err)
+		return s.backupStatus(ctx, err)
 	}
 	if err := cs.flush(); err != nil {
-		return backupStatus(ctx, err)
+		return s.backupStatus(ctx, err)
 	}
 	s.logger.Info("backup sent", "index", h.Index, "term", h.Term, "records", h.Records, "bytes", cs.sent,
 		"linearizable", h.Linearizable, "took", time.Since(start).Round(time.Millisecond))
@@ -171,7 +171,7 @@ func (c *chunkSender) flush() error {
 }
 
 // backupStatus maps an error of a backup to a gRPC status.
-func backupStatus(ctx context.Context, err error) error {
+func (s *Server) backupStatus(ctx context.Context, err error) error {
 	if _, ok := status.FromError(err); ok && status.Code(err) != codes.Unknown {
 		return err
 	}
@@ -185,7 +185,9 @@ func backupStatus(ctx context.Context, err error) error {
 	case errors.Is(err, raft.ErrSnapshotTemporarilyUnavailable):
 		return status.Error(codes.Unavailable, "nothing applied yet on this node")
 	}
-	return status.Errorf(codes.Internal, "backup: %v", err)
+	// The cause stays in the node's log, not in the caller's answer.
+	s.logger.Error("backup failed", "err", err)
+	return status.Error(codes.Internal, "backup failed: see the node's log")
 }
 
 // RestoreConfig says where and as whom Restore makes a new cluster's first
