@@ -60,8 +60,8 @@ func (s *Store) Apply(entries []raftpb.Entry, cs *raftpb.ConfState) ([]*statev1.
 		// skipped): this replica stops, and nothing of the batch is
 		// written. The leader writes one only once every member supports
 		// it (see package entry).
-		if err := checkClusterVersion(fmt.Sprintf("entry %d", e.Index), entry.Needs(&d.env)); err != nil {
-			return nil, err
+		if need := entry.Needs(&d.env); need > entry.ClusterVersion {
+			return nil, checkClusterVersion(fmt.Sprintf("entry %d", e.Index), need) // formatted only to refuse
 		}
 		if len(d.env.Proposals) > 0 {
 			// A packed entry: its proposals each name one record (an
